@@ -1,0 +1,121 @@
+"""The ``lbcnn`` command: a thin shell over the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import LbcnnError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_data_args(p):
+    p.add_argument("--dataset", required=True,
+                   help="mnist, fashion_mnist, gtsrb, olivetti, cifar10, npz:PATH or folder:PATH")
+    p.add_argument("--data-path", help="explicit file or folder for a named dataset "
+                   "(otherwise LBCNN_DATA, the cache, then a download)")
+    p.add_argument("--split", default="default", choices=["default", "paper"],
+                   help="for sources without a test set: 'paper' is Olivetti's 250/150 split")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lbcnn", description="Light binary CNNs: search, "
+                                     "train, evaluate and deploy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search random +-1 kernel sets with a closed-form ELM head")
+    _add_data_args(s)
+    s.add_argument("--filters", type=_ints, default=(40, 4), help="depth multipliers, e.g. 40,4")
+    s.add_argument("--nl", type=int, default=1, help="nonlinearity index (nl-1 extra ReLU+conv)")
+    s.add_argument("--C", type=float, default=1e-3, help="ridge regularisation (system I/C + HᵀH)")
+    s.add_argument("--trials", type=int, default=20)
+    s.add_argument("--train-size", type=int, help="labelled training images used (incl. validation)")
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-refit", action="store_true",
+                   help="keep the trial's head instead of refitting it on train+val")
+    s.add_argument("--batch-size", type=int, default=2048)
+    s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--out", help="run folder for config, history, model and plot")
+    s.add_argument("--json", action="store_true", help="print one JSON object at the end")
+
+    e = sub.add_parser("evaluate", help="accuracy of a model file on a dataset's test split")
+    e.add_argument("model")
+    _add_data_args(e)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("datasets", help="list the dataset sources")
+    d.add_argument("--json", action="store_true")
+    return parser
+
+
+def cmd_search(args) -> int:
+    from .report import summary_table
+    from .search import search
+
+    result = search(args.dataset, filters=args.filters, nl=args.nl, C=args.C, trials=args.trials,
+                    train_size=args.train_size, val_fraction=args.val_fraction, seed=args.seed,
+                    out=args.out, data_path=args.data_path, split=args.split,
+                    refit=not args.no_refit, batch_size=args.batch_size, device=args.device,
+                    progress=not args.json and sys.stderr.isatty() or not args.json)
+    if args.json:
+        print(json.dumps(result.summary))
+    else:
+        from rich.console import Console
+        Console().print(summary_table(result.summary))
+        if args.out:
+            print(f"run folder: {args.out} (model.npz, history.json/csv, trials.png)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .data import load_dataset
+    from .evaluate import evaluate_file
+
+    ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
+    result = evaluate_file(args.model, ds)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['dataset']}: accuracy {100 * result['accuracy']:.2f} % on "
+              f"{result['n']:,} test images ({result['split']})")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import list_datasets
+
+    names = list_datasets()
+    print(json.dumps(names) if args.json else "\n".join(names))
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "evaluate": cmd_evaluate, "datasets": cmd_datasets}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LbcnnError as exc:
+        print(f"lbcnn: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("lbcnn: error: out of memory; use fewer filters or a smaller --train-size",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lbcnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""ELM0: the closed-form ridge-regression output layer.
+
+Solves ``(I/C + HᵀH) W = HᵀT`` (primal, features < samples) or
+``W = Hᵀ (I/C + HHᵀ)⁻¹ T`` (dual) on +-1 one-vs-rest targets T.
+
+The primal Gram is accumulated chunk by chunk with a symmetric rank-k update
+(BLAS syrk, half the flops of a gemm), so the training set never has to sit in
+memory as one n x d matrix. Cholesky runs in float32 and falls back to float64
+when float32 loses positive definiteness.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.linalg import blas, lapack
+
+from ..errors import DataError
+from ..memory import require
+
+
+def one_vs_rest_targets(y: np.ndarray, n_classes: int) -> np.ndarray:
+    t = np.full((len(y), n_classes), -1.0, dtype=np.float32)
+    t[np.arange(len(y)), y] = 1.0
+    return t
+
+
+def _check_finite(h, what="features"):
+    ok = torch.isfinite(h).all().item() if isinstance(h, torch.Tensor) else np.isfinite(h).all()
+    if not ok:
+        raise DataError(f"{what} contain NaN or infinity; check the input images")
+
+
+class RidgeAccumulator:
+    """Streams (features, targets) chunks into HᵀH and HᵀT, then solves.
+
+    On the CPU the sums live in NumPy and use OpenBLAS ``ssyrk`` (only the
+    upper triangle is formed); on CUDA they live in torch on the device.
+    """
+
+    def __init__(self, n_features: int, n_outputs: int, C: float = 1e-3, device=None):
+        if C <= 0:
+            from ..errors import ConfigError
+            raise ConfigError(f"C must be positive, got {C}")
+        self.n_features = n_features
+        self.n_outputs = n_outputs
+        self.C = C
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        # Gram + its float32 factor; a float64 fallback is planned when it is needed.
+        require(2 * 4 * n_features**2, f"the {n_features:,}² Gram matrix",
+                "use fewer filters or layers (fewer features), or the dual with a smaller --train-size")
+        self.n_samples = 0
+        self.solver_ = None
+        if self.device.type == "cuda":
+            self._gram = torch.zeros(n_features, n_features, device=self.device)
+            self._hty = torch.zeros(n_features, n_outputs, device=self.device)
+        else:
+            self._gram = np.zeros((n_features, n_features), dtype=np.float32, order="F")
+            self._hty = np.zeros((n_features, n_outputs), dtype=np.float32)
+
+    def update(self, h, t) -> None:
+        _check_finite(h)
+        self.n_samples += h.shape[0]
+        if self.device.type == "cuda":
+            h = torch.as_tensor(h, device=self.device, dtype=torch.float32)
+            t = torch.as_tensor(t, device=self.device, dtype=torch.float32)
+            self._gram.addmm_(h.T, h)
+            self._hty.addmm_(h.T, t)
+            return
+        h = np.ascontiguousarray(h, dtype=np.float32)
+        # h.T is Fortran-contiguous (d, n): syrk(trans=0) adds h.T @ h in place.
+        blas.ssyrk(1.0, h.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
+        self._hty += h.T @ t
+
+    def gram(self) -> np.ndarray:
+        """The full symmetric HᵀH (for tests and diagnostics)."""
+        if self.device.type == "cuda":
+            return self._gram.cpu().numpy()
+        return np.triu(self._gram) + np.triu(self._gram, 1).T
+
+    def solve(self) -> np.ndarray:
+        lam = 1.0 / self.C
+        if self.device.type == "cuda":
+            a = self._gram.clone()
+            a.diagonal().add_(lam)
+            factor, info = torch.linalg.cholesky_ex(a)
+            if info.item() == 0:
+                self.solver_ = "primal-cholesky-float32"
+                return torch.cholesky_solve(self._hty, factor).cpu().numpy()
+            a = self._gram.double()
+            a.diagonal().add_(lam)
+            self.solver_ = "primal-cholesky-float64"
+            factor = torch.linalg.cholesky(a)
+            return torch.cholesky_solve(self._hty.double(), factor).float().cpu().numpy()
+        a = self._gram.copy(order="F")
+        a[np.diag_indices_from(a)] += lam
+        factor, info = lapack.spotrf(a, lower=0, clean=0, overwrite_a=1)
+        if info == 0:
+            w, info = lapack.spotrs(factor, self._hty, lower=0)
+            if info == 0 and np.isfinite(w).all():
+                self.solver_ = "primal-cholesky-float32"
+                return w.astype(np.float32)
+        del a, factor
+        require(8 * self.n_features**2, "the float64 Cholesky fallback", "use fewer features")
+        a = self._gram.astype(np.float64, order="F")
+        a[np.diag_indices_from(a)] += lam
+        factor, info = lapack.dpotrf(a, lower=0, clean=0, overwrite_a=1)
+        if info != 0:
+            raise DataError("the ELM system is not positive definite even in float64; "
+                            "the features are degenerate (check for constant images)")
+        w, _ = lapack.dpotrs(factor, self._hty.astype(np.float64), lower=0)
+        self.solver_ = "primal-cholesky-float64"
+        return w.astype(np.float32)
+
+
+def solve_dual(h: np.ndarray, t: np.ndarray, C: float = 1e-3) -> tuple[np.ndarray, str]:
+    """W = Hᵀ (I/C + HHᵀ)⁻¹ T, for when features outnumber samples."""
+    _check_finite(h)
+    n = h.shape[0]
+    require(2 * 8 * n * n, f"the {n:,}² dual kernel matrix", "use a smaller --train-size")
+    h = np.ascontiguousarray(h, dtype=np.float32)
+    lam = 1.0 / C
+    # h.T is Fortran (d, n): syrk(trans=1) forms (h.T).T @ h.T = h @ h.T.
+    k = blas.ssyrk(1.0, h.T, trans=1, lower=0)
+    k[np.diag_indices_from(k)] += lam
+    factor, info = lapack.spotrf(k, lower=0, clean=0, overwrite_a=1)
+    if info == 0:
+        alpha, info = lapack.spotrs(factor, t, lower=0)
+        if info == 0 and np.isfinite(alpha).all():
+            return (h.T @ alpha).astype(np.float32), "dual-cholesky-float32"
+    k = blas.dsyrk(1.0, h.T.astype(np.float64), trans=1, lower=0)
+    k[np.diag_indices_from(k)] += lam
+    factor, info = lapack.dpotrf(k, lower=0, clean=0, overwrite_a=1)
+    if info != 0:
+        raise DataError("the ELM dual system is not positive definite even in float64")
+    alpha, _ = lapack.dpotrs(factor, t.astype(np.float64), lower=0)
+    return (h.T.astype(np.float64) @ alpha).astype(np.float32), "dual-cholesky-float64"

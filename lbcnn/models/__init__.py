@@ -1,0 +1,35 @@
+"""Model families, in a small timm-style registry."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_model(name: str, cls: type) -> type:
+    _REGISTRY[name] = cls
+    return cls
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs):
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    return _REGISTRY[name](**kwargs)
+
+
+from . import lbcnn as _lbcnn  # noqa: E402,F401  (registers the family)
+
+
+def load_model(path):
+    """Load any native model file, dispatching on its family."""
+    from ..io import load_model_file
+
+    config, arrays = load_model_file(path)
+    family = config.get("family")
+    if family == "lbcnn":
+        return _lbcnn.load_lbcnn(config, arrays)
+    raise ConfigError(f"{path}: unknown model family {family!r}")

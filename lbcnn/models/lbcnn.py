@@ -1,0 +1,355 @@
+"""LB-CNN: a fixed random +-1 depthwise body and a closed-form ELM head.
+
+The body is a stack of macro-layers, each a depthwise 3x3 conv with +-1
+kernels (depth multiplier ``nf``), ``nl - 1`` extra ReLU + multiplier-1
+depthwise convs, and a 4x4/2 'same' max-pool. Features flatten in (H, W, C)
+order so they line up with the rows of a Keras ``Dense`` layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..binary import native
+from ..binary.kernels import random_sign_kernels, sign_kernels_to_taps, sign_kernels_to_torch
+from ..binary.pooling import maxpool_same, pooled_size
+from ..errors import ConfigError, DataError
+from ..heads.elm import RidgeAccumulator, one_vs_rest_targets, solve_dual
+from ..memory import human_bytes, require
+from . import register_model
+
+MAX_LAYERS = 3
+
+
+def as_nhwc(x: np.ndarray) -> np.ndarray:
+    """Accept (n, H, W) or (n, H, W, C) images; return a 4-D view."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise DataError(f"images must have shape (n, H, W) or (n, H, W, C), got {x.shape}")
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"images must be uint8 or floating point, got dtype {x.dtype}")
+    return x
+
+
+def check_filters(filters) -> tuple[int, ...]:
+    try:
+        filters = tuple(int(f) for f in filters)
+    except (TypeError, ValueError):
+        raise ConfigError(f"filters must be integers, got {filters!r}") from None
+    if not 1 <= len(filters) <= MAX_LAYERS:
+        raise ConfigError(f"LB-CNN takes 1 to {MAX_LAYERS} conv layers, got {len(filters)}")
+    if any(f < 1 for f in filters):
+        raise ConfigError(f"every depth multiplier must be >= 1, got {filters}")
+    return filters
+
+
+@dataclass
+class LBCNNBody:
+    """The fixed feature expander. ``kernels[l]`` holds the layer's main conv
+    ``(3, 3, C_in, nf)`` and its ``nl - 1`` extra ``(3, 3, C_out, 1)`` convs, int8 +-1."""
+
+    input_shape: tuple[int, int, int]
+    kernels: list[dict]
+    nl: int = 1
+    input_scale: float = 1.0 / 255.0
+    _torch_cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def random(cls, input_shape, filters, nl: int = 1, seed: int = 0,
+               input_scale: float = 1.0 / 255.0) -> "LBCNNBody":
+        filters = check_filters(filters)
+        if nl < 1:
+            raise ConfigError(f"nl must be >= 1, got {nl}")
+        rng = np.random.default_rng(seed)
+        channels = input_shape[2]
+        kernels = []
+        for nf in filters:
+            main = random_sign_kernels(rng, channels, nf)
+            channels *= nf
+            extras = [random_sign_kernels(rng, channels, 1) for _ in range(nl - 1)]
+            kernels.append({"conv": main, "extras": extras})
+        return cls(tuple(int(s) for s in input_shape), kernels, nl, input_scale)
+
+    @property
+    def filters(self) -> tuple[int, ...]:
+        return tuple(int(k["conv"].shape[3]) for k in self.kernels)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        h, w, c = self.input_shape
+        for nf in self.filters:
+            h, w, c = pooled_size(h), pooled_size(w), c * nf
+        return h, w, c
+
+    @property
+    def n_features(self) -> int:
+        h, w, c = self.output_shape
+        return h * w * c
+
+    @property
+    def conv_bits(self) -> int:
+        """One bit per kernel weight, the paper's conv count."""
+        return sum(k["conv"].size + sum(e.size for e in k["extras"]) for k in self.kernels)
+
+    def _check_images(self, x: np.ndarray) -> np.ndarray:
+        x = as_nhwc(x)
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise DataError(f"images have shape {tuple(x.shape[1:])} but the model expects "
+                            f"{tuple(self.input_shape)} (H, W, C)")
+        return x
+
+    def _batch_to_float(self, xb: np.ndarray) -> tuple[np.ndarray, float]:
+        """uint8 pixels stay integer-valued (exact sums) and are scaled at the end."""
+        if xb.dtype == np.uint8:
+            return xb.astype(np.float32), float(self.input_scale)
+        xb = np.asarray(xb, dtype=np.float32)
+        if not np.isfinite(xb).all():
+            raise DataError("images contain NaN or infinity")
+        return xb, 1.0
+
+    # -- torch path: the reference, and the CUDA path ------------------------
+    def _torch_weights(self, device):
+        key = str(device)
+        if key not in self._torch_cache:
+            self._torch_cache[key] = [
+                (sign_kernels_to_torch(k["conv"], device=device),
+                 [sign_kernels_to_torch(e, device=device) for e in k["extras"]])
+                for k in self.kernels]
+        return self._torch_cache[key]
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """NHWC float tensor -> (n, d) features, in torch (autograd-free)."""
+        h = x.permute(0, 3, 1, 2)
+        for main, extras in self._torch_weights(x.device):
+            h = F.conv2d(h, main, padding=1, groups=h.shape[1])
+            for extra in extras:
+                h = F.conv2d(F.relu(h), extra, padding=1, groups=h.shape[1])
+            h = maxpool_same(h)
+        return h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)
+
+    def _taps(self) -> np.ndarray:
+        if "taps" not in self._torch_cache:
+            self._torch_cache["taps"] = np.concatenate([
+                sign_kernels_to_taps(t).ravel()
+                for k in self.kernels for t in [k["conv"], *k["extras"]]])
+        return self._torch_cache["taps"]
+
+    def _features_into(self, xb: np.ndarray, dst: np.ndarray, device, lib) -> None:
+        """Features of one batch written into ``dst`` (len(xb), d)."""
+        xf, scale = self._batch_to_float(xb)
+        if lib is not None:
+            n, hh, ww, cc = xf.shape
+            rc = lib.lb_features(np.ascontiguousarray(xf), n, hh, ww, cc, len(self.kernels),
+                                 np.array(self.filters, dtype=np.int32), self.nl, self._taps(),
+                                 scale, dst, torch.get_num_threads())
+            if rc != 0:
+                raise MemoryError("native feature kernel ran out of memory")
+            return
+        with torch.inference_mode():
+            feats = self.forward_torch(torch.from_numpy(xf).to(device))
+            if scale != 1.0:
+                feats = feats * scale
+            dst[...] = feats.cpu().numpy()
+
+    def iter_transform(self, x: np.ndarray, batch_size: int = 2048, device=None):
+        """Yield ``(start, stop, features)`` batches without holding all features.
+
+        The features array is a reused buffer: consume it before the next step.
+        """
+        x = self._check_images(x)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        lib = native.load() if device.type == "cpu" else None
+        buf = np.empty((min(batch_size, len(x)), self.n_features), dtype=np.float32)
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]
+            view = buf[:len(xb)]
+            self._features_into(xb, view, device, lib)
+            yield start, start + len(xb), view
+
+    def transform(self, x: np.ndarray, batch_size: int = 2048, device=None) -> np.ndarray:
+        x = self._check_images(x)
+        require(4 * len(x) * self.n_features,
+                f"features for {len(x):,} images x {self.n_features:,}",
+                "process fewer images at once (the search streams them) or use fewer filters")
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        lib = native.load() if device.type == "cpu" else None
+        out = np.empty((len(x), self.n_features), dtype=np.float32)
+        for start in range(0, len(x), batch_size):
+            self._features_into(x[start:start + batch_size], out[start:start + batch_size],
+                                device, lib)
+        return out
+
+
+class LBCNN:
+    """scikit-learn-style LB-CNN classifier.
+
+    >>> LBCNN(filters=(40, 4), C=1e-3, random_state=0).fit(X, y).predict(X)
+
+    ``random_state`` seeds the +-1 kernels; the head is solved in closed form.
+    Learned state: ``body_``, ``coef_`` (d, k), ``intercept_`` (k,), ``classes_``.
+    """
+
+    def __init__(self, filters=(40, 4), nl: int = 1, C: float = 1e-3, random_state: int = 0,
+                 input_scale: float | None = None, batch_size: int = 2048, device=None):
+        self.filters = filters
+        self.nl = nl
+        self.C = C
+        self.random_state = random_state
+        self.input_scale = input_scale
+        self.batch_size = batch_size
+        self.device = device
+
+    # scikit-learn's parameter protocol, without depending on it
+    def get_params(self, deep=True):
+        return {k: getattr(self, k) for k in
+                ("filters", "nl", "C", "random_state", "input_scale", "batch_size", "device")}
+
+    def set_params(self, **params):
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise ConfigError(f"unknown parameter {k!r}")
+            setattr(self, k, v)
+        return self
+
+    def _device(self):
+        from ..settings import default_device
+        return torch.device(self.device) if self.device is not None else default_device()
+
+    def fit(self, X, y, body: LBCNNBody | None = None):
+        X = as_nhwc(X)
+        y = np.asarray(y)
+        if len(X) != len(y):
+            raise DataError(f"{len(X)} images but {len(y)} labels")
+        if self.C <= 0:
+            raise ConfigError(f"C must be positive, got {self.C}")
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        scale = self.input_scale if self.input_scale is not None else 1.0 / 255.0
+        self.body_ = body if body is not None else LBCNNBody.random(
+            X.shape[1:], self.filters, self.nl, self.random_state, scale)
+        self.coef_, self.solver_ = fit_elm(self.body_, X, y_idx, len(self.classes_), self.C,
+                                           self.batch_size, self._device())
+        self.intercept_ = np.zeros(len(self.classes_), dtype=np.float32)
+        return self
+
+    def forward_features(self, X) -> np.ndarray:
+        return self.body_.transform(X, self.batch_size, self._device())
+
+    def reset_classifier(self, num_classes: int):
+        self.coef_ = np.zeros((self.body_.n_features, num_classes), dtype=np.float32)
+        self.intercept_ = np.zeros(num_classes, dtype=np.float32)
+        self.classes_ = np.arange(num_classes)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        out = np.empty((len(X), self.coef_.shape[1]), dtype=np.float32)
+        for a, b, f in self.body_.iter_transform(X, self.batch_size, self._device()):
+            out[a:b] = f @ self.coef_ + self.intercept_
+        return out
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.decision_function(X).argmax(1)]
+
+    def score(self, X, y) -> float:
+        return float((self.predict(X) == np.asarray(y)).mean())
+
+
+def fit_elm(body: LBCNNBody, X: np.ndarray, y_idx: np.ndarray, n_classes: int, C: float,
+            batch_size: int = 2048, device=None, timer=None) -> tuple[np.ndarray, str]:
+    """Stream the body's features into the ELM solver (primal or dual).
+
+    ``timer``, when given, is a dict that receives seconds spent in
+    'features' and 'solve'.
+    """
+    import time
+
+    d, n = body.n_features, len(X)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    t_feat = t_solve = 0.0
+    if d < n:
+        acc = RidgeAccumulator(d, n_classes, C, device)
+        t0 = time.perf_counter()
+        for a, b, f in body.iter_transform(X, batch_size, device):
+            t1 = time.perf_counter()
+            t_feat += t1 - t0
+            acc.update(f, one_vs_rest_targets(y_idx[a:b], n_classes))
+            t0 = time.perf_counter()
+            t_solve += t0 - t1
+        t1 = time.perf_counter()
+        w = acc.solve()
+        t_solve += time.perf_counter() - t1
+        solver = acc.solver_
+    else:
+        t0 = time.perf_counter()
+        h = body.transform(X, batch_size, device)
+        t1 = time.perf_counter()
+        w, solver = solve_dual(h, one_vs_rest_targets(y_idx, n_classes), C)
+        t_feat += t1 - t0
+        t_solve += time.perf_counter() - t1
+    if timer is not None:
+        timer["features"] = timer.get("features", 0.0) + t_feat
+        timer["solve"] = timer.get("solve", 0.0) + t_solve
+    return w, solver
+
+
+register_model("lbcnn", LBCNN)
+
+
+# -- model files --------------------------------------------------------------
+def body_to_arrays(body: LBCNNBody, prefix: str = "body") -> dict[str, np.ndarray]:
+    arrays = {}
+    for i, k in enumerate(body.kernels):
+        arrays[f"{prefix}/{i}/conv"] = k["conv"]
+        for j, e in enumerate(k["extras"]):
+            arrays[f"{prefix}/{i}/extra/{j}"] = e
+    return arrays
+
+
+def body_config(body: LBCNNBody) -> dict:
+    return {"input_shape": list(body.input_shape), "filters": list(body.filters),
+            "nl": body.nl, "input_scale": body.input_scale}
+
+
+def body_from_file(config: dict, arrays: dict, prefix: str = "body") -> LBCNNBody:
+    kernels = []
+    for i in range(len(config["filters"])):
+        conv = arrays[f"{prefix}/{i}/conv"].astype(np.int8)
+        extras = [arrays[f"{prefix}/{i}/extra/{j}"].astype(np.int8) for j in range(config["nl"] - 1)]
+        for k in [conv, *extras]:
+            if not np.all(np.abs(k) == 1):
+                raise DataError("model file kernels are not all +-1")
+        kernels.append({"conv": conv, "extras": extras})
+    return LBCNNBody(tuple(config["input_shape"]), kernels, int(config["nl"]),
+                     float(config["input_scale"]))
+
+
+def save_lbcnn(model: LBCNN, path, **meta) -> None:
+    from ..io import save_model_file
+
+    config = {"family": "lbcnn", **body_config(model.body_),
+              "C": model.C, "classes": [int(c) for c in model.classes_],
+              "head": getattr(model, "head_meta_", {"kind": "float32"}), **meta}
+    arrays = body_to_arrays(model.body_)
+    arrays["head/weight"] = model.coef_
+    arrays["head/bias"] = model.intercept_
+    save_model_file(path, config, arrays)
+
+
+def load_lbcnn(config: dict, arrays: dict) -> LBCNN:
+    body = body_from_file(config, arrays)
+    model = LBCNN(filters=tuple(config["filters"]), nl=config["nl"], C=config.get("C", 1e-3),
+                  input_scale=config["input_scale"])
+    model.body_ = body
+    model.coef_ = arrays["head/weight"].astype(np.float32)
+    model.intercept_ = arrays["head/bias"].astype(np.float32)
+    if model.coef_.shape != (body.n_features, len(config["classes"])):
+        raise DataError(f"head weight shape {model.coef_.shape} does not match the body "
+                        f"({body.n_features} features, {len(config['classes'])} classes)")
+    model.classes_ = np.array(config["classes"])
+    model.head_meta_ = config.get("head", {"kind": "float32"})
+    model.meta_ = config
+    return model

@@ -1,0 +1,64 @@
+"""Tables and plots for people: rich tables in the terminal, PNGs on disk."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def plot_trials(history: list[dict], path: Path, title: str = "") -> None:
+    """Per-trial validation accuracy with the running best (the paper's Fig. 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = [100 * h["val_accuracy"] for h in history]
+    best = [max(acc[: i + 1]) for i in range(len(acc))]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    ax.plot(range(1, len(acc) + 1), acc, "o-", ms=3, lw=1, label="trial")
+    ax.plot(range(1, len(acc) + 1), best, "--", lw=1.2, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def _save_fig(fig, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
+        fig.savefig(tmp, format="png")
+    os.replace(tmp.name, path)
+
+
+def summary_table(summary: dict):
+    from rich.table import Table
+
+    table = Table(title=f"LB-CNN search: {summary['dataset']} filters "
+                        f"{','.join(map(str, summary['filters']))}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("validation accuracy", f"{100 * summary['val_accuracy']:.2f} %  (n={summary['val_size']:,})"),
+        ("test accuracy", f"{100 * summary['test_accuracy']:.2f} %  (n={summary['test_size']:,})"),
+        ("best trial / trials", f"{summary['best_trial']} / {summary['trials']}"),
+        ("training images", f"{summary['train_size']:,} ({summary['fit_size']:,} fit + "
+                            f"{summary['val_size']:,} val)"),
+        ("features", f"{summary['features']:,}"),
+        ("conv kbits (1 bit/weight)", f"{summary['kbits_conv']:.2f}"),
+        ("head kbits (8 bits/weight)", f"{summary['kbits_head']:.1f}"),
+        ("s/trial, median", f"{summary['seconds_per_trial']:.2f}"),
+        ("  features / solve / scoring", f"{summary['seconds_features_median']:.2f} / "
+                                         f"{summary['seconds_solve_median']:.2f} / "
+                                         f"{summary['seconds_scoring_median']:.3f}"),
+        ("search total s", f"{summary['seconds_search_total']:.1f}"),
+        ("final refit s", f"{summary['seconds_refit']:.1f}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
