@@ -1,0 +1,131 @@
+"""Dataset sources, splits and bad-input handling."""
+import numpy as np
+import pytest
+
+from lbcnn.data import load_dataset
+from lbcnn.data.splits import allocate, stratified_subset, train_val_split
+from lbcnn.errors import ConfigError, DataError
+
+
+def test_registry_reads_shared_data(data_dir):
+    ds = load_dataset("mnist")
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    assert ds.x_train.dtype == np.uint8 and ds.n_classes == 10
+    g = load_dataset("gtsrb")
+    assert g.input_shape == (32, 32, 3) and g.n_classes == 43  # colour kept
+    assert g.groups_train is not None and np.bincount(g.groups_train).max() == 30
+
+
+def test_olivetti_paper_split(data_dir):
+    ds = load_dataset("olivetti", split="paper")
+    assert len(ds.y_train) == 250 and len(ds.y_test) == 150
+    raw = np.load(data_dir / "olivetti_faces.npz")
+    perm = np.random.RandomState(0).permutation(400)
+    np.testing.assert_array_equal(ds.y_test, raw["y"][perm[250:]])
+    assert ds.input_scale == pytest.approx(1 / raw["x"].max())
+    strat = load_dataset("olivetti", seed=3)
+    assert np.all(np.bincount(strat.y_test) == 5)
+
+
+def test_stratified_subset_keeps_proportions(rng):
+    y = np.repeat(np.arange(4), [100, 200, 300, 400])
+    idx = stratified_subset(y, 100, rng)
+    assert len(idx) == 100 and len(np.unique(idx)) == 100
+    np.testing.assert_array_equal(np.bincount(y[idx]), [10, 20, 30, 40])
+    assert allocate(np.array([1, 1, 1]), 2).sum() == 2
+
+
+def test_val_and_train_never_overlap_and_are_seeded():
+    y = np.repeat(np.arange(10), 100)
+    tr, va = train_val_split(y, 500, 0.2, seed=1)
+    assert len(np.intersect1d(tr, va)) == 0
+    assert len(tr) + len(va) == 500 and len(va) == 100
+    tr2, va2 = train_val_split(y, 500, 0.2, seed=1)
+    np.testing.assert_array_equal(tr, tr2)
+    np.testing.assert_array_equal(va, va2)
+
+
+def test_gtsrb_validation_holds_out_whole_tracks(data_dir):
+    ds = load_dataset("gtsrb")
+    tr, va = ds.split(10000, 0.1, seed=0)
+    assert len(np.intersect1d(tr, va)) == 0
+    val_tracks = set(ds.groups_train[va].tolist())
+    assert not val_tracks & set(ds.groups_train[tr].tolist())
+    for g in val_tracks:  # every image of a held-out track is in validation
+        assert np.all(np.isin(np.flatnonzero(ds.groups_train == g), va))
+
+
+def test_npz_source_forms_and_errors(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    y = np.repeat(np.arange(4), 10)
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    ds = load_dataset(f"npz:{tmp_path / 'a.npz'}")
+    assert len(ds.y_train) + len(ds.y_test) == 40
+    np.savez(tmp_path / "b.npz", x=x, y=y[:-1])
+    with pytest.raises(DataError, match="40 images but 39 labels"):
+        load_dataset(f"npz:{tmp_path / 'b.npz'}")
+    (tmp_path / "c.npz").write_bytes((tmp_path / "a.npz").read_bytes()[:100])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        load_dataset(f"npz:{tmp_path / 'c.npz'}")
+    np.savez(tmp_path / "d.npz", x=np.full((4, 8, 8), np.nan), y=np.arange(4))
+    with pytest.raises(DataError, match="NaN"):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    np.savez(tmp_path / "e.npz", images=x)
+    with pytest.raises(DataError, match="expected arrays"):
+        load_dataset(f"npz:{tmp_path / 'e.npz'}")
+
+
+def test_folder_source(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for cls, ext in [("cat", "png"), ("dog", "ppm"), ("owl", "jpg")]:
+        (tmp_path / cls).mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(
+                tmp_path / cls / f"{i}.{ext}")
+    ds = load_dataset(f"folder:{tmp_path}", resize=(8, 8), grayscale=True)
+    assert ds.input_shape == (8, 8, 1) and ds.class_names == ["cat", "dog", "owl"]
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.input_shape == (10, 12, 3)
+    (tmp_path / "eel").mkdir()
+    with pytest.raises(DataError, match="empty"):
+        load_dataset(f"folder:{tmp_path}")
+    (tmp_path / "eel" / "0.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="cannot read image"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_unknown_dataset_and_bad_data_dir(monkeypatch, tmp_path):
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("imagenet")
+    monkeypatch.setenv("LBCNN_DATA", str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="not a folder"):
+        load_dataset("mnist")
+    monkeypatch.setenv("LBCNN_DATA", str(tmp_path))
+    with pytest.raises(DataError, match="has no mnist.npz"):
+        load_dataset("mnist")
+
+
+def test_impossible_split_sizes():
+    y = np.repeat(np.arange(3), 10)
+    with pytest.raises(ConfigError, match="exceeds"):
+        train_val_split(y, 100, 0.1, 0)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        train_val_split(y, 10, 1.5, 0)
+
+
+def test_idx_parser_and_safe_unpickler():
+    import pickle
+    from lbcnn.data.download import parse_idx, safe_unpickle
+    raw = bytes([0, 0, 8, 2]) + (2).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes(range(6))
+    np.testing.assert_array_equal(parse_idx(raw), np.arange(6).reshape(2, 3))
+    with pytest.raises(DataError, match="truncated"):
+        parse_idx(raw[:-1])
+    ok = pickle.dumps({b"data": [1, 2], b"labels": [0]})
+    assert safe_unpickle(ok)[b"labels"] == [0]
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    with pytest.raises(DataError, match="refusing"):
+        safe_unpickle(pickle.dumps(Evil()))
