@@ -1,0 +1,319 @@
+"""Compile a trained model into an integer-only inference plan.
+
+An :class:`IntegerPlan` is a list of ops plus a quantized head, with every
+intermediate value bounded at compile time:
+
+* ``sign_dwconv3`` -- depthwise 3x3 conv with +-1 kernels, zero padding 1,
+  depth multiplier ``m`` (output channel ``c*m + j``), optional ReLU on its
+  input. Kernels are stored as packed *negative* bits (``np.packbits``, little
+  bit order) over the ``(9, C_out)`` tap table, so ``out = sum(+-x)`` is
+  additions and subtractions only. Inputs of the first conv are raw uint8
+  pixels, so every output is an exact integer.
+* ``maxpool4s2`` -- 4x4 / stride 2 'same' max pool (window j covers rows
+  ``[2j-1, 2j+2]`` clipped), integer in, integer out.
+* ``xnor_dense`` -- reserved for binary (CBCNN-style) layers:
+  ``out = 2*popcount(xnor(a, w)) - N`` on packed uint64 words, with integer
+  thresholds. The NumPy engine runs it; no LB-CNN plan emits it.
+* the head: n-bit integer weights (int8 for n <= 8) times integer features,
+  summed in int32 partial sums over chunks short enough that no int32 partial
+  can overflow, then in int64. ``argmax(s_in*F@Wq*s + b) == argmax(F@Wq + b_q)``
+  when the weight scale ``s`` is one positive scalar and ``b_q`` is the bias
+  at the accumulator scale ``s_in*s``. Per-class scales are rescaled with a
+  fixed-point multiplier ``M_c = round(2^R * s_c / max(s))`` (an exact
+  integer op, approximating the float ratio to 2^-R relative).
+
+Worst-case bounds: a conv's output is at most ``9 * max|input|``; pooling
+keeps the bound; ReLU keeps it. For MNIST 40,4 that is 255 -> 2,295 ->
+20,655, so activations fit int16. The head's accumulator is bounded by
+``d * max|feature| * max|q| + max|b_q|``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+
+OP_TYPES = ("sign_dwconv3", "maxpool4s2", "xnor_dense")
+
+INT16_MAX = 2 ** 15 - 1
+INT32_MAX = 2 ** 31 - 1
+INT64_MAX = 2 ** 63 - 1
+
+
+def _dtype_for(bound: int) -> str:
+    if bound <= INT16_MAX:
+        return "int16"
+    if bound <= INT32_MAX:
+        return "int32"
+    if bound <= INT64_MAX:
+        return "int64"
+    raise ConfigError(f"an intermediate value can reach {bound:.3e}, beyond int64; "
+                      "the integer engine cannot compile this model (fewer layers or a "
+                      "smaller nl keeps the conv stack bounded)")
+
+
+# -- packing helpers ------------------------------------------------------------
+def pack_neg_bits(taps: np.ndarray) -> np.ndarray:
+    """(9, C_out) +-1 taps -> packed bits, bit k set when tap k (row-major) is -1."""
+    return np.packbits((np.asarray(taps) < 0).ravel(), bitorder="little")
+
+
+def unpack_neg_bits(packed: np.ndarray, n_taps: int, c_out: int) -> np.ndarray:
+    bits = np.unpackbits(packed, count=n_taps * c_out, bitorder="little")
+    return bits.reshape(n_taps, c_out).astype(bool)
+
+
+def pack_signs_u64(x: np.ndarray) -> np.ndarray:
+    """(..., N) +-1 values -> (..., ceil(N/64)) uint64 words, bit 1 = +1, zero padded."""
+    x = np.asarray(x)
+    n = x.shape[-1]
+    words = -(-n // 64)
+    packed = np.packbits(x > 0, axis=-1, bitorder="little")
+    pad = words * 8 - packed.shape[-1]
+    if pad:
+        packed = np.concatenate([packed, np.zeros(packed.shape[:-1] + (pad,), np.uint8)], -1)
+    return np.ascontiguousarray(packed).view("<u8")
+
+
+# -- head quantization (a stand-in until the project's quantizer lands) --------
+def quantize_head(coef: np.ndarray, intercept: np.ndarray, input_scale: float,
+                  bits: int = 8) -> dict:
+    """Symmetric per-tensor quantization: ``q = round(W / s)``, ``s = max|W| / (2^(n-1)-1)``.
+
+    The bias goes to the accumulator scale ``input_scale * s`` so that
+    ``s_in * s * (F_int @ q + b_q)`` reproduces the dequantized head.
+    """
+    if not 2 <= bits <= 16:
+        raise ConfigError(f"head bits must be 2..16, got {bits}")
+    coef = np.asarray(coef, dtype=np.float64)
+    qmax = 2 ** (bits - 1) - 1
+    amax = float(np.abs(coef).max())
+    scale = amax / qmax if amax > 0 else 1.0
+    q = np.clip(np.rint(coef / scale), -qmax, qmax).astype(np.int8 if bits <= 8 else np.int16)
+    b_q = np.rint(np.asarray(intercept, np.float64) / (input_scale * scale)).astype(np.int64)
+    return {"weight_q": q, "bias_q": b_q, "scale": np.float64(scale), "bits": bits,
+            "bias_scale": "accumulator"}
+
+
+def head_from_arrays(arrays: dict, config: dict) -> dict | None:
+    """The quantized head stored in a model file (``head/weight_q`` etc.), if any."""
+    if "head/weight_q" not in arrays:
+        return None
+    meta = config.get("head", {}) or {}
+    q = np.asarray(arrays["head/weight_q"])
+    bits = int(meta.get("bits", 8 if q.dtype.itemsize == 1 else 16))
+    return {"weight_q": q, "bias_q": np.asarray(arrays.get("head/bias_q", np.zeros(q.shape[1]))),
+            "scale": np.asarray(arrays["head/scale"], np.float64), "bits": bits,
+            "bias_scale": meta.get("bias_scale", "accumulator")}
+
+
+def _model_head(model) -> dict | None:
+    for attr in ("quantized_head_", "head_q_"):
+        head = getattr(model, attr, None)
+        if isinstance(head, dict) and "weight_q" in head:
+            return head
+    return None
+
+
+# -- the plan -------------------------------------------------------------------
+@dataclass
+class IntegerPlan:
+    input_shape: tuple[int, int, int]
+    ops: list[dict]
+    head: dict
+    classes: np.ndarray
+    act_dtype: str
+    bounds: dict = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.head["weight_q"].shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.head["weight_q"].shape[1])
+
+    def weight_bytes(self) -> dict:
+        conv = sum(int(op["neg_bits"].nbytes) for op in self.ops if op["type"] == "sign_dwconv3")
+        head = int(self.head["weight_q"].nbytes) + 8 * self.n_classes
+        return {"conv_packed": conv, "head": head, "total": conv + head}
+
+    def describe(self) -> dict:
+        """A JSON-able summary: ops, shapes, bounds and accumulator widths."""
+        ops = []
+        for op in self.ops:
+            ops.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in op.items()
+                        if not isinstance(v, np.ndarray)})
+        h = self.head
+        return {"input": {"shape": list(self.input_shape), "dtype": "uint8", "bound": 255},
+                "activation_dtype": self.act_dtype, "ops": ops,
+                "head": {"bits": h["bits"], "features": self.n_features,
+                         "classes": self.n_classes, "rescale": h["rescale"],
+                         "feature_bound": h["feature_bound"], "q_max": h["q_max"],
+                         "partial_dtype": h["partial_dtype"], "chunk": h["chunk"],
+                         "accumulator_dtype": h["acc_dtype"], "accumulator_bound": h["acc_bound"],
+                         **({"rescale_shift": h["shift"]} if h["rescale"] == "fixed-point" else {})},
+                "weight_bytes": self.weight_bytes()}
+
+
+def _compile_head(head: dict, feature_bound: int, n_features: int, n_classes: int,
+                  input_scale: float) -> dict:
+    q = np.asarray(head["weight_q"])
+    if not np.issubdtype(q.dtype, np.integer):
+        raise ConfigError(f"quantized head weights must be integers, got {q.dtype}")
+    if q.shape != (n_features, n_classes):
+        raise ConfigError(f"quantized head shape {q.shape} does not match the body "
+                          f"({n_features} features, {n_classes} classes)")
+    bits = int(head.get("bits", 8))
+    if bits > 16:
+        raise ConfigError(f"a {bits}-bit head is not supported (at most 16 bits)")
+    qmax_allowed = 2 ** (bits - 1) - 1
+    q_max = int(np.abs(q.astype(np.int64)).max()) if q.size else 0
+    if q_max > qmax_allowed:
+        raise ConfigError(f"head weights reach {q_max}, beyond the {bits}-bit range")
+    q = q.astype(np.int8 if bits <= 8 else np.int16)
+    scale = np.asarray(head["scale"], dtype=np.float64)
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise ConfigError("head scales must be finite and positive (argmax would not survive)")
+    b_q = np.asarray(head.get("bias_q", np.zeros(n_classes)))
+    if np.issubdtype(b_q.dtype, np.floating):
+        if not np.all(b_q == np.rint(b_q)):
+            raise ConfigError("head/bias_q must hold integers")
+    b_q = b_q.astype(np.int64).reshape(-1)
+    if b_q.size == 1 and n_classes > 1:
+        b_q = np.full(n_classes, int(b_q[0]), np.int64)
+    if head.get("bias_scale", "accumulator") != "accumulator":
+        raise ConfigError(f"bias_q at scale {head.get('bias_scale')!r} is not supported; "
+                          "store it at the accumulator scale (input_scale * weight scale)")
+    per_class = scale.size > 1
+    if per_class and scale.shape != (n_classes,):
+        raise ConfigError(f"per-class head scale has shape {scale.shape}, expected ({n_classes},)")
+    # worst case: every feature at its bound, every product with the sign of q
+    col_abs = np.abs(q.astype(np.int64)).sum(0)
+    acc_bound = int(feature_bound) * int(col_abs.max() if col_abs.size else 0) + \
+        int(np.abs(b_q).max() if b_q.size else 0)
+    worst = int(feature_bound) * n_features * q_max
+    if acc_bound > INT64_MAX or worst > INT64_MAX:
+        raise ConfigError(f"head accumulator bound {max(acc_bound, worst):.3e} exceeds int64 "
+                          f"({n_features} features up to {feature_bound} x weights up to "
+                          f"{q_max}); the integer engine cannot compile this model")
+    prod = int(feature_bound) * max(q_max, 1)
+    if prod <= INT32_MAX:
+        partial, chunk = "int32", max(1, min(n_features, INT32_MAX // prod))
+    else:
+        partial, chunk = "int64", n_features
+    out = {"weight_q": q, "bias_q": b_q, "bits": bits, "scale": scale, "q_max": q_max,
+           "feature_bound": int(feature_bound), "partial_dtype": partial, "chunk": int(chunk),
+           "acc_bound": acc_bound, "acc_dtype": "int32" if acc_bound <= INT32_MAX else "int64",
+           "input_scale": float(input_scale)}
+    if per_class:
+        # (acc + b_q) * M_c must stay inside int64: |acc + b_q| <= acc_bound
+        room = 62 - int(acc_bound).bit_length()
+        shift = min(30, room)
+        if shift < 8:
+            raise ConfigError("per-class head scales need a fixed-point multiplier with at least "
+                              f"8 bits, but the accumulator bound {acc_bound:.3e} leaves {shift}")
+        mult = np.rint(scale / scale.max() * 2.0 ** shift).astype(np.int64)
+        if np.any(mult <= 0):
+            raise ConfigError("a per-class head scale is too small against the largest one to "
+                              "rescale in fixed point")
+        out.update(rescale="fixed-point", mult=mult, shift=int(shift))
+    else:
+        out.update(rescale="none")
+    return out
+
+
+def compile_lbcnn(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:
+    body = getattr(model, "body_", None)
+    if body is None:
+        raise ConfigError("the model is not fitted (no body_)")
+    ops: list[dict] = []
+    h, w, c = (int(s) for s in body.input_shape)
+    bound = 255  # uint8 pixels
+    stage_bounds = [bound]
+    for li, k in enumerate(body.kernels):
+        convs = [(k["conv"], False)] + [(e, True) for e in k["extras"]]
+        for ci, (kern, relu) in enumerate(convs):
+            kern = np.asarray(kern)
+            if kern.ndim != 4 or kern.shape[:2] != (3, 3):
+                raise ConfigError(f"layer {li} conv {ci}: unsupported kernel shape {kern.shape} "
+                                  "(the engine compiles 3x3 depthwise convs)")
+            if kern.shape[2] != c:
+                raise ConfigError(f"layer {li} conv {ci}: kernel expects {kern.shape[2]} input "
+                                  f"channels, the previous layer gives {c}")
+            if not np.all(np.abs(kern) == 1):
+                raise ConfigError(f"layer {li} conv {ci}: kernel values are not all +-1; "
+                                  "the add/subtract conv path needs sign kernels")
+            m = int(kern.shape[3])
+            taps = kern.reshape(9, c * m)
+            bound = 9 * bound
+            ops.append({"type": "sign_dwconv3", "layer": li, "in_shape": (h, w, c),
+                        "multiplier": m, "relu_in": relu, "out_shape": (h, w, c * m),
+                        "bound": bound, "neg_bits": pack_neg_bits(taps),
+                        "neg_count_max": int((taps < 0).sum(0).max())})
+            c *= m
+            stage_bounds.append(bound)
+        ho, wo = (h + 1) // 2, (w + 1) // 2
+        ops.append({"type": "maxpool4s2", "layer": li, "in_shape": (h, w, c),
+                    "out_shape": (ho, wo, c), "bound": bound})
+        h, w = ho, wo
+    # the C conv sums nine (x ^ mask) terms of up to |x|+1 before adding the
+    # negative-tap count, so leave that margin inside the activation type
+    margin = max(9 * (b + 1) + 9 for b in stage_bounds[:-1])
+    act_dtype = _dtype_for(max(max(stage_bounds), margin))
+    d = h * w * c
+    if d != body.n_features:
+        raise ConfigError(f"plan gives {d} features but the body has {body.n_features}")
+    classes = np.asarray(model.classes_)
+    if head is None:
+        head = _model_head(model)
+    if head is None:
+        coef = getattr(model, "coef_", None)
+        if coef is None:
+            raise ConfigError("the model has no head (coef_) to quantize")
+        head = quantize_head(coef, getattr(model, "intercept_", np.zeros(coef.shape[1])),
+                             body.input_scale, bits)
+    hplan = _compile_head(head, bound, d, len(classes), body.input_scale)
+    bounds = {"input": 255, "stages": stage_bounds, "features": bound,
+              "head_accumulator": hplan["acc_bound"]}
+    return IntegerPlan(tuple(int(s) for s in body.input_shape), ops, hplan, classes,
+                       act_dtype, bounds)
+
+
+def compile_plan(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:
+    """Compile a fitted model (or a native model file path) into an :class:`IntegerPlan`.
+
+    ``head`` overrides the quantized head (``weight_q``, ``bias_q``, ``scale``,
+    ``bits``); without it a model file's ``head/weight_q`` is used, else the
+    float head is quantized per-tensor to ``bits`` bits.
+    """
+    from pathlib import Path
+
+    if isinstance(model, (str, Path)):
+        from ..io import load_model_file
+        from ..models import load_model
+
+        config, arrays = load_model_file(model)
+        if head is None:
+            head = head_from_arrays(arrays, config)
+        model = load_model(model)
+    from ..models.lbcnn import LBCNN
+
+    if isinstance(model, LBCNN):
+        return compile_lbcnn(model, head, bits)
+    raise ConfigError(f"the integer engine cannot compile a {type(model).__name__}: "
+                      "unsupported model or layer type (supported: LB-CNN)")
+
+
+def dequantized_model(model, plan: IntegerPlan):
+    """A float copy of ``model`` whose head is the plan's dequantized head."""
+    import copy
+
+    ref = copy.copy(model)
+    h = plan.head
+    s = h["scale"].reshape(-1) if h["scale"].size > 1 else float(h["scale"])
+    ref.coef_ = (h["weight_q"].astype(np.float64) * s).astype(np.float32)
+    ref.intercept_ = (h["bias_q"].astype(np.float64) * h["input_scale"] * s).astype(np.float32)
+    return ref
