@@ -51,6 +51,43 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true")
 
+    f = sub.add_parser("finetune", help="fine-tune the output layer (kernels frozen) with Adam")
+    f.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder holding model.npz, or a model file")
+    _add_data_args(f)
+    f.add_argument("--epochs", type=int, default=20)
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
+    f.add_argument("--val-fraction", type=float, default=0.1)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--elm-full", action="store_true",
+                   help="re-solve the ELM head on the full training split before fine-tuning")
+    f.add_argument("--stream", action="store_true", help="never hold features in memory")
+    f.add_argument("--out", required=True, help="output model file")
+    f.add_argument("--json", action="store_true")
+
+    q = sub.add_parser("quantize", help="signed n-bit fixed-point head")
+    q.add_argument("model", metavar="RUN_OR_MODEL")
+    _add_data_args(q)
+    q.add_argument("--bits", type=int, default=8)
+    q.add_argument("--per-class", action="store_true", help="one scale per output class")
+    q.add_argument("--pow2", action="store_true", help="power-of-two scales (shifts in hardware)")
+    q.add_argument("--val-fraction", type=float, default=0.1)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.add_argument("--json", action="store_true")
+
+    x = sub.add_parser("export", help="write a model as Keras .h5 or ONNX")
+    x.add_argument("model", metavar="RUN_OR_MODEL")
+    x.add_argument("--format", required=True, choices=["h5", "onnx"])
+    x.add_argument("--out", required=True)
+    x.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("info", help="bit accounting: per-layer bits, MACs, file sizes")
+    i.add_argument("model", metavar="RUN_OR_MODEL")
+    i.add_argument("--no-sizes", action="store_true", help="skip the export size measurement")
+    i.add_argument("--json", action="store_true")
+
     d = sub.add_parser("datasets", help="list the dataset sources")
     d.add_argument("--json", action="store_true")
     return parser
@@ -97,7 +134,15 @@ def cmd_datasets(args) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "evaluate": cmd_evaluate, "datasets": cmd_datasets}
+def _deploy_cmd(name):
+    def run(args):
+        from . import deploy_cli
+        return getattr(deploy_cli, f"cmd_{name}")(args)
+    return run
+
+
+COMMANDS = {"search": cmd_search, "evaluate": cmd_evaluate, "datasets": cmd_datasets,
+            **{n: _deploy_cmd(n) for n in ("finetune", "quantize", "export", "info")}}
 
 
 def main(argv=None) -> int:

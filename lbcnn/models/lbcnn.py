@@ -334,8 +334,12 @@ def save_lbcnn(model: LBCNN, path, **meta) -> None:
               "C": model.C, "classes": [int(c) for c in model.classes_],
               "head": getattr(model, "head_meta_", {"kind": "float32"}), **meta}
     arrays = body_to_arrays(model.body_)
-    arrays["head/weight"] = model.coef_
-    arrays["head/bias"] = model.intercept_
+    if config["head"].get("kind") == "fixed":
+        # n-bit head: only the integers and scales are stored (see heads/quantize.py)
+        arrays.update(model.head_arrays_)
+    else:
+        arrays["head/weight"] = model.coef_
+        arrays["head/bias"] = model.intercept_
     save_model_file(path, config, arrays)
 
 
@@ -344,8 +348,13 @@ def load_lbcnn(config: dict, arrays: dict) -> LBCNN:
     model = LBCNN(filters=tuple(config["filters"]), nl=config["nl"], C=config.get("C", 1e-3),
                   input_scale=config["input_scale"])
     model.body_ = body
-    model.coef_ = arrays["head/weight"].astype(np.float32)
-    model.intercept_ = arrays["head/bias"].astype(np.float32)
+    head = config.get("head", {"kind": "float32"})
+    if head.get("kind") == "fixed":
+        from ..heads.quantize import head_from_arrays
+        model.coef_, model.intercept_, model.head_arrays_ = head_from_arrays(head, arrays)
+    else:
+        model.coef_ = arrays["head/weight"].astype(np.float32)
+        model.intercept_ = arrays["head/bias"].astype(np.float32)
     if model.coef_.shape != (body.n_features, len(config["classes"])):
         raise DataError(f"head weight shape {model.coef_.shape} does not match the body "
                         f"({body.n_features} features, {len(config['classes'])} classes)")

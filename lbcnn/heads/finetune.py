@@ -1,0 +1,186 @@
+"""Gradient fine-tuning of the LB-CNN output layer, kernels frozen.
+
+Starts from the ELM head (optionally re-solved on the full training split),
+then runs Adam on softmax cross-entropy over mini-batches. Only the head's
+weight and bias are torch parameters: the +-1 kernels never enter autograd
+(the body runs under ``inference_mode``), so they get no gradient and no
+optimizer state. The epoch is chosen on the validation split (never on the
+test set), with early stopping after ``patience`` epochs without improvement.
+
+Features are computed once and kept in memory when the plan fits
+(``lbcnn.memory.require``); otherwise each mini-batch is streamed from the body.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, DataError, MemoryPlanError
+from ..memory import human_bytes, require
+
+
+@dataclass
+class FinetuneResult:
+    best_epoch: int
+    epochs_run: int
+    val_accuracy_start: float
+    val_accuracy: float
+    feature_mode: str
+    seconds: float
+    seconds_features: float
+    seconds_elm: float = 0.0
+    history: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def labels_to_index(model, y) -> np.ndarray:
+    y = np.asarray(y)
+    idx = np.searchsorted(model.classes_, y)
+    idx = np.clip(idx, 0, len(model.classes_) - 1)
+    if not np.all(model.classes_[idx] == y):
+        bad = sorted(set(np.asarray(y)[model.classes_[idx] != y].tolist()))[:5]
+        raise DataError(f"labels {bad} are not among the model's classes")
+    return idx.astype(np.int64)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    return Progress(TextColumn("[bold]finetune"), TextColumn("epoch {task.fields[epoch]}"),
+                    BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"),
+                    TextColumn("val acc {task.fields[val]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def _features_or_none(body, x, what, in_memory):
+    if in_memory is False:
+        return None
+    try:
+        require(4 * len(x) * body.n_features, f"{what} features ({len(x):,} x {body.n_features:,})",
+                "features will be streamed per batch")
+    except MemoryPlanError:
+        if in_memory:
+            raise
+        return None
+    return body.transform(x)
+
+
+def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
+                  batch_size: int = 128, lr: float = 1e-3, patience: int = 3, seed: int = 0,
+                  elm_full: bool = False, in_memory: bool | None = None,
+                  progress: bool = False, log=None) -> FinetuneResult:
+    """Fine-tune ``model.coef_``/``intercept_`` in place; returns what happened.
+
+    ``y_train``/``y_val`` are class labels (values of ``model.classes_``).
+    ``in_memory``: None plans it, True insists (MemoryPlanError if it does not
+    fit), False always streams.
+    """
+    from ..models.lbcnn import fit_elm
+
+    if epochs < 0 or batch_size < 1 or lr <= 0 or patience < 1:
+        raise ConfigError("need epochs >= 0, batch size >= 1, lr > 0 and patience >= 1")
+    body = model.body_
+    yt, yv = labels_to_index(model, y_train), labels_to_index(model, y_val)
+    if len(yt) == 0 or len(yv) == 0:
+        raise ConfigError("fine-tuning needs non-empty training and validation splits")
+    k = len(model.classes_)
+    t_start = time.perf_counter()
+    t_elm = 0.0
+    if elm_full:
+        t0 = time.perf_counter()
+        model.coef_, model.solver_ = fit_elm(body, x_train, yt, k, model.C, model.batch_size,
+                                             torch.device("cpu"))
+        model.intercept_ = np.zeros(k, dtype=np.float32)
+        t_elm = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ht = _features_or_none(body, x_train, "training", in_memory)
+    hv = _features_or_none(body, x_val, "validation", in_memory) if ht is not None else None
+    mode = "memory" if ht is not None else "stream"
+    t_feat = time.perf_counter() - t0
+    if log:
+        log(f"features: {mode}"
+            + (f" ({human_bytes(ht.nbytes + hv.nbytes)})" if ht is not None else ""))
+
+    # The only trainable tensors. Kernels are not parameters at all.
+    weight = torch.nn.Parameter(torch.from_numpy(np.array(model.coef_, dtype=np.float32)))
+    bias = torch.nn.Parameter(torch.from_numpy(np.array(model.intercept_, dtype=np.float32)))
+    params = [weight, bias]
+    opt = torch.optim.Adam(params, lr=lr)
+    for w, extras in body._torch_cache.get(str(torch.device("cpu")), []):
+        assert not w.requires_grad and not any(e.requires_grad for e in extras)
+
+    def feats(x, h, idx):
+        if h is not None:
+            return torch.from_numpy(h[idx])
+        return torch.from_numpy(body.transform(x[idx]))
+
+    def val_accuracy() -> float:
+        correct = 0
+        with torch.no_grad():
+            for a in range(0, len(yv), 4096):
+                sl = np.arange(a, min(a + 4096, len(yv)))
+                logits = feats(x_val, hv, sl) @ weight + bias
+                correct += int((logits.argmax(1).numpy() == yv[sl]).sum())
+        return correct / len(yv)
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    best_acc = start_acc = val_accuracy()
+    best = (weight.detach().clone(), bias.detach().clone())
+    best_epoch, since, history, epochs_run = 0, 0, [{"epoch": 0, "loss": None,
+                                                     "val_accuracy": start_acc}], 0
+    n_batches = -(-len(yt) // batch_size)
+    bar = _progress(progress)
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("", total=epochs * n_batches, epoch=0, loss=float("nan"),
+                            val=f"{100 * start_acc:.2f}%")
+    try:
+        for epoch in range(1, epochs + 1):
+            perm = rng.permutation(len(yt))
+            total, seen = 0.0, 0
+            for b in range(n_batches):
+                idx = np.sort(perm[b * batch_size:(b + 1) * batch_size])
+                h = feats(x_train, ht, idx)
+                assert not h.requires_grad
+                loss = F.cross_entropy(h @ weight + bias, torch.from_numpy(yt[idx]))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(idx)
+                seen += len(idx)
+                if bar is not None:
+                    bar.update(task, advance=1, epoch=epoch, loss=total / seen)
+            acc = val_accuracy()
+            epochs_run = epoch
+            history.append({"epoch": epoch, "loss": total / seen, "val_accuracy": acc})
+            if bar is not None:
+                bar.update(task, val=f"{100 * acc:.2f}% (best {100 * max(acc, best_acc):.2f}%)")
+            if acc > best_acc:
+                best_acc, best_epoch, since = acc, epoch, 0
+                best = (weight.detach().clone(), bias.detach().clone())
+            else:
+                since += 1
+                if since >= patience:
+                    break
+    finally:
+        if bar is not None:
+            bar.stop()
+    # The optimizer only ever saw the head.
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(weight), id(bias)}
+    model.coef_ = best[0].numpy().astype(np.float32)
+    model.intercept_ = best[1].numpy().astype(np.float32)
+    model.head_meta_ = {"kind": "float32"}
+    model.__dict__.pop("head_arrays_", None)
+    return FinetuneResult(best_epoch, epochs_run, start_acc, best_acc, mode,
+                          time.perf_counter() - t_start, t_feat, t_elm, history)

@@ -1,0 +1,104 @@
+"""Signed n-bit fixed-point output layer.
+
+Weights and bias become integers ``q`` in ``[-(2^(n-1)-1), 2^(n-1)-1]`` with
+``value = q * scale`` (symmetric, no zero point). Each scale is taken from the
+tensor it quantizes (the paper's code took it from the wrong tensor):
+
+- weights: one scale for the whole (d, k) matrix (``per_tensor``) or one per
+  output class (``per_class``, i.e. per column);
+- bias: its own per-tensor scale, from the bias itself.
+
+``pow2=True`` rounds every scale up to a power of two, so hardware rescales
+with a shift. Only the integers and scales are stored in the model file; the
+dequantized float head is what ``predict`` uses.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+
+SCALE_MODES = ("per_tensor", "per_class")
+
+
+def int_dtype(bits: int):
+    return np.int8 if bits <= 8 else np.int16
+
+
+def check_bits(bits: int) -> int:
+    bits = int(bits)
+    if not 2 <= bits <= 16:
+        raise ConfigError(f"bits must be between 2 and 16, got {bits}")
+    return bits
+
+
+def _scale(absmax: np.ndarray, qmax: int, pow2: bool) -> np.ndarray:
+    absmax = np.asarray(absmax, dtype=np.float64)
+    s = np.where(absmax > 0, absmax / qmax, 1.0)
+    if pow2:
+        s = 2.0 ** np.ceil(np.log2(s))
+    return s.astype(np.float32)
+
+
+def quantize_tensor(x: np.ndarray, bits: int, axis=None, pow2: bool = False):
+    """(q, scale): ``axis=None`` per tensor, ``axis=0`` one scale per column."""
+    bits = check_bits(bits)
+    qmax = 2 ** (bits - 1) - 1
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise DataError("cannot quantize a head with NaN or infinite weights")
+    absmax = np.abs(x).max(axis=axis) if x.size else np.float32(0)
+    scale = _scale(absmax, qmax, pow2)
+    q = np.clip(np.rint(x / scale), -qmax, qmax).astype(int_dtype(bits))
+    return q, scale
+
+
+def quantize_head(coef: np.ndarray, intercept: np.ndarray, bits: int = 8,
+                  per_class: bool = False, pow2: bool = False) -> tuple[dict, dict]:
+    """Return ``(meta, arrays)`` for the model file."""
+    bits = check_bits(bits)
+    wq, ws = quantize_tensor(coef, bits, axis=0 if per_class else None, pow2=pow2)
+    bq, bs = quantize_tensor(intercept, bits, axis=None, pow2=pow2)
+    meta = {"kind": "fixed", "bits": bits, "scale": "per_class" if per_class else "per_tensor",
+            "pow2": bool(pow2), "bias_bits": bits, "bias_scale": "per_tensor"}
+    arrays = {"head/weight_q": wq, "head/scale": np.atleast_1d(ws).astype(np.float32),
+              "head/bias_q": bq, "head/bias_scale": np.atleast_1d(bs).astype(np.float32)}
+    return meta, arrays
+
+
+def dequantize(meta: dict, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
+    w = arrays["head/weight_q"].astype(np.float32) * arrays["head/scale"].astype(np.float32)
+    b = arrays["head/bias_q"].astype(np.float32) * arrays["head/bias_scale"].astype(np.float32)
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def head_from_arrays(meta: dict, arrays: dict):
+    """Validate a stored fixed-point head; return (coef, intercept, int arrays)."""
+    need = ("head/weight_q", "head/scale", "head/bias_q", "head/bias_scale")
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise DataError(f"fixed-point head is missing arrays {missing}")
+    bits = check_bits(meta.get("bits", 8))
+    qmax = 2 ** (bits - 1) - 1
+    wq, bq = arrays["head/weight_q"], arrays["head/bias_q"]
+    if not (np.issubdtype(wq.dtype, np.integer) and np.issubdtype(bq.dtype, np.integer)):
+        raise DataError("fixed-point head weights are not integers")
+    if np.abs(wq.astype(np.int32)).max(initial=0) > qmax or np.abs(bq.astype(np.int32)).max(initial=0) > qmax:
+        raise DataError(f"fixed-point head has values outside the signed {bits}-bit range")
+    n_scales = wq.shape[1] if meta.get("scale") == "per_class" else 1
+    if arrays["head/scale"].shape != (n_scales,):
+        raise DataError(f"head/scale has shape {arrays['head/scale'].shape}, expected ({n_scales},)")
+    w, b = dequantize(meta, arrays)
+    kept = {k: arrays[k] for k in need}
+    return w, b, kept
+
+
+def apply_quantization(model, bits: int = 8, per_class: bool = False, pow2: bool = False):
+    """Quantize ``model``'s head in place; ``predict`` then uses the dequantized head."""
+    if getattr(model, "head_meta_", {}).get("kind") == "fixed":
+        raise ConfigError("the model head is already fixed point; quantize the float model")
+    meta, arrays = quantize_head(model.coef_, model.intercept_, bits, per_class, pow2)
+    model.coef_, model.intercept_ = dequantize(meta, arrays)
+    model.head_meta_ = meta
+    model.head_arrays_ = arrays
+    return model
