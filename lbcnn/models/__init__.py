@@ -22,6 +22,7 @@ def create_model(name: str, **kwargs):
 
 
 from . import lbcnn as _lbcnn  # noqa: E402,F401  (registers the family)
+from . import cbcnn as _cbcnn  # noqa: E402,F401  (registers the family)
 
 
 def load_model(path):
@@ -32,4 +33,6 @@ def load_model(path):
     family = config.get("family")
     if family == "lbcnn":
         return _lbcnn.load_lbcnn(config, arrays)
+    if family == "cbcnn":
+        return _cbcnn.load_cbcnn(config, arrays)
     raise ConfigError(f"{path}: unknown model family {family!r}")
