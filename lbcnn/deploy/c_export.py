@@ -85,6 +85,114 @@ def _conv_stages(plan):
     return stages
 
 
+STAGE_TEMPLATE = r"""
+/* ---- stage @S@: @DESC@ ---- */
+/* one input row (W x Cin) -> (W+2) x Cin*M, each channel repeated M times */
+static void expand_row_@S@(const @SRC_T@ *src, act_t *dst)
+{
+    enum { W = @W@, Cin = @CIN@, M = @M@, Co = @CIN@ * @M@ };
+    act_t *o = dst + Co;
+    int k, r;
+    for (k = 0; k < Co; k++) { dst[k] = 0; dst[(W + 1) * Co + k] = 0; }
+    for (k = 0; k < W * Cin; k++) {
+        act_t v = (act_t)src[k];
+@RELU@        for (r = 0; r < M; r++) o[k * M + r] = v;
+    }
+}
+
+/* out[x][co] = sum over 9 taps of +-in: (v ^ m) - m with m = 0 or -1 */
+static void conv_row_@S@(const act_t *a, const act_t *b, const act_t *c, act_t *out)
+{
+    enum { W = @W@, Co = @CIN@ * @M@ };
+    const act_t *m0 = g_mask, *m1 = g_mask + Co, *m2 = g_mask + 2 * Co,
+                *m3 = g_mask + 3 * Co, *m4 = g_mask + 4 * Co, *m5 = g_mask + 5 * Co,
+                *m6 = g_mask + 6 * Co, *m7 = g_mask + 7 * Co, *m8 = g_mask + 8 * Co;
+    int x, co;
+    for (x = 0; x < W; x++) {
+        const act_t *pa = a + x * Co, *pb = b + x * Co, *pc = c + x * Co;
+        act_t *o = out + x * Co;
+        for (co = 0; co < Co; co++)
+            o[co] = (act_t)(g_nneg[co]
+                + (pa[co] ^ m0[co]) + (pa[co + Co] ^ m1[co]) + (pa[co + 2 * Co] ^ m2[co])
+                + (pb[co] ^ m3[co]) + (pb[co + Co] ^ m4[co]) + (pb[co + 2 * Co] ^ m5[co])
+                + (pc[co] ^ m6[co]) + (pc[co + Co] ^ m7[co]) + (pc[co + 2 * Co] ^ m8[co]));
+    }
+}
+
+/* the conv over the H x W x Cin map; @POOLDESC@ */
+static void conv_stage_@S@(const @SRC_T@ *src, act_t *dst)
+{
+    enum { H = @H@, W = @W@, Cin = @CIN@, M = @M@, Co = @CIN@ * @M@, Wp = @W@ + 2,
+           Wo = (@W@ + 1) / 2, Ho = (@H@ + 1) / 2 };
+    int t, co, y, j, q, k, next = 0;
+    (void)next; (void)j; (void)q;
+    for (co = 0; co < Co; co++) g_nneg[co] = 0;
+    for (t = 0; t < 9; t++)
+        for (co = 0; co < Co; co++) {
+            int neg;
+            k = t * Co + co;
+            neg = (K@S@[k >> 3] >> (k & 7)) & 1;
+            g_mask[k] = (act_t)(-neg);
+            g_nneg[co] = (act_t)(g_nneg[co] + neg);
+        }
+    expand_row_@S@(src, g_ring);
+    for (y = 0; y < H; y++) {
+        const act_t *a, *b, *c;
+        if (y + 1 < H)
+            expand_row_@S@(src + (y + 1) * W * Cin, g_ring + ((y + 1) % 3) * Wp * Co);
+        a = y > 0 ? g_ring + ((y - 1) % 3) * Wp * Co : g_zero;
+        b = g_ring + (y % 3) * Wp * Co;
+        c = y + 1 < H ? g_ring + ((y + 1) % 3) * Wp * Co : g_zero;
+@BODY@
+    }
+}
+"""
+
+POOL_BODY = r"""        conv_row_@S@(a, b, c, g_row);
+        /* horizontal pool: column window [2j-1, 2j+2] clipped */
+        for (j = 0; j < Wo; j++) {
+            int lo = 2 * j - 1 < 0 ? 0 : 2 * j - 1;
+            int hi = 2 * j + 2 > W - 1 ? W - 1 : 2 * j + 2;
+            act_t *o = g_hp + ((y & 3) * Wo + j) * Co;
+            const act_t *s0 = g_row + lo * Co;
+            for (k = 0; k < Co; k++) o[k] = s0[k];
+            for (q = lo + 1; q <= hi; q++) {
+                const act_t *s = g_row + q * Co;
+                for (k = 0; k < Co; k++) o[k] = s[k] > o[k] ? s[k] : o[k];
+            }
+        }
+        /* vertical pool: output row i is complete once row min(2i+2, H-1) is in */
+        while (next < Ho && (2 * next + 2 > H - 1 ? H - 1 : 2 * next + 2) <= y) {
+            int lo = 2 * next - 1 < 0 ? 0 : 2 * next - 1;
+            int hi = 2 * next + 2 > H - 1 ? H - 1 : 2 * next + 2;
+            act_t *o = dst + next * Wo * Co;
+            const act_t *s0 = g_hp + (lo & 3) * Wo * Co;
+            for (k = 0; k < Wo * Co; k++) o[k] = s0[k];
+            for (q = lo + 1; q <= hi; q++) {
+                const act_t *s = g_hp + (q & 3) * Wo * Co;
+                for (k = 0; k < Wo * Co; k++) o[k] = s[k] > o[k] ? s[k] : o[k];
+            }
+            next++;
+        }"""
+
+
+def _stage_c(si: int, op: dict, pool: bool) -> str:
+    h, w, c = op["in_shape"]
+    src_t = "uint8_t" if si == 0 else "act_t"
+    relu = "        if (v < 0) v = 0;\n" if op["relu_in"] else ""
+    body = POOL_BODY if pool else "        conv_row_@S@(a, b, c, dst + y * W * Co);"
+    desc = (f"layer {op['layer']}, {tuple(op['in_shape'])} -> {tuple(op['out_shape'])}"
+            f"{', ReLU on input' if op['relu_in'] else ''}")
+    pooldesc = ("4x4/2 'same' max pool streamed row by row into dst ((H+1)/2 x (W+1)/2 x Co)"
+                if pool else "the full H x W x Co map into dst")
+    text = STAGE_TEMPLATE.replace("@BODY@", body)
+    for key, val in {"@S@": si, "@DESC@": desc, "@POOLDESC@": pooldesc, "@SRC_T@": src_t,
+                     "@RELU@": relu, "@H@": h, "@W@": w, "@CIN@": c,
+                     "@M@": op["multiplier"]}.items():
+        text = text.replace(key, str(val))
+    return text
+
+
 def generate_sources(plan) -> dict[str, str]:
     """The C sources as strings: model.h, model.c, main.c."""
     act = CTYPE[plan.act_dtype]
@@ -101,7 +209,7 @@ def generate_sources(plan) -> dict[str, str]:
     masks = max(9 * op["out_shape"][2] for op, _ in stages)
     # ping-pong map buffers: stage outputs alternate between map0 and map1
     sizes = [0, 0]
-    calls = []
+    calls, stage_code = [], []
     cur = None  # None = the input image
     for si, (op, pool) in enumerate(stages):
         h, w, c = op["in_shape"]
@@ -109,16 +217,16 @@ def generate_sources(plan) -> dict[str, str]:
         out_elems = ((h + 1) // 2) * ((w + 1) // 2) * co if pool else h * w * co
         dst = 0 if cur != 0 else 1
         sizes[dst] = max(sizes[dst], out_elems)
-        src8 = "image" if cur is None else "0"
-        src = "0" if cur is None else f"g_map{cur}"
-        calls.append(f"    conv_stage({src8}, {src}, {h}, {w}, {c}, {op['multiplier']}, "
-                     f"{int(op['relu_in'])}, K{si}, g_map{dst}, {int(pool)});")
+        calls.append(f"    conv_stage_{si}({'image' if cur is None else f'g_map{cur}'}, g_map{dst});")
+        stage_code.append(_stage_c(si, op, pool))
         cur = dst
     feat_buf = f"g_map{cur}"
     bits = hd["bits"]
     wtype = "int8_t" if bits <= 8 else "int16_t"
     partial = CTYPE[hd["partial_dtype"]]
     labels = [int(c) for c in plan.classes]
+    chunk = hd["chunk"] if hd["chunk"] < 16 else hd["chunk"] - hd["chunk"] % 16
+    nfull, rest = d // chunk, d % chunk
 
     weights = []
     for si, (op, _) in enumerate(stages):
@@ -133,6 +241,8 @@ def generate_sources(plan) -> dict[str, str]:
         weights.append(_c_array("int64_t", "HEAD_M", hd["mult"]))
     weights.append(_c_array("int32_t", "LABELS", labels))
 
+    stage_code = "\n".join(stage_code)
+    maps = "".join(f"static act_t g_map{i}[{n}];\n" for i, n in enumerate(sizes) if n)
     rescale = "        acc *= HEAD_M[j];\n" if hd["rescale"] == "fixed-point" else ""
     model_h = f"""/* Generated by lbcnn.deploy.c_export -- integer-only LB-CNN inference. */
 #ifndef LBCNN_MODEL_H
@@ -156,128 +266,21 @@ int lbcnn_predict(const uint8_t *image);
     model_c = f"""/* Generated by lbcnn.deploy.c_export -- integer-only LB-CNN inference.
  * C99, no malloc, no libm, no float, no libc. Activations: {act}
  * (worst-case bounds {plan.bounds['stages']}); head partial sums {partial} over
- * chunks of {hd['chunk']} features, accumulator int64 (bound {hd['acc_bound']}). */
+ * chunks of {chunk} features, accumulator int64 (bound {hd['acc_bound']}). */
 #include "model.h"
 
 typedef {act} act_t;
 
 {''.join(weights)}
 /* static scratch, sized at generation time */
-static act_t g_map0[{max(sizes[0], 1)}];
-static act_t g_map1[{max(sizes[1], 1)}];
-static act_t g_ring[{ring}];   /* 3 channel-expanded, zero-bordered input rows */
+{maps}static act_t g_ring[{ring}];   /* 3 channel-expanded, zero-bordered input rows */
 static act_t g_zero[{zero}];   /* the zero padding row, never written */
 static act_t g_row[{row}];     /* one conv output row */
 static act_t g_hp[{hp}];       /* 4 horizontally pooled rows */
 static act_t g_mask[{masks}];  /* 0 or -1 per tap and channel */
 static act_t g_nneg[{max_co}];  /* number of -1 taps per channel */
 
-/* one input row (W x Cin) -> (W+2) x Cin*M, each channel repeated M times */
-static void expand_row(const uint8_t *src8, const act_t *src, int W, int Cin, int M,
-                       int relu, act_t *dst)
-{{
-    int Co = Cin * M, k, r;
-    act_t *o = dst + Co;
-    for (k = 0; k < Co; k++) {{ dst[k] = 0; dst[(W + 1) * Co + k] = 0; }}
-    if (src8) {{
-        for (k = 0; k < W * Cin; k++)
-            for (r = 0; r < M; r++) o[k * M + r] = (act_t)src8[k];
-    }} else if (M == 1) {{
-        if (relu)
-            for (k = 0; k < W * Cin; k++) o[k] = src[k] > 0 ? src[k] : 0;
-        else
-            for (k = 0; k < W * Cin; k++) o[k] = src[k];
-    }} else {{
-        for (k = 0; k < W * Cin; k++) {{
-            act_t v = src[k];
-            if (relu && v < 0) v = 0;
-            for (r = 0; r < M; r++) o[k * M + r] = v;
-        }}
-    }}
-}}
-
-/* out[x][co] = sum over 9 taps of +-in: (v ^ m) - m with m = 0 or -1 */
-static void conv_row(const act_t *a, const act_t *b, const act_t *c, int W, int Co,
-                     act_t *out)
-{{
-    const act_t *m0 = g_mask, *m1 = g_mask + Co, *m2 = g_mask + 2 * Co,
-                *m3 = g_mask + 3 * Co, *m4 = g_mask + 4 * Co, *m5 = g_mask + 5 * Co,
-                *m6 = g_mask + 6 * Co, *m7 = g_mask + 7 * Co, *m8 = g_mask + 8 * Co;
-    int x, co;
-    for (x = 0; x < W; x++) {{
-        const act_t *pa = a + x * Co, *pb = b + x * Co, *pc = c + x * Co;
-        act_t *o = out + x * Co;
-        for (co = 0; co < Co; co++)
-            o[co] = (act_t)(g_nneg[co]
-                + (pa[co] ^ m0[co]) + (pa[co + Co] ^ m1[co]) + (pa[co + 2 * Co] ^ m2[co])
-                + (pb[co] ^ m3[co]) + (pb[co + Co] ^ m4[co]) + (pb[co + 2 * Co] ^ m5[co])
-                + (pc[co] ^ m6[co]) + (pc[co + Co] ^ m7[co]) + (pc[co + 2 * Co] ^ m8[co]));
-    }}
-}}
-
-static void max_into(act_t *o, const act_t *s, int n)
-{{
-    int k;
-    for (k = 0; k < n; k++) o[k] = s[k] > o[k] ? s[k] : o[k];
-}}
-
-static void copy_into(act_t *o, const act_t *s, int n)
-{{
-    int k;
-    for (k = 0; k < n; k++) o[k] = s[k];
-}}
-
-/* One +-1 depthwise conv over an H x W x Cin map (uint8 image or act_t map).
- * pool = 0: write the H x W x Co map to dst. pool = 1: 4x4/2 'same' max pool
- * it row by row into dst ((H+1)/2 x (W+1)/2 x Co). */
-static void conv_stage(const uint8_t *src8, const act_t *src, int H, int W, int Cin, int M,
-                       int relu, const uint8_t *bits, act_t *dst, int pool)
-{{
-    int Co = Cin * M, Wp = W + 2, Wo = (W + 1) / 2, Ho = (H + 1) / 2;
-    int t, co, y, j, q, next = 0;
-    for (co = 0; co < Co; co++) g_nneg[co] = 0;
-    for (t = 0; t < 9; t++)
-        for (co = 0; co < Co; co++) {{
-            int k = t * Co + co;
-            int neg = (bits[k >> 3] >> (k & 7)) & 1;
-            g_mask[k] = (act_t)(-neg);
-            g_nneg[co] = (act_t)(g_nneg[co] + neg);
-        }}
-    expand_row(src8 ? src8 : 0, src8 ? 0 : src, W, Cin, M, relu, g_ring);
-    for (y = 0; y < H; y++) {{
-        const act_t *a, *b, *c;
-        act_t *out;
-        if (y + 1 < H) {{
-            act_t *slot = g_ring + ((y + 1) % 3) * Wp * Co;
-            if (src8) expand_row(src8 + (y + 1) * W * Cin, 0, W, Cin, M, relu, slot);
-            else expand_row(0, src + (y + 1) * W * Cin, W, Cin, M, relu, slot);
-        }}
-        a = y > 0 ? g_ring + ((y - 1) % 3) * Wp * Co : g_zero;
-        b = g_ring + (y % 3) * Wp * Co;
-        c = y + 1 < H ? g_ring + ((y + 1) % 3) * Wp * Co : g_zero;
-        out = pool ? g_row : dst + y * W * Co;
-        conv_row(a, b, c, W, Co, out);
-        if (!pool) continue;
-        /* horizontal pool: column window [2j-1, 2j+2] clipped */
-        for (j = 0; j < Wo; j++) {{
-            int lo = 2 * j - 1 < 0 ? 0 : 2 * j - 1;
-            int hi = 2 * j + 2 > W - 1 ? W - 1 : 2 * j + 2;
-            act_t *o = g_hp + ((y & 3) * Wo + j) * Co;
-            copy_into(o, g_row + lo * Co, Co);
-            for (q = lo + 1; q <= hi; q++) max_into(o, g_row + q * Co, Co);
-        }}
-        /* vertical pool: output row i is complete once row min(2i+2, H-1) is in */
-        while (next < Ho && (2 * next + 2 > H - 1 ? H - 1 : 2 * next + 2) <= y) {{
-            int lo = 2 * next - 1 < 0 ? 0 : 2 * next - 1;
-            int hi = 2 * next + 2 > H - 1 ? H - 1 : 2 * next + 2;
-            act_t *o = dst + next * Wo * Co;
-            copy_into(o, g_hp + (lo & 3) * Wo * Co, Wo * Co);
-            for (q = lo + 1; q <= hi; q++) max_into(o, g_hp + (q & 3) * Wo * Co, Wo * Co);
-            next++;
-        }}
-    }}
-}}
-
+{stage_code}
 /* features (d) x class-major weights: exact, {partial} partials then int64 */
 static int head_argmax(const act_t *f)
 {{
@@ -286,10 +289,14 @@ static int head_argmax(const act_t *f)
     for (j = 0; j < {k}; j++) {{
         const {wtype} *w = HEAD_W + j * {d};
         int64_t acc = HEAD_B[j];
-        for (s = 0; s < {d}; s += {hd['chunk']}) {{
-            int e = s + {hd['chunk']} < {d} ? s + {hd['chunk']} : {d};
+        for (s = 0; s < {nfull}; s++) {{
             {partial} p = 0;
-            for (i = s; i < e; i++) p += ({partial})f[i] * ({partial})w[i];
+            for (i = 0; i < {chunk}; i++) p += ({partial})f[s * {chunk} + i] * ({partial})w[s * {chunk} + i];
+            acc += p;
+        }}
+        {{
+            {partial} p = 0;
+            for (i = 0; i < {rest}; i++) p += ({partial})f[{nfull * chunk} + i] * ({partial})w[{nfull * chunk} + i];
             acc += p;
         }}
 {rescale}        if (j == 0 || acc > bestv) {{ best = j; bestv = acc; }}
