@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(f)
     f.add_argument("--epochs", type=int, default=20)
     f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--lr", type=float, default=1e-4,
+                   help="Adam learning rate (on standardized features)")
     f.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     f.add_argument("--val-fraction", type=float, default=0.1)
     f.add_argument("--seed", type=int, default=0)
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a model as Keras .h5 or ONNX")
     x.add_argument("model", metavar="RUN_OR_MODEL")
-    x.add_argument("--format", required=True, choices=["h5", "onnx"])
+    x.add_argument("--format", required=True, choices=["h5", "onnx", "c"])
     x.add_argument("--out", required=True)
     x.add_argument("--json", action="store_true")
 
@@ -143,6 +144,16 @@ def _deploy_cmd(name):
 
 COMMANDS = {"search": cmd_search, "evaluate": cmd_evaluate, "datasets": cmd_datasets,
             **{n: _deploy_cmd(n) for n in ("finetune", "quantize", "export", "info")}}
+
+
+def cmd_export(args) -> int:
+    if args.format == "c":  # integer-only C99 (issue 5)
+        from .deploy.c_export import cli_export_c
+        return cli_export_c(args)
+    return _deploy_cmd("export")(args)
+
+
+COMMANDS["export"] = cmd_export
 
 
 def main(argv=None) -> int:

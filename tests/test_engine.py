@@ -202,3 +202,18 @@ def test_c_per_class_scale_matches_numpy(tmp_path, rng):
     plan = compile_plan(model, head=head)
     export_c(plan, tmp_path, measure=False)
     assert np.array_equal(build_and_run(tmp_path, x), NumpyEngine(plan).predict(x))
+
+
+def test_model_file_with_stored_quantized_head(tmp_path, mnist, mnist_small):
+    quant = pytest.importorskip("lbcnn.heads.quantize")
+    from lbcnn.models.lbcnn import save_lbcnn
+
+    model, _ = mnist_small
+    import copy
+    m = copy.deepcopy(model)
+    quant.apply_quantization(m, bits=8, per_class=True)
+    save_lbcnn(m, tmp_path / "q.npz")
+    plan = compile_plan(tmp_path / "q.npz")
+    assert plan.describe()["head"]["rescale"] == "fixed-point"
+    res = agreement(m, plan, mnist.x_test[:1000])
+    assert res["agreement"] >= 0.999, res

@@ -473,3 +473,28 @@ def _readme(plan, wb: dict, sizes: dict | None) -> str:
               "`LBCNN_POPCOUNT64`, `__builtin_popcountll` when `LBCNN_USE_BUILTIN_POPCOUNT` is "
               "defined, else a portable C99 fallback.", ""]
     return "\n".join(lines)
+
+
+def cli_export_c(args) -> int:
+    """``lbcnn export MODEL --format c --out DIR``."""
+    import json
+
+    from ..deploy_cli import resolve_model_path
+    from ..engine.plan import compile_plan
+
+    path = resolve_model_path(args.model)
+    source = path if Path(path).suffix.lower() == ".npz" else None
+    if source is None:
+        from ..evaluate import load_any
+        source = load_any(path)
+    summary = export_c(compile_plan(source), args.out)
+    out = {"format": "c", "source": str(path), "out": str(args.out),
+           "weight_bytes": summary["weight_bytes"]["total"], "sizes": summary["sizes"]}
+    if getattr(args, "json", False):
+        print(json.dumps(out))
+    else:
+        sz = summary["sizes"]
+        extra = f", flash {sz['flash']:,} B, RAM {sz['ram']:,} B" if sz else ""
+        print(f"wrote {args.out}/model.[ch], main.c, README.md "
+              f"(weights {out['weight_bytes']:,} B{extra})")
+    return 0

@@ -98,15 +98,32 @@ def quantize_head(coef: np.ndarray, intercept: np.ndarray, input_scale: float,
 
 
 def head_from_arrays(arrays: dict, config: dict) -> dict | None:
-    """The quantized head stored in a model file (``head/weight_q`` etc.), if any."""
+    """The quantized head stored in a model file (``head/weight_q`` etc.), if any.
+
+    ``lbcnn.heads.quantize`` stores the bias with its own scale
+    (``head/bias_q * head/bias_scale``); it is moved to the accumulator scale
+    ``input_scale * weight_scale`` here, rounded to an integer when the ratio
+    is not one (``bias_requantized``: the engine's bias then differs from the
+    stored one by at most half an accumulator step).
+    """
     if "head/weight_q" not in arrays:
         return None
     meta = config.get("head", {}) or {}
     q = np.asarray(arrays["head/weight_q"])
     bits = int(meta.get("bits", 8 if q.dtype.itemsize == 1 else 16))
-    return {"weight_q": q, "bias_q": np.asarray(arrays.get("head/bias_q", np.zeros(q.shape[1]))),
-            "scale": np.asarray(arrays["head/scale"], np.float64), "bits": bits,
-            "bias_scale": meta.get("bias_scale", "accumulator")}
+    scale = np.asarray(arrays["head/scale"], np.float64).reshape(-1)
+    if scale.size == 1:
+        scale = scale[0]
+    bq = np.asarray(arrays.get("head/bias_q", np.zeros(q.shape[1])))
+    head = {"weight_q": q, "bias_q": bq, "scale": scale, "bits": bits,
+            "bias_scale": "accumulator"}
+    if "head/bias_scale" in arrays:
+        b = bq.astype(np.float64) * np.asarray(arrays["head/bias_scale"], np.float64).reshape(-1)
+        b = b.astype(np.float32).astype(np.float64)  # the float value the model uses
+        acc = b / (float(config["input_scale"]) * scale)
+        head["bias_q"] = np.rint(acc).astype(np.int64)
+        head["bias_requantized"] = bool(np.any(np.abs(acc - np.rint(acc)) > 1e-9))
+    return head
 
 
 def _model_head(model) -> dict | None:
@@ -154,6 +171,7 @@ class IntegerPlan:
                          "feature_bound": h["feature_bound"], "q_max": h["q_max"],
                          "partial_dtype": h["partial_dtype"], "chunk": h["chunk"],
                          "accumulator_dtype": h["acc_dtype"], "accumulator_bound": h["acc_bound"],
+                         "bias_requantized": h["bias_requantized"],
                          **({"rescale_shift": h["shift"]} if h["rescale"] == "fixed-point" else {})},
                 "weight_bytes": self.weight_bytes()}
 
@@ -207,7 +225,8 @@ def _compile_head(head: dict, feature_bound: int, n_features: int, n_classes: in
     out = {"weight_q": q, "bias_q": b_q, "bits": bits, "scale": scale, "q_max": q_max,
            "feature_bound": int(feature_bound), "partial_dtype": partial, "chunk": int(chunk),
            "acc_bound": acc_bound, "acc_dtype": "int32" if acc_bound <= INT32_MAX else "int64",
-           "input_scale": float(input_scale)}
+           "input_scale": float(input_scale),
+           "bias_requantized": bool(head.get("bias_requantized", False))}
     if per_class:
         # (acc + b_q) * M_c must stay inside int64: |acc + b_q| <= acc_bound
         room = 62 - int(acc_bound).bit_length()
