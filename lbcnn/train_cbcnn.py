@@ -9,7 +9,6 @@ only tensors, numbers, strings and containers (``torch.load(weights_only=True)``
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os

@@ -273,3 +273,14 @@ def test_standardize_and_preprocess_spec():
     assert np.allclose(out, standardize(equalize_hist(rgb_to_y(rgb))))
     with pytest.raises(ConfigError, match="unknown preprocessing"):
         Preprocess.from_dict({"gamma": 2})
+
+
+def test_estimator_fit_predict_via_registry(mnist_small):
+    from lbcnn.models import create_model
+    model = create_model("cbcnn", preset=None, input_shape=(28, 28, 1), **SMALL)
+    x, y = mnist_small.x_train[:300], mnist_small.y_train[:300]
+    model.fit(x, y, epochs=1, batch_size=50, seed=0)   # progress bar on (default)
+    assert len(model.history_) == 1
+    pred = model.predict(mnist_small.x_test[:50])
+    assert pred.shape == (50,) and pred.dtype.kind == "i" and pred.max() < 10
+    assert model.forward_features(x[:2]).shape == (2, model.net.num_features)
