@@ -1,7 +1,11 @@
 """Gradient fine-tuning of the LB-CNN output layer, kernels frozen.
 
 Starts from the ELM head (optionally re-solved on the full training split),
-then runs Adam on softmax cross-entropy over mini-batches. Only the head's
+then runs Adam on softmax cross-entropy over mini-batches. Two things keep
+Adam from wrecking the good starting point: features are standardized (the
+per-feature mean/std are folded back into the head at the end, so the saved
+head is the same plain affine layer) and the ELM logits are first rescaled by
+the temperature that minimizes training cross-entropy (argmax unchanged). Only the head's
 weight and bias are torch parameters: the +-1 kernels never enter autograd
 (the body runs under ``inference_mode``), so they get no gradient and no
 optimizer state. The epoch is chosen on the validation split (never on the
@@ -34,6 +38,7 @@ class FinetuneResult:
     seconds_features: float
     seconds_elm: float = 0.0
     history: list = field(default_factory=list)
+    temperature: float = 1.0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -75,7 +80,7 @@ def _features_or_none(body, x, what, in_memory):
 
 
 def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
-                  batch_size: int = 128, lr: float = 1e-3, patience: int = 3, seed: int = 0,
+                  batch_size: int = 128, lr: float = 1e-4, patience: int = 3, seed: int = 0,
                   elm_full: bool = False, in_memory: bool | None = None,
                   progress: bool = False, log=None) -> FinetuneResult:
     """Fine-tune ``model.coef_``/``intercept_`` in place; returns what happened.
@@ -111,18 +116,30 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
         log(f"features: {mode}"
             + (f" ({human_bytes(ht.nbytes + hv.nbytes)})" if ht is not None else ""))
 
+    # Precondition: train on standardized features z = (h - mu) / sd with
+    # logits = z V + c, which is the same affine head (W = V / sd,
+    # b = c - (mu / sd) V) -- folded back exactly at the end. Raw LB-CNN
+    # features reach ~40 and Adam's per-weight steps then swing the logits.
+    mu, sd = _moments(ht if ht is not None else None, body, x_train)
+    w0 = np.asarray(model.coef_, dtype=np.float64)
+    v0 = w0 * sd[:, None]
+    c0 = np.asarray(model.intercept_, dtype=np.float64) + mu @ w0
+    mu_t, sd_t = torch.from_numpy(mu.astype(np.float32)), torch.from_numpy(sd.astype(np.float32))
+    # The ELM head regresses +-1 targets; rescale its logits by the
+    # temperature that minimizes training cross-entropy (argmax unchanged).
+    sub = np.sort(np.random.default_rng(seed).permutation(len(yt))[:10000])
+    alpha = _temperature(_feats_raw(body, x_train, ht, sub) @ w0.astype(np.float32)
+                         + model.intercept_, yt[sub])
     # The only trainable tensors. Kernels are not parameters at all.
-    weight = torch.nn.Parameter(torch.from_numpy(np.array(model.coef_, dtype=np.float32)))
-    bias = torch.nn.Parameter(torch.from_numpy(np.array(model.intercept_, dtype=np.float32)))
+    weight = torch.nn.Parameter(torch.from_numpy((alpha * v0).astype(np.float32)))
+    bias = torch.nn.Parameter(torch.from_numpy((alpha * c0).astype(np.float32)))
     params = [weight, bias]
     opt = torch.optim.Adam(params, lr=lr)
     for w, extras in body._torch_cache.get(str(torch.device("cpu")), []):
         assert not w.requires_grad and not any(e.requires_grad for e in extras)
 
     def feats(x, h, idx):
-        if h is not None:
-            return torch.from_numpy(h[idx])
-        return torch.from_numpy(body.transform(x[idx]))
+        return (torch.from_numpy(_feats_raw(body, x, h, idx)) - mu_t) / sd_t
 
     def val_accuracy() -> float:
         correct = 0
@@ -157,7 +174,7 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 seen += len(idx)
                 if bar is not None:
                     bar.update(task, advance=1, epoch=epoch, loss=total / seen)
@@ -178,9 +195,45 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
             bar.stop()
     # The optimizer only ever saw the head.
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(weight), id(bias)}
-    model.coef_ = best[0].numpy().astype(np.float32)
-    model.intercept_ = best[1].numpy().astype(np.float32)
+    v, c = best[0].numpy().astype(np.float64), best[1].numpy().astype(np.float64)
+    model.coef_ = (v / sd[:, None]).astype(np.float32)
+    model.intercept_ = (c - (mu / sd) @ v).astype(np.float32)
     model.head_meta_ = {"kind": "float32"}
     model.__dict__.pop("head_arrays_", None)
     return FinetuneResult(best_epoch, epochs_run, start_acc, best_acc, mode,
-                          time.perf_counter() - t_start, t_feat, t_elm, history)
+                          time.perf_counter() - t_start, t_feat, t_elm, history,
+                          float(alpha))
+
+
+def _feats_raw(body, x, h, idx) -> np.ndarray:
+    return h[idx] if h is not None else body.transform(x[idx])
+
+
+def _moments(h, body, x, chunk: int = 2048):
+    """Per-feature mean and std (float64), same chunking in memory or streamed."""
+    s = s2 = None
+    n = 0
+    chunks = ((h[a:a + chunk]) for a in range(0, len(h), chunk)) if h is not None else \
+        (f for _, _, f in body.iter_transform(x, chunk))
+    for f in chunks:
+        f = f.astype(np.float64)
+        s = f.sum(0) if s is None else s + f.sum(0)
+        s2 = (f * f).sum(0) if s2 is None else s2 + (f * f).sum(0)
+        n += len(f)
+    mu = s / n
+    sd = np.sqrt(np.maximum(s2 / n - mu * mu, 0.0))
+    floor = 1e-3 * (sd.mean() if sd.mean() > 0 else 1.0)
+    return mu, np.where(sd > floor, sd, 1.0)
+
+
+def _temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The scalar a > 0 minimizing cross-entropy of a * logits (log grid, then refine)."""
+    lg = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+    yt = torch.from_numpy(y)
+
+    def ce(a):
+        return float(F.cross_entropy(lg * a, yt))
+    grid = np.exp(np.linspace(np.log(0.1), np.log(1000.0), 41))
+    best = min(grid, key=ce)
+    fine = best * np.exp(np.linspace(-0.12, 0.12, 13))
+    return float(min(fine, key=ce))
