@@ -18,6 +18,8 @@ def plot_trials(history: list[dict], path: Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
     ax.plot(range(1, len(acc) + 1), acc, "o-", ms=3, lw=1, label="trial")
     ax.plot(range(1, len(acc) + 1), best, "--", lw=1.2, label="best so far")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(title, fontsize=9)

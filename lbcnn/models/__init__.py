@@ -23,6 +23,7 @@ def create_model(name: str, **kwargs):
 
 from . import lbcnn as _lbcnn  # noqa: E402,F401  (registers the family)
 from . import cbcnn as _cbcnn  # noqa: E402,F401  (registers the family)
+from . import hybrid as _hybrid  # noqa: E402,F401  (registers the family)
 
 
 def load_model(path):
@@ -35,4 +36,6 @@ def load_model(path):
         return _lbcnn.load_lbcnn(config, arrays)
     if family == "cbcnn":
         return _cbcnn.load_cbcnn(config, arrays)
+    if family == "hybrid":
+        return _hybrid.load_hybrid(config, arrays)
     raise ConfigError(f"{path}: unknown model family {family!r}")
