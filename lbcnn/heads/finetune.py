@@ -2,8 +2,8 @@
 
 Starts from the ELM head (optionally re-solved on the full training split),
 then runs Adam on softmax cross-entropy over mini-batches. Two things keep
-Adam from wrecking the good starting point: features are standardized (the
-per-feature mean/std are folded back into the head at the end, so the saved
+Adam from wrecking the good starting point: features are centred and scaled
+to unit RMS (the mean and scale are folded back into the head at the end, so the saved
 head is the same plain affine layer) and the ELM logits are first rescaled by
 the temperature that minimizes training cross-entropy (argmax unchanged). Only the head's
 weight and bias are torch parameters: the +-1 kernels never enter autograd
@@ -82,6 +82,7 @@ def _features_or_none(body, x, what, in_memory):
 def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                   batch_size: int = 128, lr: float = 1e-4, patience: int = 3, seed: int = 0,
                   elm_full: bool = False, in_memory: bool | None = None,
+                  weight_decay: float = 0.0,
                   progress: bool = False, log=None) -> FinetuneResult:
     """Fine-tune ``model.coef_``/``intercept_`` in place; returns what happened.
 
@@ -91,8 +92,9 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     """
     from ..models.lbcnn import fit_elm
 
-    if epochs < 0 or batch_size < 1 or lr <= 0 or patience < 1:
-        raise ConfigError("need epochs >= 0, batch size >= 1, lr > 0 and patience >= 1")
+    if epochs < 0 or batch_size < 1 or lr <= 0 or patience < 1 or weight_decay < 0:
+        raise ConfigError("need epochs >= 0, batch size >= 1, lr > 0, patience >= 1 and "
+                          "weight decay >= 0")
     body = model.body_
     yt, yv = labels_to_index(model, y_train), labels_to_index(model, y_val)
     if len(yt) == 0 or len(yv) == 0:
@@ -116,7 +118,7 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
         log(f"features: {mode}"
             + (f" ({human_bytes(ht.nbytes + hv.nbytes)})" if ht is not None else ""))
 
-    # Precondition: train on standardized features z = (h - mu) / sd with
+    # Precondition: train on centred, rescaled features z = (h - mu) / sd with
     # logits = z V + c, which is the same affine head (W = V / sd,
     # b = c - (mu / sd) V) -- folded back exactly at the end. Raw LB-CNN
     # features reach ~40 and Adam's per-weight steps then swing the logits.
@@ -134,7 +136,8 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     weight = torch.nn.Parameter(torch.from_numpy((alpha * v0).astype(np.float32)))
     bias = torch.nn.Parameter(torch.from_numpy((alpha * c0).astype(np.float32)))
     params = [weight, bias]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0
+           else torch.optim.Adam(params, lr=lr))
     for w, extras in body._torch_cache.get(str(torch.device("cpu")), []):
         assert not w.requires_grad and not any(e.requires_grad for e in extras)
 
@@ -222,8 +225,11 @@ def _moments(h, body, x, chunk: int = 2048):
         n += len(f)
     mu = s / n
     sd = np.sqrt(np.maximum(s2 / n - mu * mu, 0.0))
-    floor = 1e-3 * (sd.mean() if sd.mean() > 0 else 1.0)
-    return mu, np.where(sd > floor, sd, 1.0)
+    # One global scale (RMS of the per-feature stds), not one per feature:
+    # dividing by tiny per-feature stds inflates those weights once folded
+    # back, and the heavy tail then wrecks a per-tensor fixed-point scale.
+    rms = float(np.sqrt(np.mean(sd * sd)))
+    return mu, np.full_like(sd, rms if rms > 0 else 1.0)
 
 
 def _temperature(logits: np.ndarray, y: np.ndarray) -> float:
