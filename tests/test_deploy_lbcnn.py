@@ -396,3 +396,16 @@ def test_cli_finetune_run_folder(small, tmp_path, capsys):
     assert back.meta_["test_accuracy"] == pytest.approx(out["test_accuracy"])
     for k, k0 in zip(back.body_.kernels, small.body_.kernels):
         np.testing.assert_array_equal(k["conv"], k0["conv"])
+
+
+def test_finetune_validation_avoids_search_images(small, mnist):
+    from lbcnn.deploy_cli import finetune_split
+
+    m = copy.deepcopy(small)
+    m.meta_ = {"dataset": "mnist", "train_size": 3000, "seed": 0}
+    tr, va, how = finetune_split(mnist, m, 0.1, 0)
+    used = np.union1d(*mnist.split(3000, 0.1, 0))
+    assert how == "images" and len(va) == 6000 and len(tr) == 54000
+    assert len(np.intersect1d(va, used)) == 0 and len(np.intersect1d(tr, va)) == 0
+    m.meta_ = {}
+    assert finetune_split(mnist, m, 0.1, 0)[2].startswith("yes")
