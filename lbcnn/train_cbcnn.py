@@ -104,7 +104,8 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 lr_end: float = 1e-4, seed: int = 0, val_fraction: float = 0.1,
                 train_size: int | None = None, preprocess=None, scale: bool = False,
                 out_dir=None, resume: bool = False, device=None, progress: bool = True,
-                model: CBCNN | None = None, on_epoch_end=None) -> dict:
+                model: CBCNN | None = None, on_epoch_end=None,
+                max_seconds: float | None = None) -> dict:
     """Train a CBCNN on ``dataset`` (a ``Dataset`` or a registry name).
 
     Returns a dict with ``model`` (best-validation weights), ``history``,
@@ -112,6 +113,9 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     ``wall_seconds`` and the paths written under ``out_dir`` (checkpoint,
     ``model.npz``, ``curves.png``, ``summary.json``). ``on_epoch_end(epoch, info)``
     runs after each epoch's checkpoint is written (raise in it to stop).
+    ``max_seconds`` stops before an epoch that would not finish within the
+    budget (judged by the slowest epoch so far); the best-validation weights
+    are kept as usual.
     """
     from .data import Dataset, load_dataset
 
@@ -187,10 +191,13 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         start_epoch = int(ck["epoch"]) + 1
 
     t0 = time.perf_counter()
+    stopped_early = False
     steps = math.ceil(len(x_tr) / batch_size)
     with _progress(progress) as bar:
         task = bar.add_task("cbcnn", total=(epochs - start_epoch) * steps, info="")
+        epoch_seconds = []
         for epoch in range(start_epoch, epochs):
+            epoch_start = time.perf_counter()
             lr = lr_at(epoch, epochs, lr_start, lr_end)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -228,6 +235,12 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val {100 * val_acc:.2f} %")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, rec)
+            if max_seconds is not None:
+                now = time.perf_counter()
+                epoch_seconds.append(now - epoch_start)
+                if now - t0 + max(epoch_seconds) > max_seconds:
+                    stopped_early = epoch + 1 < epochs
+                    break
     wall = time.perf_counter() - t0
 
     final_state = _cpu_state(net.state_dict())
@@ -239,7 +252,8 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         test_acc = model.score(dataset.x_test, dataset.y_test)
     result = {"model": model, "history": history, "best_epoch": best["epoch"],
               "best_val_accuracy": best["val_accuracy"], "test_accuracy": test_acc,
-              "wall_seconds": wall, "final_state": final_state}
+              "wall_seconds": wall, "final_state": final_state,
+              "epochs_run": len(history), "stopped_by_time_budget": stopped_early}
     if out is not None:
         save_cbcnn(model, out / "model.npz", dataset=dataset.name, seed=seed, epochs=epochs,
                    best_epoch=best["epoch"], test_accuracy=test_acc)

@@ -150,7 +150,8 @@ class Hybrid:
     """scikit-learn-style hybrid classifier (binary front end, float MLP head)."""
 
     def __init__(self, kernels="paper", threshold=0.5, hidden=120, optimizer="adam", lr=1e-3,
-                 epochs=60, batch_size=32, patience=10, random_state=0, progress=False):
+                 epochs=60, batch_size=32, patience=10, weight_decay=0.0, random_state=0,
+                 progress=False):
         self.kernels = kernels
         self.threshold = threshold
         self.hidden = hidden
@@ -159,6 +160,7 @@ class Hybrid:
         self.epochs = epochs
         self.batch_size = batch_size
         self.patience = patience
+        self.weight_decay = weight_decay
         self.random_state = random_state
         self.progress = progress
 
@@ -180,7 +182,7 @@ class Hybrid:
             tv = np.searchsorted(self.classes_, y_val)
         self.net_ = HybridMLP(f.shape[1], self.hidden, len(self.classes_), seed=self.random_state)
         opt = (torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD)(
-            self.net_.parameters(), lr=self.lr)
+            self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         g = torch.Generator().manual_seed(self.random_state)
         best, best_state, bad = -1.0, None, 0
         self.history_ = []
