@@ -144,7 +144,8 @@ def cmd_quantize(args) -> int:
 
     model, src = load_model_arg(args.model)
     ds = _dataset_for(model, args)
-    _, va = ds.split(None, args.val_fraction, args.seed)
+    # the same validation split ``finetune`` held out (disjoint from the search's images)
+    _, va, _ = finetune_split(ds, model, args.val_fraction, args.seed)
     xv, yv = ds.x_train[va], ds.y_train[va]
     before = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     apply_quantization(model, args.bits, args.per_class, args.pow2)
