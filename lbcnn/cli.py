@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-sizes", action="store_true", help="skip the export size measurement")
     i.add_argument("--json", action="store_true")
 
+    from .train_cli import add_train_parser
+    add_train_parser(sub, _ints, _add_data_args)
+
     d = sub.add_parser("datasets", help="list the dataset sources")
     d.add_argument("--json", action="store_true")
     return parser
@@ -156,6 +159,14 @@ def cmd_export(args) -> int:
 
 
 COMMANDS["export"] = cmd_export
+
+
+def cmd_train(args) -> int:
+    from .train_cli import cmd_train as run
+    return run(args)
+
+
+COMMANDS["train"] = cmd_train
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,124 @@
+"""``lbcnn train``: end-to-end training for the trained families (cbcnn, hybrid)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def add_train_parser(sub, ints, add_data_args) -> None:
+    t = sub.add_parser("train", help="train a binarized CNN (cbcnn) or the hybrid end to end")
+    t.add_argument("--model", required=True, choices=["cbcnn", "hybrid"])
+    add_data_args(t)
+    t.add_argument("--train-size", type=int, help="labelled training images used (incl. validation)")
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=100)
+    t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--out", help="run folder (checkpoint, model.npz, curves, summary)")
+    t.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    c = t.add_argument_group("cbcnn")
+    c.add_argument("--preset", default=None, help="cbcnn28 or cbcnn32 (default: by input size)")
+    c.add_argument("--blocks", type=ints, help="conv widths, e.g. 64,128,128")
+    c.add_argument("--dense", type=ints, help="hidden dense widths, e.g. 256")
+    c.add_argument("--lr-start", type=float, default=1e-3)
+    c.add_argument("--lr-end", type=float, default=1e-4)
+    c.add_argument("--y-channel", action="store_true", help="RGB -> Y (BT.601)")
+    c.add_argument("--equalize", action="store_true", help="per-image histogram equalization")
+    c.add_argument("--standardize", action="store_true", help="per-image standardization")
+    c.add_argument("--max-minutes", type=float, help="stop before an epoch that would overrun")
+    c.add_argument("--resume", action="store_true", help="continue the run in --out")
+    h = t.add_argument_group("hybrid")
+    h.add_argument("--kernels", default="paper", help="paper, random, or a .npy of (2, 3, 3) +-1")
+    h.add_argument("--threshold", default="0.5", help="input binarization: a value in [0, 1] or otsu")
+    h.add_argument("--hidden", type=int, default=120)
+    h.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    h.add_argument("--lr", type=float, default=1e-3)
+    h.add_argument("--patience", type=int, default=10)
+
+
+def cmd_train(args) -> int:
+    from .data import load_dataset
+
+    ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
+    if args.model == "cbcnn":
+        summary = _train_cbcnn(args, ds)
+    else:
+        summary = _train_hybrid(args, ds)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for k in ("dataset", "model", "best_val_accuracy", "test_accuracy", "epochs_run",
+                  "wall_seconds", "out"):
+            if k in summary:
+                print(f"{k:>18}: {summary[k]}")
+    return 0
+
+
+def _train_cbcnn(args, ds) -> dict:
+    from .train_cbcnn import train_cbcnn
+
+    pre = {"y_channel": args.y_channel, "equalize": args.equalize, "standardize": args.standardize,
+           "input_scale": ds.input_scale}
+    preset = args.preset
+    if preset is None and args.blocks is None:
+        preset = "cbcnn32" if ds.input_shape[0] == 32 else "cbcnn28"
+    blocks, dense = args.blocks, args.dense
+    if (blocks is None) != (dense is None) and preset is None:
+        raise ConfigError("give both --blocks and --dense, or a --preset")
+    if preset is not None and (blocks is None or dense is None):
+        from .models.cbcnn import PRESETS
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        blocks = blocks or PRESETS[preset]["blocks"]
+        dense = dense or PRESETS[preset]["dense"]
+    r = train_cbcnn(ds, preset=None, blocks=blocks, dense=dense, epochs=args.epochs,
+                    batch_size=args.batch_size, lr_start=args.lr_start, lr_end=args.lr_end,
+                    seed=args.seed, val_fraction=args.val_fraction, train_size=args.train_size,
+                    preprocess=pre, out_dir=args.out, resume=args.resume, device=args.device,
+                    progress=not args.json,
+                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    return {"model": "cbcnn", "dataset": ds.name, "blocks": list(blocks), "dense": list(dense),
+            "preprocess": pre, "seed": args.seed, "epochs": args.epochs,
+            "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
+            "best_val_accuracy": r["best_val_accuracy"], "test_accuracy": r["test_accuracy"],
+            "wall_seconds": r["wall_seconds"], "stopped_by_time_budget": r["stopped_by_time_budget"],
+            "out": args.out}
+
+
+def _train_hybrid(args, ds) -> dict:
+    from .models.hybrid import Hybrid, save_hybrid
+
+    kernels = args.kernels
+    if kernels not in ("paper", "random"):
+        path = Path(kernels)
+        if not path.exists():
+            raise ConfigError(f"--kernels: no such file {path}")
+        try:
+            kernels = list(np.load(path, allow_pickle=False))
+        except ValueError as exc:
+            raise ConfigError(f"--kernels: cannot read {path}: {exc}") from None
+    threshold = args.threshold if args.threshold == "otsu" else float(args.threshold)
+    tr, va = ds.split(args.train_size, args.val_fraction, args.seed)
+    model = Hybrid(kernels=kernels, threshold=threshold, hidden=args.hidden,
+                   optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+                   batch_size=args.batch_size, patience=args.patience, random_state=args.seed,
+                   progress=not args.json)
+    model.fit(ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va])
+    test_acc = model.score(ds.x_test, ds.y_test)  # the one look at the test set
+    summary = {"model": "hybrid", "dataset": ds.name, "kernels": args.kernels,
+               "threshold": threshold, "hidden": args.hidden, "seed": args.seed,
+               "train_size": int(len(tr) + len(va)), "fit_size": int(len(tr)), "val_size": int(len(va)),
+               "epochs_run": len(model.history_), "best_val_accuracy": model.best_val_accuracy_,
+               "test_accuracy": test_acc, "wall_seconds": model.fit_seconds_, "out": args.out}
+    if args.out:
+        from .io import atomic_write_text
+        out = Path(args.out)
+        save_hybrid(model, out / "model.npz", dataset=ds.name, test_accuracy=test_acc)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "history.json", json.dumps(model.history_, indent=2) + "\n")
+    return summary
