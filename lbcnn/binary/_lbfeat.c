@@ -57,6 +57,33 @@ static void dwconv3(const float *restrict xe, int H, int W, int Co,
         }
 }
 
+/* Depth multiplier m >= 8: each input channel feeds m contiguous outputs, so
+ * broadcast the nine input taps instead of materialising m copies of the
+ * input. xp: zero-padded (H+2) x (W+2) x C input. */
+static void dwconv3_bcast(const float *restrict xp, int H, int W, int C, int m,
+                          const float *restrict w, float *restrict out)
+{
+    int Co = C * m, Wp = W + 2;
+    size_t row = (size_t)Wp * C;
+    for (int i = 0; i < H; i++)
+        for (int j = 0; j < W; j++) {
+            float *restrict o = out + ((size_t)i * W + j) * Co;
+            const float *a = xp + ((size_t)i * Wp + j) * C;
+            const float *b = a + row, *c = b + row;
+            for (int ci = 0; ci < C; ci++) {
+                float x0 = a[ci], x1 = a[ci + C], x2 = a[ci + 2 * C],
+                      x3 = b[ci], x4 = b[ci + C], x5 = b[ci + 2 * C],
+                      x6 = c[ci], x7 = c[ci + C], x8 = c[ci + 2 * C];
+                const float *wc = w + ci * m;
+                float *oc = o + ci * m;
+                for (int r = 0; r < m; r++)
+                    oc[r] = wc[r] * x0 + wc[r + Co] * x1 + wc[r + 2 * Co] * x2
+                          + wc[r + 3 * Co] * x3 + wc[r + 4 * Co] * x4 + wc[r + 5 * Co] * x5
+                          + wc[r + 6 * Co] * x6 + wc[r + 7 * Co] * x7 + wc[r + 8 * Co] * x8;
+            }
+        }
+}
+
 /* 4x4 window, stride 2, output ceil(n/2); window j covers [2j-1, 2j+2]
  * clipped to the image, so padded cells never win the max. */
 static void maxpool42(const float *in, int H, int W, int C, float *tmp,
@@ -86,10 +113,10 @@ static void maxpool42(const float *in, int H, int W, int C, float *tmp,
     }
 }
 
-/* x: N images H x W x C (float32). mult[L]: depth multipliers. weights: for
+/* x: N images H x W x C, float32, or uint8 when x_is_u8 (converted per image). mult[L]: depth multipliers. weights: for
  * each layer the main conv (9 x C_l*m_l) then nl-1 extra convs (9 x C_{l+1}).
  * out: N x d, d = Ho_L * Wo_L * C_L. Returns 0, or -1 when out of memory. */
-int lb_features(const float *x, int N, int H, int W, int C, int L,
+int lb_features(const void *x, int x_is_u8, int N, int H, int W, int C, int L,
                 const int *mult, int nl, const float *weights, float scale,
                 float *out, int nthreads)
 {
@@ -113,20 +140,33 @@ int lb_features(const float *x, int N, int H, int W, int C, int L,
         float *xe = malloc(sizeof(float) * maxbuf);
         float *a = malloc(sizeof(float) * maxbuf);
         float *b = malloc(sizeof(float) * maxbuf);
-        if (!xe || !a || !b) {
+        float *img = malloc(sizeof(float) * (size_t)H * W * C);
+        if (!xe || !a || !b || !img) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             if (failed) continue;
-            const float *cur = x + (size_t)n * H * W * C;
+            const float *cur;
+            if (x_is_u8) {
+                const unsigned char *src = (const unsigned char *)x + (size_t)n * H * W * C;
+                for (size_t k = 0; k < (size_t)H * W * C; k++) img[k] = (float)src[k];
+                cur = img;
+            } else {
+                cur = (const float *)x + (size_t)n * H * W * C;
+            }
             int h = H, w = W, c = C;
             const float *wp = weights;
             for (int l = 0; l < L; l++) {
                 int co = c * mult[l];
-                expand_pad(cur, h, w, c, mult[l], 0, xe);
-                dwconv3(xe, h, w, co, wp, a);
+                if (mult[l] >= 8) {
+                    expand_pad(cur, h, w, c, 1, 0, xe);
+                    dwconv3_bcast(xe, h, w, c, mult[l], wp, a);
+                } else {
+                    expand_pad(cur, h, w, c, mult[l], 0, xe);
+                    dwconv3(xe, h, w, co, wp, a);
+                }
                 wp += 9 * co;
                 for (int e = 1; e < nl; e++) {
                     expand_pad(a, h, w, co, 1, 1, xe);
@@ -145,7 +185,7 @@ int lb_features(const float *x, int N, int H, int W, int C, int L,
                 for (size_t k = 0; k < d; k++) o[k] *= scale;
             }
         }
-        free(xe); free(a); free(b);
+        free(xe); free(a); free(b); free(img);
     }
     return failed ? -1 : 0;
 }

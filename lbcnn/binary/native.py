@@ -65,7 +65,8 @@ def load():
         return None
     f32 = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
     i32 = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
-    lib.lb_features.argtypes = [f32, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+    lib.lb_features.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                ctypes.c_int, ctypes.c_int,
                                 ctypes.c_int, i32, ctypes.c_int, f32, ctypes.c_float, f32,
                                 ctypes.c_int]
     lib.lb_features.restype = ctypes.c_int

@@ -18,6 +18,22 @@ from ..errors import DataError
 from ..memory import require
 
 
+# Gram-sized buffers are reused across solves: a fresh 250 MB array costs
+# tens of thousands of first-touch page faults, a large share of a trial.
+_POOL: dict[tuple, np.ndarray] = {}
+
+
+def _take(kind: str, d: int) -> np.ndarray:
+    buf = _POOL.pop((kind, d), None)
+    return buf if buf is not None else np.empty((d, d), dtype=np.float32, order="F")
+
+
+def _give(kind: str, buf: np.ndarray) -> None:
+    _POOL[(kind, buf.shape[0])] = buf
+    while len(_POOL) > 2:  # keep only the most recent size
+        _POOL.pop(next(iter(_POOL)))
+
+
 def one_vs_rest_targets(y: np.ndarray, n_classes: int) -> np.ndarray:
     t = np.full((len(y), n_classes), -1.0, dtype=np.float32)
     t[np.arange(len(y)), y] = 1.0
@@ -54,7 +70,8 @@ class RidgeAccumulator:
             self._gram = torch.zeros(n_features, n_features, device=self.device)
             self._hty = torch.zeros(n_features, n_outputs, device=self.device)
         else:
-            self._gram = np.zeros((n_features, n_features), dtype=np.float32, order="F")
+            self._gram = _take("gram", n_features)
+            self._gram.fill(0.0)
             self._hty = np.zeros((n_features, n_outputs), dtype=np.float32)
 
     def update(self, h, t) -> None:
@@ -70,6 +87,12 @@ class RidgeAccumulator:
         # h.T is Fortran-contiguous (d, n): syrk(trans=0) adds h.T @ h in place.
         blas.ssyrk(1.0, h.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
         self._hty += h.T @ t
+
+    def release(self) -> None:
+        """Hand the Gram buffer back for reuse; the accumulator is done."""
+        if self.device.type != "cuda" and self._gram is not None:
+            _give("gram", self._gram)
+        self._gram = None
 
     def gram(self) -> np.ndarray:
         """The full symmetric HᵀH (for tests and diagnostics)."""
@@ -91,15 +114,19 @@ class RidgeAccumulator:
             self.solver_ = "primal-cholesky-float64"
             factor = torch.linalg.cholesky(a)
             return torch.cholesky_solve(self._hty.double(), factor).float().cpu().numpy()
-        a = self._gram.copy(order="F")
-        a[np.diag_indices_from(a)] += lam
-        factor, info = lapack.spotrf(a, lower=0, clean=0, overwrite_a=1)
-        if info == 0:
-            w, info = lapack.spotrs(factor, self._hty, lower=0)
-            if info == 0 and np.isfinite(w).all():
-                self.solver_ = "primal-cholesky-float32"
-                return w.astype(np.float32)
-        del a, factor
+        a = _take("work", self.n_features)
+        try:
+            a[...] = self._gram
+            a[np.diag_indices_from(a)] += lam
+            factor, info = lapack.spotrf(a, lower=0, clean=0, overwrite_a=1)
+            if info == 0:
+                w, info = lapack.spotrs(factor, self._hty, lower=0)
+                if info == 0 and np.isfinite(w).all():
+                    self.solver_ = "primal-cholesky-float32"
+                    return w.astype(np.float32)
+            del factor
+        finally:
+            _give("work", a)
         require(8 * self.n_features**2, "the float64 Cholesky fallback", "use fewer features")
         a = self._gram.astype(np.float64, order="F")
         a[np.diag_indices_from(a)] += lam

@@ -22,6 +22,16 @@ from ..memory import human_bytes, require
 from . import register_model
 
 MAX_LAYERS = 3
+_SCRATCH_POOL: list[np.ndarray] = []
+
+
+def _take_scratch(need: int) -> np.ndarray:
+    """Reuse feature buffers across calls: fresh pages fault on first touch,
+    which for a 64 MB batch buffer costs ~0.2 s per call on a VM."""
+    for i, buf in enumerate(_SCRATCH_POOL):
+        if buf.size >= need:
+            return _SCRATCH_POOL.pop(i)
+    return np.empty(need, dtype=np.float32)
 
 
 def as_nhwc(x: np.ndarray) -> np.ndarray:
@@ -141,15 +151,20 @@ class LBCNNBody:
 
     def _features_into(self, xb: np.ndarray, dst: np.ndarray, device, lib) -> None:
         """Features of one batch written into ``dst`` (len(xb), d)."""
-        xf, scale = self._batch_to_float(xb)
         if lib is not None:
-            n, hh, ww, cc = xf.shape
-            rc = lib.lb_features(np.ascontiguousarray(xf), n, hh, ww, cc, len(self.kernels),
+            if xb.dtype == np.uint8:  # the kernel converts per image, in cache
+                xc, is_u8, scale = np.ascontiguousarray(xb), 1, float(self.input_scale)
+            else:
+                xf, scale = self._batch_to_float(xb)
+                xc, is_u8 = np.ascontiguousarray(xf), 0
+            n, hh, ww, cc = xc.shape
+            rc = lib.lb_features(xc.ctypes.data, is_u8, n, hh, ww, cc, len(self.kernels),
                                  np.array(self.filters, dtype=np.int32), self.nl, self._taps(),
                                  scale, dst, torch.get_num_threads())
             if rc != 0:
                 raise MemoryError("native feature kernel ran out of memory")
             return
+        xf, scale = self._batch_to_float(xb)
         with torch.inference_mode():
             feats = self.forward_torch(torch.from_numpy(xf).to(device))
             if scale != 1.0:
@@ -164,12 +179,18 @@ class LBCNNBody:
         x = self._check_images(x)
         device = torch.device(device) if device is not None else torch.device("cpu")
         lib = native.load() if device.type == "cpu" else None
-        buf = np.empty((min(batch_size, len(x)), self.n_features), dtype=np.float32)
-        for start in range(0, len(x), batch_size):
-            xb = x[start:start + batch_size]
-            view = buf[:len(xb)]
-            self._features_into(xb, view, device, lib)
-            yield start, start + len(xb), view
+        rows = min(batch_size, len(x))
+        flat = _take_scratch(rows * self.n_features)
+        buf = flat[:rows * self.n_features].reshape(rows, self.n_features)
+        try:
+            for start in range(0, len(x), batch_size):
+                xb = x[start:start + batch_size]
+                view = buf[:len(xb)]
+                self._features_into(xb, view, device, lib)
+                yield start, start + len(xb), view
+        finally:
+            _SCRATCH_POOL.append(flat)
+            del _SCRATCH_POOL[:-2]  # keep at most two idle buffers
 
     def transform(self, x: np.ndarray, batch_size: int = 2048, device=None) -> np.ndarray:
         x = self._check_images(x)
@@ -281,6 +302,7 @@ def fit_elm(body: LBCNNBody, X: np.ndarray, y_idx: np.ndarray, n_classes: int, C
             t_solve += t0 - t1
         t1 = time.perf_counter()
         w = acc.solve()
+        acc.release()
         t_solve += time.perf_counter() - t1
         solver = acc.solver_
     else:
