@@ -33,8 +33,9 @@ def add_train_parser(sub, ints, add_data_args) -> None:
     c.add_argument("--max-minutes", type=float, help="stop before an epoch that would overrun")
     c.add_argument("--resume", action="store_true", help="continue the run in --out")
     h = t.add_argument_group("hybrid")
-    h.add_argument("--kernels", default="paper", help="paper, random, or a .npy of (2, 3, 3) +-1")
-    h.add_argument("--threshold", default="0.5", help="input binarization: a value in [0, 1] or otsu")
+    h.add_argument("--kernels", default="paper",
+                   help="paper (edge probes), lines, random, or a .npy of (2, 3, 3) +-1")
+    h.add_argument("--threshold", default="otsu", help="input binarization: otsu or a value in [0, 1]")
     h.add_argument("--hidden", type=int, default=120)
     h.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     h.add_argument("--lr", type=float, default=1e-3)
@@ -94,7 +95,7 @@ def _train_hybrid(args, ds) -> dict:
     from .models.hybrid import Hybrid, save_hybrid
 
     kernels = args.kernels
-    if kernels not in ("paper", "random"):
+    if kernels not in ("paper", "lines", "random"):
         path = Path(kernels)
         if not path.exists():
             raise ConfigError(f"--kernels: no such file {path}")

@@ -27,8 +27,16 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError
 from . import register_model
 
-# Line probes made only of +-1: a bright middle row (horizontal) or column (vertical).
+# Edge probes made only of +-1: top-vs-bottom (horizontal edges) for the first
+# conv, left-vs-right (vertical edges) for the second. The paper names the
+# orientations but not the values; among the probe shapes we tried, these won
+# on validation (MNIST, 9k fit / 1k val, seed 0): 92.9 % against 75.9 % for
+# thin line probes ([-1,-1,-1],[1,1,1],[-1,-1,-1]) and 89.3 % for one random pair.
 PAPER_KERNELS = {
+    "horizontal": np.array([[1, 1, 1], [1, 1, 1], [-1, -1, -1]], dtype=np.int8),
+    "vertical": np.array([[1, 1, -1], [1, 1, -1], [1, 1, -1]], dtype=np.int8),
+}
+LINE_PROBES = {
     "horizontal": np.array([[-1, -1, -1], [1, 1, 1], [-1, -1, -1]], dtype=np.int8),
     "vertical": np.array([[-1, 1, -1], [-1, 1, -1], [-1, 1, -1]], dtype=np.int8),
 }
@@ -97,11 +105,14 @@ class HybridBody:
         if isinstance(kernels, str):
             if kernels == "paper":
                 ks = [PAPER_KERNELS["horizontal"], PAPER_KERNELS["vertical"]]
+            elif kernels == "lines":
+                ks = [LINE_PROBES["horizontal"], LINE_PROBES["vertical"]]
             elif kernels == "random":
                 rng = np.random.default_rng(seed)
                 ks = [(rng.integers(0, 2, (3, 3)) * 2 - 1).astype(np.int8) for _ in range(2)]
             else:
-                raise ConfigError(f"kernels must be 'paper', 'random' or arrays, got {kernels!r}")
+                raise ConfigError(f"kernels must be 'paper', 'lines', 'random' or arrays, "
+                                  f"got {kernels!r}")
         else:
             ks = kernels
         return cls(input_shape, ks, threshold)
@@ -149,7 +160,7 @@ class HybridMLP(nn.Module):
 class Hybrid:
     """scikit-learn-style hybrid classifier (binary front end, float MLP head)."""
 
-    def __init__(self, kernels="paper", threshold=0.5, hidden=120, optimizer="adam", lr=1e-3,
+    def __init__(self, kernels="paper", threshold="otsu", hidden=120, optimizer="adam", lr=1e-3,
                  epochs=60, batch_size=32, patience=10, weight_decay=0.0, random_state=0,
                  progress=False):
         self.kernels = kernels
