@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train_cli import add_train_parser
     add_train_parser(sub, _ints, _add_data_args)
 
+    from .transfer_cli import add_transfer_parser
+    add_transfer_parser(sub, _add_data_args)
+
     d = sub.add_parser("datasets", help="list the dataset sources")
     d.add_argument("--json", action="store_true")
     return parser
@@ -167,6 +170,14 @@ def cmd_train(args) -> int:
 
 
 COMMANDS["train"] = cmd_train
+
+
+def cmd_transfer(args) -> int:
+    from .transfer_cli import cmd_transfer as run
+    return run(args)
+
+
+COMMANDS["transfer"] = cmd_transfer
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,60 @@
+"""``lbcnn transfer``: the CLI shell over ``lbcnn.transfer`` (imports torch lazily)."""
+from __future__ import annotations
+
+
+def add_transfer_parser(sub, add_data_args) -> None:
+    t = sub.add_parser("transfer", help="freeze a trained CBCNN/LB-CNN body and train a new last "
+                       "layer for another dataset")
+    t.add_argument("--backbone", required=True, metavar="MODEL", help="model file or run folder")
+    add_data_args(t)
+    t.add_argument("--head", default="float", choices=["float", "binary"])
+    t.add_argument("--per-class", type=int, default=10, help="labelled images per class")
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--val-fraction", type=float, default=0.2,
+                   help="of the labelled budget, for epoch selection (none below 2 per class)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--layer", default="features", choices=["features", "pre_logits"],
+                   help="CBCNN: conv features (forward_features) or the last hidden dense layer")
+    t.add_argument("--resize", default="auto", choices=["auto", "none"])
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--to-gray", action="store_true", help="convert RGB targets to grayscale")
+    g.add_argument("--no-convert", action="store_true",
+                   help="refuse any resizing or channel conversion (a mismatch is an error)")
+    t.add_argument("--compare-scratch", action="store_true",
+                   help="also train the architecture from scratch, same data and wall-clock")
+    t.add_argument("--out", help="folder for summary.json and head.npz")
+    t.add_argument("--json", action="store_true")
+
+
+def cmd_transfer(args) -> int:
+    import json
+    import sys
+
+    from .data import load_dataset
+    from .transfer import summary, transfer
+
+    ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
+    channels = "none" if args.no_convert else ("gray" if args.to_gray else "auto")
+    resize = "none" if args.no_convert else args.resize
+    r = transfer(args.backbone, ds, head=args.head, per_class=args.per_class, epochs=args.epochs,
+                 lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                 val_fraction=args.val_fraction, resize=resize, channels=channels,
+                 layer=args.layer, compare_scratch=args.compare_scratch, out=args.out)
+    s = summary(r)
+    for n in s["notes"]:
+        print(f"note: {n}", file=sys.stderr)
+    if args.json:
+        s.pop("history", None)
+        print(json.dumps(s, default=str))
+        return 0
+    acc = s["test_accuracy"]
+    print(f"transfer {s['backbone_family']} -> {s['dataset']} ({args.head} head, {s['per_class']}/class, "
+          f"fit {s['fit_size']} / val {s['val_size']}, seed {s['seed']}): test accuracy "
+          f"{100 * acc:.2f} % on {s['test_size']:,} images, {s['wall_seconds']:.1f} s")
+    if "scratch" in s:
+        sc = s["scratch"]
+        print(f"scratch (same data, {sc['time_budget_seconds']:.1f} s budget, {sc['epochs_run']} "
+              f"epoch(s)): test accuracy {100 * sc['test_accuracy']:.2f} %, {sc['wall_seconds']:.1f} s")
+    return 0
