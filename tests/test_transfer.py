@@ -150,3 +150,22 @@ def test_cli_transfer_json_and_error(backbone, capsys, data_dir):
                "--no-convert"])
     err = capsys.readouterr().err
     assert rc == 2 and "size mismatch" in err and "Traceback" not in err
+
+
+def test_lbcnn_backbone_transfer_and_scratch(mnist, fashion_small):
+    from lbcnn.models.lbcnn import LBCNN
+    lb = LBCNN(filters=(4,), C=1e-3, random_state=0, device="cpu").fit(mnist.x_train[:500],
+                                                                      mnist.y_train[:500])
+    before = backbone_state(lb)
+    coef = lb.coef_.copy()
+    r = transfer(lb, fashion_small, head="float", per_class=20, epochs=20, seed=0,
+                 compare_scratch=True)
+    after = backbone_state(lb)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert np.array_equal(lb.coef_, coef)          # the backbone's own head is untouched
+    tm = r["model"]
+    f = tm.forward_features(fashion_small.x_test[:5])
+    assert f.shape == (5, lb.body_.n_features)
+    assert r["test_accuracy"] > 0.4 and 0 <= r["scratch"]["test_accuracy"] <= 1
+    rb = transfer(lb, fashion_small, head="binary", per_class=20, epochs=10, seed=0)
+    assert set(np.unique(rb["model"].head_weights_pm1())) <= {-1, 1} and rb["test_accuracy"] > 0.2
