@@ -1,4 +1,5 @@
-"""Bit accounting of an LB-CNN: weights, bits, MACs and file sizes per layer.
+"""Bit accounting of an LB-CNN: weights, bits, MACs and file sizes per layer
+(a CBCNN: ``account_cbcnn``, from its ``profile()``, at the end of this file).
 
 Kernels count 1 bit per weight (they are +-1); the head counts n bits per
 weight and per bias for a fixed-point head (32 for float32), plus 32 bits per
@@ -86,6 +87,13 @@ def export_sizes(model, native_path=None) -> dict:
 
 
 def account(model, path=None, sizes: bool = True) -> dict:
+    from .onnx_export import is_cbcnn, is_hybrid
+
+    if is_cbcnn(model):
+        return account_cbcnn(model, path, sizes)
+    if is_hybrid(model) or not hasattr(model, "body_"):
+        from ..errors import ConfigError
+        raise ConfigError(f"info supports the lbcnn and cbcnn families, not {type(model).__name__}")
     rows = layer_table(model)
     conv_bits = sum(r["bits"] for r in rows if r["layer"].startswith("conv"))
     head_bits = sum(r["bits"] for r in rows if r["layer"].startswith("head"))
@@ -117,6 +125,8 @@ def render(info: dict):
 
     from ..memory import human_bytes
 
+    if info.get("family") == "cbcnn":
+        return render_cbcnn(info)
     t = Table(title=f"LB-CNN filters {','.join(map(str, info['filters']))}, nl {info['nl']}, "
                     f"input {'x'.join(map(str, info['input_shape']))}")
     for col in ("layer", "type", "output", "weights", "bits/w", "kbits", "MACs", "MAC kind"):
@@ -132,6 +142,143 @@ def render(info: dict):
         f"MACs: {info['macs']:,}, of which {info['conv_macs_add_sub_only']:,} in the conv layers "
         f"are additions/subtractions only",
         f"paper's 'Params (k-bits) Conv+ELM': {info['paper_params_kbits_conv_elm']:.1f}",
+    ]
+    fb = info.get("file_bytes")
+    if fb:
+        parts = [f"{k} {human_bytes(v)}" if v is not None else f"{k} n/a"
+                 for k, v in fb.items() if not k.endswith("_error")]
+        lines.append("file sizes: " + ", ".join(parts))
+    return Group(t, Text("\n".join(lines)))
+
+
+# -- CBCNN ----------------------------------------------------------------------
+# The CBCNN paper's parameter counts (Qi et al. 2023), for comparison.
+CBCNN_PAPER_PARAMS = {"mnist": 480_000, "fashion_mnist": 480_000, "gtsrb": 590_000}
+CBCNN_BN_NOTE = ("bits: binary weights 1 bit each, every BN as 4 float32 values (gamma, beta, "
+                 "mean, var); bits_folded: each BN before a sign as one 32-bit threshold + "
+                 "1 direction bit per channel (integer thresholds after the first block), the "
+                 "final BN as 2 float32 per class (scale, shift)")
+
+
+def cbcnn_layer_table(model) -> list[dict]:
+    """``model.profile()`` rows with output shapes, MACs and the folded-BN bits."""
+    import torch.nn as nn
+
+    net = model.net
+    h, w, c = net.input_shape
+    shapes, macs = {}, {}
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d):
+            cout = m.out_channels
+            macs[name] = (h * w * c * cout * 9,
+                          "XNOR-popcount" if m.input_binary else
+                          "add/sub (real input)")
+            shapes[name] = [h, w, cout]
+            c, h, w = cout, h // 2, w // 2
+        elif name.startswith("features.") and hasattr(m, "running_mean"):
+            shapes[name] = [h, w, c]
+            first = name == "features.2"
+            macs[name] = (h * w * c, "compare (float thr)" if first
+                          else "compare (int thr)")
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Linear):
+            shapes[name] = [m.out_features]
+            macs[name] = (m.in_features * m.out_features, "XNOR-popcount")
+        elif name.startswith(("head_hidden.", "out_bn")) and hasattr(m, "running_mean"):
+            shapes[name] = [m.num_features]
+            macs[name] = ((m.num_features, "mul-add (float)") if name == "out_bn"
+                          else (m.num_features, "compare (int thr)"))
+    rows = []
+    for r in model.profile():
+        r = dict(r)
+        r["output"] = shapes.get(r["name"], [])
+        r["macs"], r["mac_kind"] = macs.get(r["name"], (0, ""))
+        if r["kind"] == "batch norm":
+            n = r["weights"] // 4
+            r["bits_folded"] = 64 * n if r["name"] == "out_bn" else 33 * n
+        else:
+            r["bits_folded"] = r["bits"]
+        rows.append(r)
+    return rows
+
+
+def cbcnn_export_sizes(model, native_path=None) -> dict:
+    from ..models.cbcnn import save_cbcnn
+
+    sizes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        save_cbcnn(model, tmp / "model.npz")
+        sizes["native"] = (tmp / "model.npz").stat().st_size
+        try:
+            from .onnx_export import export_onnx
+            export_onnx(model, tmp / "model.onnx")
+            sizes["onnx"] = (tmp / "model.onnx").stat().st_size
+        except Exception as exc:
+            sizes["onnx"] = None
+            sizes["onnx_error"] = str(exc).splitlines()[0][:200]
+    if native_path is not None and Path(native_path).exists():
+        sizes["this_file"] = Path(native_path).stat().st_size
+    return sizes
+
+
+def account_cbcnn(model, path=None, sizes: bool = True) -> dict:
+    from ..models.cbcnn import profile_totals
+
+    net = model.net
+    rows = cbcnn_layer_table(model)
+    totals = profile_totals(model.profile())
+    binary_rows = [r for r in rows if r["bits_per_weight"] == 1]
+    bn_rows = [r for r in rows if r["kind"] == "batch norm"]
+    out = {
+        "family": "cbcnn", "preset": getattr(model, "preset", None),
+        "input_shape": list(net.input_shape), "blocks": list(net.blocks),
+        "dense": list(net.dense), "classes": net.n_classes, "scale": net.scale,
+        "preprocess": model.preprocess.to_dict(),
+        "layers": rows, "bn_accounting": CBCNN_BN_NOTE,
+        "binary_weights": totals["binary_weights"], "params": totals["params"],
+        "weight_bits": sum(r["bits"] for r in binary_rows),
+        "bn_bits": sum(r["bits"] for r in bn_rows),
+        "bn_bits_folded": sum(r["bits_folded"] for r in bn_rows),
+        "total_bits": totals["bits"], "total_kbits": totals["bits"] / 1000,
+        "total_kbits_folded": sum(r["bits_folded"] for r in rows) / 1000,
+        "params_bytes": totals["bits"] / 8,
+        "macs": sum(r["macs"] for r in binary_rows),
+        "xnor_popcount_macs": sum(r["macs"] for r in binary_rows if r["input_binary"]),
+        "real_input_macs": sum(r["macs"] for r in binary_rows if not r["input_binary"]),
+        "paper_params": dict(CBCNN_PAPER_PARAMS),
+    }
+    if sizes:
+        out["file_bytes"] = cbcnn_export_sizes(model, path)
+    return out
+
+
+def render_cbcnn(info: dict):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..memory import human_bytes
+
+    t = Table(title=f"CBCNN blocks {','.join(map(str, info['blocks']))}, dense "
+                    f"{','.join(map(str, info['dense'])) or '-'}, input "
+                    f"{'x'.join(map(str, info['input_shape']))}")
+    for col in ("layer", "type", "output", "weights", "bits/w", "kbits", "MACs", "MAC kind"):
+        t.add_column(col, justify="right" if col in ("weights", "bits/w", "kbits", "MACs") else "left")
+    for r in info["layers"]:
+        t.add_row(r["name"], r["kind"], "x".join(map(str, r["output"])), f"{r['weights']:,}",
+                  str(r["bits_per_weight"]), f"{r['bits'] / 1000:.2f}", f"{r['macs']:,}",
+                  r["mac_kind"])
+    paper = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in info["paper_params"].items())
+    lines = [
+        f"total: {info['total_kbits']:.2f} kbits = {human_bytes(info['params_bytes'])} "
+        f"(binary weights {info['weight_bits'] / 1000:.2f} kbits, BN as float32 "
+        f"{info['bn_bits'] / 1000:.2f} kbits); BN folded to thresholds: "
+        f"{info['total_kbits_folded']:.2f} kbits",
+        f"parameters: {info['params']:,} ({info['binary_weights']:,} binary); paper: {paper}",
+        f"MACs: {info['macs']:,}, of which {info['xnor_popcount_macs']:,} XNOR-popcount and "
+        f"{info['real_input_macs']:,} real input x +-1 weight (add/sub only)",
+        info["bn_accounting"],
     ]
     fb = info.get("file_bytes")
     if fb:

@@ -125,9 +125,32 @@ def build_onnx_model(model):
     return om
 
 
-def export_onnx(model, path) -> Path:
+def is_cbcnn(model) -> bool:
+    from ..models.cbcnn import CBCNN
+    return isinstance(model, CBCNN)
+
+
+def is_hybrid(model) -> bool:
+    from ..models.hybrid import Hybrid
+    return isinstance(model, Hybrid)
+
+
+def build_any(model, input_channels=None):
+    """The ONNX model of any exportable family: LB-CNN here, CBCNN in ``onnx_cbcnn``."""
+    if is_cbcnn(model):
+        from .onnx_cbcnn import build_cbcnn_onnx
+        return build_cbcnn_onnx(model, input_channels)
+    if is_hybrid(model) or not hasattr(model, "body_"):
+        raise ConfigError(f"ONNX export supports the lbcnn and cbcnn families, "
+                          f"not {type(model).__name__}")
+    return build_onnx_model(model)
+
+
+def export_onnx(model, path, input_channels=None) -> Path:
+    """Write ``model`` (LB-CNN or CBCNN) as ONNX; ``input_channels`` only matters for a
+    CBCNN with ``y_channel`` preprocessing (3 = RGB input, the default; 1 = gray)."""
     path = Path(path)
-    om = build_onnx_model(model)
+    om = build_any(model, input_channels)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(om.SerializeToString())
