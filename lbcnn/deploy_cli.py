@@ -171,15 +171,35 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+# built-in datasets with one raw channel (a CBCNN's y_channel is then a pass-through)
+_GRAY_DATASETS = {"mnist", "fashion_mnist", "olivetti"}
+
+
+def _raw_channels(model, path):
+    """Input channels of the ONNX graph: only a CBCNN with ``y_channel`` needs this
+    (3 = RGB, unless the file says it was trained on a gray built-in dataset)."""
+    from .deploy.onnx_export import is_cbcnn
+
+    if not is_cbcnn(model) or not model.preprocess.y_channel:
+        return None
+    from .io import load_model_file
+    config, _ = load_model_file(path)
+    return 1 if config.get("dataset") in _GRAY_DATASETS else 3
+
+
 def cmd_export(args) -> int:
     model, src = load_model_arg(args.model)
     t0 = time.perf_counter()
     if args.format == "h5":
         from .deploy.keras_export import export_h5
+        from .deploy.onnx_export import is_cbcnn, is_hybrid
+        if is_cbcnn(model) or is_hybrid(model):
+            raise ConfigError(f"Keras .h5 export is for LB-CNN models; export a "
+                              f"{type(model).__name__} with --format onnx")
         path = export_h5(model, args.out)
     else:
         from .deploy.onnx_export import export_onnx
-        path = export_onnx(model, args.out)
+        path = export_onnx(model, args.out, _raw_channels(model, src))
     out = {"format": args.format, "source": str(src), "out": str(path),
            "bytes": path.stat().st_size, "seconds": time.perf_counter() - t0}
     print(json.dumps(out) if args.json else f"wrote {path} ({out['bytes']:,} bytes)")

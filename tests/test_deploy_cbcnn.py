@@ -242,3 +242,19 @@ def test_evaluate_cbcnn_and_hybrid_files(tiny, mnist, tmp_path, capsys):
     assert rc == 0, err
     res = json.loads(stdout)
     assert res["accuracy"] == pytest.approx(hy.score(mnist.x_test, mnist.y_test))
+
+
+def test_cli_y_channel_input_channels_follow_the_dataset(tmp_path, capsys):
+    """y_channel: a model trained on a gray dataset takes 1 channel, otherwise RGB."""
+    from lbcnn.models.cbcnn import CBCNN, save_cbcnn
+
+    m = CBCNN(None, (4, 4), (), (28, 28, 1), 10, preprocess={"y_channel": True})
+    for ds, want in (("mnist", 1), ("gtsrb", 3), (None, 3)):
+        src = tmp_path / f"{ds}.npz"
+        save_cbcnn(m, src, **({"dataset": ds} if ds else {}))
+        rc, _, err = _cli(capsys, "export", src, "--format", "onnx", "--out", tmp_path / "y.onnx")
+        assert rc == 0, err
+        dims = onnx.load(tmp_path / "y.onnx").graph.input[0].type.tensor_type.shape.dim
+        assert dims[3].dim_value == want
+    rc, _, err = _cli(capsys, "export", src, "--format", "h5", "--out", tmp_path / "y.h5")
+    assert rc == 2 and "onnx" in err and "Traceback" not in err
