@@ -59,6 +59,20 @@ static int32_t lbcnn_xnor_dot(const uint64_t *a, const uint64_t *w, int words, i
 """
 
 
+MAIN_C = """/* Example: raw uint8 images (LBCNN_INPUT_BYTES each) on stdin, one class per line. */
+#include <stdio.h>
+#include "model.h"
+
+int main(void)
+{
+    static uint8_t image[LBCNN_INPUT_BYTES];
+    while (fread(image, 1, sizeof image, stdin) == sizeof image)
+        printf("%d\\n", lbcnn_predict(image));
+    return 0;
+}
+"""
+
+
 def _c_array(ctype: str, name: str, values, per_line: int = 24) -> str:
     vals = [str(int(v)) for v in np.asarray(values).ravel()]
     if ctype == "int64_t":
@@ -310,18 +324,7 @@ int lbcnn_predict(const uint8_t *image)
     return LABELS[head_argmax({feat_buf})];
 }}
 """
-    main_c = """/* Example: raw uint8 images (LBCNN_INPUT_BYTES each) on stdin, one class per line. */
-#include <stdio.h>
-#include "model.h"
-
-int main(void)
-{
-    static uint8_t image[LBCNN_INPUT_BYTES];
-    while (fread(image, 1, sizeof image, stdin) == sizeof image)
-        printf("%d\\n", lbcnn_predict(image));
-    return 0;
-}
-"""
+    main_c = MAIN_C
     return {"model.h": model_h, "model.c": model_c, "main.c": main_c}
 
 
@@ -425,10 +428,14 @@ def measure_sizes(out_dir: Path, cc: str | None = None, opt: str = "-O2") -> dic
 
 def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True) -> dict:
     """Write model.h, model.c, main.c and README.md to ``out_dir``; return a summary."""
+    from ..engine.cbcnn_plan import CBCNNPlan
     from ..engine.plan import IntegerPlan, compile_plan
 
-    plan = model_or_plan if isinstance(model_or_plan, IntegerPlan) else \
+    plan = model_or_plan if isinstance(model_or_plan, (IntegerPlan, CBCNNPlan)) else \
         compile_plan(model_or_plan, bits=bits)
+    if isinstance(plan, CBCNNPlan):
+        from .c_export_cbcnn import export_cbcnn_c
+        return export_cbcnn_c(plan, out_dir, measure=measure)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in generate_sources(plan).items():

@@ -93,7 +93,11 @@ def maxpool4s2(x: np.ndarray, op: dict) -> np.ndarray:
 
 
 def run_ops(plan: IntegerPlan, x: np.ndarray) -> np.ndarray:
-    """uint8 images -> (n, d) integer features (the head's input)."""
+    """uint8 images -> (n, d) integer features (the head's input); for a CBCNN
+    plan, (n, words) packed +-1 features."""
+    if getattr(plan, "family", None) == "cbcnn":
+        from .cbcnn_plan import run_cbcnn_ops
+        return run_cbcnn_ops(plan, x)
     dtype = np.int64 if plan.act_dtype == "int64" else np.int32
     h = x.astype(dtype)
     for op in plan.ops:
@@ -109,6 +113,9 @@ def run_ops(plan: IntegerPlan, x: np.ndarray) -> np.ndarray:
 
 def head_scores(plan: IntegerPlan, feats: np.ndarray) -> np.ndarray:
     """Exact integer class scores (int64); argmax is the prediction."""
+    if getattr(plan, "family", None) == "cbcnn":
+        from .cbcnn_plan import cbcnn_scores
+        return cbcnn_scores(plan, feats)
     hd = plan.head
     f = feats.astype(np.int64)
     q = hd["weight_q"].astype(np.int64)
@@ -136,7 +143,17 @@ class NumpyEngine:
                             f"{tuple(self.plan.input_shape)}")
         return x
 
+    def features_packed(self, x) -> np.ndarray:
+        """CBCNN plans: the head's input as packed uint64 words (n, words)."""
+        x = self._check(x)
+        parts = [run_ops(self.plan, x[s:s + self.batch_size])
+                 for s in range(0, len(x), self.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, 1), np.uint64)
+
     def features(self, x) -> np.ndarray:
+        if getattr(self.plan, "family", None) == "cbcnn":
+            from .cbcnn_plan import unpack_features
+            return unpack_features(self.plan, self.features_packed(x))
         x = self._check(x)
         out = np.empty((len(x), self.plan.n_features), dtype=np.int32
                        if self.plan.act_dtype != "int64" else np.int64)

@@ -318,12 +318,16 @@ def compile_plan(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:
         if head is None:
             head = head_from_arrays(arrays, config)
         model = load_model(model)
+    from ..models.cbcnn import CBCNN
     from ..models.lbcnn import LBCNN
 
     if isinstance(model, LBCNN):
         return compile_lbcnn(model, head, bits)
+    if isinstance(model, CBCNN):
+        from .cbcnn_plan import compile_cbcnn
+        return compile_cbcnn(model)
     raise ConfigError(f"the integer engine cannot compile a {type(model).__name__}: "
-                      "unsupported model or layer type (supported: LB-CNN)")
+                      "unsupported model or layer type (supported: LB-CNN, CBCNN)")
 
 
 def dequantized_model(model, plan: IntegerPlan):

@@ -1,0 +1,270 @@
+"""C99 code generation for a CBCNN :class:`~lbcnn.engine.cbcnn_plan.CBCNNPlan`.
+
+Same contract as the LB-CNN generator (``lbcnn.deploy.c_export``):
+``int lbcnn_predict(const uint8_t *image)``, const packed weights, static
+scratch, no malloc / float / libm / libc; ``main.c`` and the bench harness are
+shared. +-1 activations are packed one bit per channel into uint64 words,
+``ceil(C/64)`` words per pixel (pad bits 0), so each binary conv tap and each
+dense row is a run of ``LBCNN_POPCOUNT64(~(a ^ w))``. Every conv computes its
+four pre-pool sums, takes the max, compares it with the channel's integer
+threshold and sets one output bit; the pre-pool map is never stored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..io import atomic_write_text
+from .c_export import MAIN_C, POPCOUNT_C, _c_array, measure_sizes
+
+INT32_MAX = 2 ** 31 - 1
+
+
+def _u64_array(name: str, words, per_line: int = 4) -> str:
+    vals = [f"UINT64_C(0x{int(v):016x})" for v in np.asarray(words, dtype=np.uint64).ravel()]
+    lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
+    body = ",\n    ".join(lines)
+    return f"static const uint64_t {name}[{max(len(vals), 1)}] = {{\n    {body or '0'}\n}};\n"
+
+
+def _u8_array(name: str, values) -> str:
+    return _c_array("uint8_t", name, np.asarray(values).astype(np.uint8))
+
+
+FIRST_CONV = r"""
+/* layer @L@: ({H}, {W}, {C}) uint8 -> sign conv 3x3 (zero padding 1) -> 2x2 max pool
+ * -> threshold -> ({HO}, {WO}, {CO}) bits. S = sum of +-pixel, exact, |S| <= @B@. */
+static int32_t conv_sum_@L@(const uint8_t *img, int y, int x, int co)
+{
+    enum { H = @H@, W = @W@, C = @C@, WW = @WW@ };
+    const uint64_t *w = W@L@ + co * WW;
+    int32_t s = 0;
+    int dy, dx, c, k;
+    for (dy = -1; dy <= 1; dy++) {
+        if (y + dy < 0 || y + dy >= H) continue;
+        for (dx = -1; dx <= 1; dx++) {
+            const uint8_t *p;
+            if (x + dx < 0 || x + dx >= W) continue;
+            p = img + ((y + dy) * W + (x + dx)) * C;
+            k = ((dy + 1) * 3 + (dx + 1)) * C;
+            for (c = 0; c < C; c++, k++) {
+                int32_t m = (int32_t)((w[k >> 6] >> (k & 63)) & 1u) - 1; /* 0: +1, -1: -1 */
+                s += ((int32_t)p[c] ^ m) - m;
+            }
+        }
+    }
+    return s;
+}
+"""
+
+XNOR_CONV = r"""
+/* layer @L@: ({H}, {W}, {C}) bits -> xnor conv 3x3 over the valid taps
+ * (S = 2*popcount - N_valid, |S| <= @B@) -> 2x2 max pool -> threshold -> bits. */
+static int32_t conv_sum_@L@(const uint64_t *a, int y, int x, int co)
+{
+    enum { H = @H@, W = @W@, C = @C@, WD = @WD@, PAD = @WD@ * 64 - @C@ };
+    const uint64_t *w = W@L@ + co * 9 * WD;
+    int32_t pc = 0, nt = 0;
+    int dy, dx, k;
+    for (dy = -1; dy <= 1; dy++) {
+        if (y + dy < 0 || y + dy >= H) continue;
+        for (dx = -1; dx <= 1; dx++) {
+            const uint64_t *p, *q;
+            if (x + dx < 0 || x + dx >= W) continue;
+            p = a + ((y + dy) * W + (x + dx)) * WD;
+            q = w + ((dy + 1) * 3 + (dx + 1)) * WD;
+            for (k = 0; k < WD; k++) pc += LBCNN_POPCOUNT64(~(p[k] ^ q[k]));
+            nt++;
+        }
+    }
+    return 2 * (pc - nt * PAD) - nt * C;
+}
+"""
+
+CONV_STAGE = r"""
+static void stage_@L@(const @SRC_T@ *src, uint64_t *dst)
+{
+    enum { HO = @HO@, WO = @WO@, CO = @CO@, OWD = @OWD@ };
+    int oy, ox, co, k;
+    for (k = 0; k < HO * WO * OWD; k++) dst[k] = 0;
+    for (oy = 0; oy < HO; oy++)
+        for (ox = 0; ox < WO; ox++) {
+            uint64_t *o = dst + (oy * WO + ox) * OWD;
+            for (co = 0; co < CO; co++) {
+                int32_t s = conv_sum_@L@(src, 2 * oy, 2 * ox, co), v;
+                v = conv_sum_@L@(src, 2 * oy, 2 * ox + 1, co); if (v > s) s = v;
+                v = conv_sum_@L@(src, 2 * oy + 1, 2 * ox, co); if (v > s) s = v;
+                v = conv_sum_@L@(src, 2 * oy + 1, 2 * ox + 1, co); if (v > s) s = v;
+                if (F@L@[co] ? s <= T@L@[co] : s >= T@L@[co])
+                    o[co >> 6] |= (uint64_t)1 << (co & 63);
+            }
+        }
+}
+"""
+
+DENSE_STAGE = r"""
+/* layer @L@: dense xnor over @N@ bits (@WD@ words) -> threshold -> @CO@ bits */
+static void stage_@L@(const uint64_t *src, uint64_t *dst)
+{
+    int j, k;
+    for (k = 0; k < @OWD@; k++) dst[k] = 0;
+    for (j = 0; j < @CO@; j++) {
+        int32_t s = lbcnn_xnor_dot(src, W@L@ + j * @WD@, @WD@, @N@);
+        if (F@L@[j] ? s <= T@L@[j] : s >= T@L@[j])
+            dst[j >> 6] |= (uint64_t)1 << (j & 63);
+    }
+}
+"""
+
+
+def _fill(template: str, values: dict) -> str:
+    for k, v in values.items():
+        template = template.replace(f"@{k}@", str(v))
+    return template
+
+
+def generate_cbcnn_sources(plan) -> dict[str, str]:
+    """The C sources (model.h, model.c, main.c) for a CBCNN plan."""
+    for op in plan.ops:
+        if op["bound"] > INT32_MAX // 2:
+            raise ConfigError(f"layer {op['layer']} sums reach {op['bound']}, beyond the int32 "
+                              "arithmetic of the generated C")
+    hd = plan.head
+    h0, w0, c0 = plan.input_shape
+    k, d = plan.n_classes, plan.n_features
+    weights, stages, calls, sizes = [], [], [], [0, 0]
+    cur = None
+    for li, op in enumerate(plan.ops):
+        th = np.clip(op["threshold"], -INT32_MAX, INT32_MAX)
+        dst = 0 if cur != 0 else 1
+        src = "image" if cur is None else f"g_map{cur}"
+        if op["type"] in ("sign_conv3", "xnor_conv3"):
+            h, w, c = op["in_shape"]
+            ho, wo, co = op["out_shape"]
+            vals = {"L": li, "H": h, "W": w, "C": c, "HO": ho, "WO": wo, "CO": co,
+                    "B": op["bound"], "OWD": op["out_words"], "WD": op["in_words"],
+                    "WW": op["w_packed"].shape[1],
+                    "SRC_T": "uint8_t" if op["type"] == "sign_conv3" else "uint64_t"}
+            tmpl = FIRST_CONV if op["type"] == "sign_conv3" else XNOR_CONV
+            text = tmpl.replace("{H}", str(h)).replace("{W}", str(w)).replace("{C}", str(c))
+            text = text.replace("{HO}", str(ho)).replace("{WO}", str(wo)).replace("{CO}", str(co))
+            stages.append(_fill(text, vals) + _fill(CONV_STAGE, vals))
+            out_words = ho * wo * op["out_words"]
+            weights.append(f"/* layer {li} ({op['type']}): {co} filters, packed sign bits "
+                           f"(1 = +1), taps (ky, kx, c) */\n")
+        elif op["type"] == "xnor_dense":
+            co = op["out_features"]
+            vals = {"L": li, "N": op["n_bits"], "WD": op["in_words"], "CO": co,
+                    "OWD": op["out_words"]}
+            stages.append(_fill(DENSE_STAGE, vals))
+            out_words = op["out_words"]
+            weights.append(f"/* layer {li} (xnor_dense): {co} x {op['n_bits']} bits */\n")
+        else:
+            raise ConfigError(f"the C generator has no kernel for op {op['type']!r}")
+        weights.append(_u64_array(f"W{li}", op["w_packed"]))
+        weights.append(_c_array("int32_t", f"T{li}", th))
+        weights.append(_u8_array(f"F{li}", op["flip"]))
+        sizes[dst] = max(sizes[dst], out_words)
+        calls.append(f"    stage_{li}({src}, g_map{dst});")
+        cur = dst
+    weights.append(f"/* head: {k} x {d} bits, then score = a * HS + HB "
+                   f"(final BN in fixed point, 2^{hd['shift']}) */\n")
+    weights.append(_u64_array("HW", hd["w_packed"]))
+    weights.append(_c_array("int64_t", "HS", hd["scale_q"]))
+    weights.append(_c_array("int64_t", "HB", hd["bias_q"]))
+    maps = "".join(f"static uint64_t g_map{i}[{n}];\n" for i, n in enumerate(sizes) if n)
+    wd = hd["in_words"]
+    model_h = f"""/* Generated by lbcnn.deploy.c_export -- integer-only CBCNN inference. */
+#ifndef LBCNN_MODEL_H
+#define LBCNN_MODEL_H
+
+#include <stdint.h>
+
+#define LBCNN_HEIGHT {h0}
+#define LBCNN_WIDTH {w0}
+#define LBCNN_CHANNELS {c0}
+#define LBCNN_INPUT_BYTES {h0 * w0 * c0}
+#define LBCNN_N_CLASSES {k}
+#define LBCNN_N_FEATURES {d}
+
+/* image: LBCNN_INPUT_BYTES uint8 pixels in (H, W, C) order.
+ * Returns the predicted class index. Not reentrant (static scratch). */
+int lbcnn_predict(const uint8_t *image);
+
+#endif
+"""
+    model_c = f"""/* Generated by lbcnn.deploy.c_export -- integer-only CBCNN inference.
+ * C99, no malloc, no libm, no float, no libc. Binary activations packed in uint64
+ * words; sums int32 (bounds {plan.bounds['stages']}); head int64 (bound {hd['acc_bound']}). */
+#include "model.h"
+{POPCOUNT_C}
+{''.join(weights)}
+/* static scratch: packed +-1 maps, ping-pong */
+{maps}{''.join(stages)}
+/* final xnor dense + fixed-point BN, argmax (first maximum wins) */
+static int head_argmax(const uint64_t *f)
+{{
+    int j, best = 0;
+    int64_t bestv = 0;
+    for (j = 0; j < {k}; j++) {{
+        int64_t acc = (int64_t)lbcnn_xnor_dot(f, HW + j * {wd}, {wd}, {d}) * HS[j] + HB[j];
+        if (j == 0 || acc > bestv) {{ best = j; bestv = acc; }}
+    }}
+    return best;
+}}
+
+int lbcnn_predict(const uint8_t *image)
+{{
+{chr(10).join(calls)}
+    return head_argmax(g_map{cur});
+}}
+"""
+    main_c = MAIN_C
+    return {"model.h": model_h, "model.c": model_c, "main.c": main_c}
+
+
+def export_cbcnn_c(plan, out_dir, measure: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in generate_cbcnn_sources(plan).items():
+        atomic_write_text(out_dir / name, text)
+    wb = plan.weight_bytes()
+    sizes = measure_sizes(out_dir) if measure else None
+    summary = {"out": str(out_dir), "weight_bytes": wb, "sizes": sizes, "plan": plan.describe()}
+    atomic_write_text(out_dir / "README.md", _readme(plan, wb, sizes))
+    return summary
+
+
+def _readme(plan, wb: dict, sizes: dict | None) -> str:
+    h, w, c = plan.input_shape
+    hd = plan.head
+    lines = [
+        "# CBCNN integer inference (generated C99)", "",
+        "`int lbcnn_predict(const uint8_t *image)` takes H*W*C uint8 pixels in (H, W, C) "
+        "order and returns the class index. No malloc, no libm, no float, no libc; "
+        "static scratch (not reentrant).", "",
+        "```sh",
+        "gcc -std=c99 -O2 -Wall -Wextra -Werror model.c main.c -o lbcnn",
+        f"./lbcnn < images.raw   # {h * w * c} bytes per image, one class per line",
+        "```", "",
+        f"- input {h}x{w}x{c} uint8 (the float model sees pixel * {plan.input_scale:.6g}); "
+        f"layer sum bounds {plan.bounds['stages']}",
+        "- binary layers: packed uint64 sign bits, XNOR + popcount, integer BN thresholds",
+        f"- head: {plan.n_features}-bit XNOR dot, then the final BN as "
+        f"`a * HS + HB` in int64 with 2^{hd['shift']} fixed point "
+        "(an approximation of the float BN; see `lbcnn.engine.cbcnn_plan`)",
+        f"- weights: {wb['packed_weights']:,} bytes packed bits + {wb['thresholds']:,} bytes "
+        f"thresholds/flips + {wb['head_affine']:,} bytes head = **{wb['total']:,} bytes**", ""]
+    if sizes:
+        lines += [
+            f"Measured with `size` on `model.o` ({sizes['compiler']} {sizes['flags']}):", "",
+            "| | bytes |", "|---|---|",
+            f"| flash (text + data: code + const weights) | {sizes['flash']:,} |",
+            f"| static RAM (data + bss: scratch buffers) | {sizes['data'] + sizes['bss']:,} |",
+            f"| stack estimate (sum of all `-fstack-usage` frames) | {sizes['stack_estimate']:,} |",
+            f"| **RAM total** | **{sizes['ram']:,}** |", ""]
+    lines += ["Popcount: `LBCNN_POPCOUNT64`, `__builtin_popcountll` when "
+              "`LBCNN_USE_BUILTIN_POPCOUNT` is defined, else a portable C99 fallback.", ""]
+    return "\n".join(lines)
