@@ -119,8 +119,11 @@ def _first_layer_margin(bn, input_scale: float, c_in: int) -> dict:
     reachable = live & (np.abs(t) <= smax + 1)
     margin = float(dist[reachable].min()) if reachable.any() else float("inf")
     bound = float(err[reachable].max()) if reachable.any() else 0.0
+    risky = reachable & (dist <= err)
     return {"first_layer_margin": margin, "first_layer_error_bound": bound,
-            "first_layer_exact": bool(margin > bound)}
+            "first_layer_exact": bool(margin > bound),
+            "first_layer_risky_channels": int(risky.sum())}, \
+        {"risk_channels": np.flatnonzero(risky), "risk_values": np.rint(t[risky]).astype(np.int64)}
 
 
 def _fixed_point_head(a_bound: int, s: np.ndarray, b: np.ndarray) -> tuple:
@@ -157,9 +160,9 @@ def compile_cbcnn(model) -> "CBCNNPlan":
         ho, wo = h // 2, w // 2
         if first:
             t, flip = _thresholds(bn, bound, model.preprocess.input_scale)
-            first_info = _first_layer_margin(bn, model.preprocess.input_scale, c)
+            first_info, risk = _first_layer_margin(bn, model.preprocess.input_scale, c)
             op = {"type": "sign_conv3", "weight": w_hwc,
-                  "w_packed": pack_signs_u64(w_hwc.reshape(co, 9 * c))}
+                  "w_packed": pack_signs_u64(w_hwc.reshape(co, 9 * c)), **risk}
         else:
             t, flip = _thresholds(bn, bound)
             op = {"type": "xnor_conv3", "w_packed": pack_signs_u64(w_hwc).reshape(co, -1)}
@@ -280,39 +283,42 @@ def _tap_regions(h: int, w: int):
 
 
 def sign_conv3(x: np.ndarray, op: dict, dtype) -> np.ndarray:
-    """(n, H, W, C) integers -> (n, H, W, Co): exact sums of +-pixels, zero padding."""
+    """(n, H, W, C) integers -> (n, H, W, Co): exact sums of +-pixels, zero padding
+    (one broadcast multiply-add by a +-1 row per tap and input channel)."""
     n, h, w, c = x.shape
     wt = op["weight"].reshape(-1, 9, c).astype(dtype)   # (Co, 9, C)
     out = np.zeros((n, h, w, wt.shape[0]), dtype=dtype)
     x = x.astype(dtype)
     for t, ys, xs, yi, xi in _tap_regions(h, w):
-        out[:, ys, xs] += x[:, yi, xi] @ wt[:, t, :].T
+        for ch in range(c):
+            out[:, ys, xs] += x[:, yi, xi, ch:ch + 1] * wt[:, t, ch]
     return out
 
 
 def xnor_conv3(a_packed: np.ndarray, op: dict) -> np.ndarray:
-    """(n, H, W, words) packed +-1 -> (n, H, W, Co) int32 sums over the valid taps:
-    ``2 * popcount(xnor) - N_valid`` (pad bits are 0 in both operands, xnor 1)."""
+    """(n, H, W, words) packed +-1 -> (n, H, W, Co) int32 sums over the valid taps.
+
+    ``2 * popcount(xnor) - N_valid`` with ``N_valid = C * taps``; computed as
+    ``N_valid - 2 * popcount(a ^ w)`` (the mismatches; pad bits are 0 in both
+    operands so they never mismatch)."""
     n, h, w, words = a_packed.shape
     c = op["in_shape"][2]
     co = op["w_packed"].shape[0]
     wp = op["w_packed"].reshape(co, 9, words)
-    pc = np.zeros((n, h, w, co), dtype=np.int32)
+    miss = np.zeros((n, h, w, co), dtype=np.int32)
     n_taps = np.zeros((h, w), dtype=np.int32)
     for t, ys, xs, yi, xi in _tap_regions(h, w):
-        x = ~(a_packed[:, yi, xi, None, :] ^ wp[None, None, None, :, t, :])
-        pc[:, ys, xs] += np.bitwise_count(x).sum(-1, dtype=np.int32)
+        for k in range(words):
+            miss[:, ys, xs] += np.bitwise_count(a_packed[:, yi, xi, k:k + 1] ^ wp[:, t, k])
         n_taps[ys, xs] += 1
-    pad = words * 64 - c
-    n_valid = (n_taps * c)[None, :, :, None]
-    return 2 * (pc - (n_taps * pad)[None, :, :, None]) - n_valid
+    return (n_taps * c)[None, :, :, None] - 2 * miss
 
 
 def run_cbcnn_ops(plan: CBCNNPlan, x: np.ndarray) -> np.ndarray:
     """uint8 images -> (n, words) packed +-1 features (the head's input)."""
     from .numpy_engine import xnor_popcount_dense
 
-    dtype = np.int32 if plan.act_dtype != "int64" else np.int64
+    dtype = {"int16": np.int16, "int32": np.int32}.get(plan.act_dtype, np.int64)
     h = x
     for op in plan.ops:
         kind = op["type"]
@@ -355,14 +361,31 @@ def unpack_features(plan: CBCNNPlan, packed: np.ndarray) -> np.ndarray:
     return 2 * keep - 1
 
 
-def cbcnn_agreement(model, plan: CBCNNPlan, x, batch_size: int = 500) -> dict:
+def first_layer_at_risk(plan: CBCNNPlan, x: np.ndarray) -> np.ndarray:
+    """Per image: does a pooled first-layer sum hit the integer next to a threshold that
+    lies within the float model's rounding bound (``risk_values``)? Only there can the
+    float model's first-layer bit differ from the exact one."""
+    op = plan.ops[0]
+    ch = op.get("risk_channels", np.zeros(0, np.int64))
+    if ch.size == 0:
+        return np.zeros(len(x), dtype=bool)
+    sub = {"weight": op["weight"][ch]}
+    s = _maxpool2(sign_conv3(x, sub, np.int32))
+    return np.any(s == op["risk_values"], axis=(1, 2, 3))
+
+
+def cbcnn_agreement(model, plan: CBCNNPlan, x, batch_size: int = 500,
+                    return_predictions: bool = False):
     """Integer engine vs the float model (``model.decision_function``) on images ``x``.
 
     ``at_risk``: images whose two best exact logits (float64 from the integer head
     sums) are closer than the fixed-point error plus a float32 bound on the model's
     final BN -- the only images where the argmaxes may differ once the hidden bits
     agree (first-layer bits are exact when ``bounds['first_layer_exact']``).
-    ``hidden_bits_differ`` counts images whose head sums differ from the model's.
+    ``first_layer_at_risk``: images where a first-layer bit may legitimately
+    differ (:func:`first_layer_at_risk`); they count as at risk too.
+    ``hidden_bits_differ`` counts images whose head sums differ from the model's
+    (estimated from its logits).
     """
     from .numpy_engine import NumpyEngine
 
@@ -370,7 +393,8 @@ def cbcnn_agreement(model, plan: CBCNNPlan, x, batch_size: int = 500) -> dict:
     hd = plan.head
     k = hd["shift"]
     s, b = hd["scale"], hd["bias"]
-    n_same = n_risk = n_diff_risk = n_bits = 0
+    n_same = n_risk = n_diff_risk = n_bits = n_first = 0
+    preds = []
     x = np.asarray(x)
     for a0 in range(0, len(x), batch_size):
         xb = x[a0:a0 + batch_size]
@@ -386,6 +410,10 @@ def cbcnn_agreement(model, plan: CBCNNPlan, x, batch_size: int = 500) -> dict:
         rows = np.arange(len(xb))
         gap = exact[rows, top2[:, 0]] - exact[rows, top2[:, 1]]
         risk = gap <= err[rows, top2[:, 0]] + err[rows, top2[:, 1]]
+        first = first_layer_at_risk(plan, xb if xb.ndim == 4 else xb[..., None])
+        n_first += int(first.sum())
+        risk = risk | first
+        preds.append((p_int, p_flt))
         # the model's head sums from its logits: a = (logit - b) / s (where s != 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             a_flt = np.where(s != 0, np.rint((logits.astype(np.float64) - b) / s), a)
@@ -395,9 +423,15 @@ def cbcnn_agreement(model, plan: CBCNNPlan, x, batch_size: int = 500) -> dict:
         n_risk += int(risk.sum())
         n_diff_risk += int((~same & risk).sum())
     n = len(x)
-    return {"n": n, "agree": n_same, "disagree": n - n_same, "at_risk": n_risk,
-            "disagreements_explained_by_bound": n_diff_risk, "hidden_bits_differ": n_bits,
-            "agreement": n_same / max(n, 1)}
+    res = {"n": n, "agree": n_same, "disagree": n - n_same, "at_risk": n_risk,
+           "first_layer_at_risk": n_first,
+           "disagreements_explained_by_bound": n_diff_risk, "hidden_bits_differ": n_bits,
+           "agreement": n_same / max(n, 1)}
+    if return_predictions:
+        p_int = np.concatenate([p[0] for p in preds]) if preds else np.zeros(0, np.int64)
+        p_flt = np.concatenate([p[1] for p in preds]) if preds else np.zeros(0, np.int64)
+        return res, p_int, p_flt
+    return res
 
 
 __all__ = ["CBCNNPlan", "compile_cbcnn", "cbcnn_agreement", "cbcnn_scores", "run_cbcnn_ops",
