@@ -219,3 +219,29 @@ def test_c_matches_numpy_on_random_models(tmp_path, rng, shape, blocks, dense, k
     got = build_and_run(tmp_path, x)
     assert np.array_equal(got, NumpyEngine(plan).predict(x))
     assert np.array_equal(got, model.predict(x))
+
+
+def test_first_layer_rounding_risk_is_reported(rng):
+    """A first-layer threshold a hair above an integer: the float model's rounding of
+    p * input_scale could decide that integer either way, and the plan says so."""
+    from lbcnn.engine.cbcnn_plan import first_layer_at_risk
+
+    model = random_model(shape=(8, 8, 1), blocks=(4,), dense=(), k=2, seed=4, gamma_zero=False)
+    bn = model.net.features[2]
+    with torch.no_grad():
+        bn.weight[0], bn.bias[0] = 1.0, 0.0
+        bn.running_mean[0] = 37.0001 * model.preprocess.input_scale
+    plan = compile_plan(model)
+    b = plan.bounds
+    assert not b["first_layer_exact"] and b["first_layer_risky_channels"] >= 1
+    assert 37 in plan.ops[0]["risk_values"].tolist()
+    x = rng.integers(0, 40, size=(200, 8, 8, 1), dtype=np.uint8)
+    w = torch.from_numpy(plan.ops[0]["weight"]).permute(0, 3, 1, 2).double()
+    s = F.max_pool2d(F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2).double(), w, padding=1), 2)
+    ch = plan.ops[0]["risk_channels"]
+    want = (s[:, ch] == torch.as_tensor(plan.ops[0]["risk_values"]).double().view(1, -1, 1, 1))
+    assert np.array_equal(first_layer_at_risk(plan, x), want.flatten(1).any(1).numpy())
+    assert want.any()
+    res = cbcnn_agreement(model, plan, x)
+    assert res["first_layer_at_risk"] == int(want.flatten(1).any(1).sum())
+    assert res["disagree"] == res["disagreements_explained_by_bound"]

@@ -4,10 +4,13 @@ Same contract as the LB-CNN generator (``lbcnn.deploy.c_export``):
 ``int lbcnn_predict(const uint8_t *image)``, const packed weights, static
 scratch, no malloc / float / libm / libc; ``main.c`` and the bench harness are
 shared. +-1 activations are packed one bit per channel into uint64 words,
-``ceil(C/64)`` words per pixel (pad bits 0), so each binary conv tap and each
-dense row is a run of ``LBCNN_POPCOUNT64(~(a ^ w))``. Every conv computes its
-four pre-pool sums, takes the max, compares it with the channel's integer
-threshold and sets one output bit; the pre-pool map is never stored.
+``ceil(C/64)`` words per pixel (pad bits 0), so each binary conv tap is a run of
+``LBCNN_POPCOUNT64(a ^ w)`` (mismatches) and each dense row one of
+``LBCNN_POPCOUNT64(~(a ^ w))`` (``lbcnn_xnor_dot``). Every conv computes its
+four pre-pool sums for all channels, takes the max, compares it with the
+channel's integer threshold and sets one output bit; the pre-pool map is never
+stored. The first conv's sign bits are unpacked to 0/-1 masks in static RAM at
+each call (``(p ^ m) - m`` = +-p, no multiply).
 """
 from __future__ import annotations
 
@@ -35,68 +38,91 @@ def _u8_array(name: str, values) -> str:
 
 FIRST_CONV = r"""
 /* layer @L@: ({H}, {W}, {C}) uint8 -> sign conv 3x3 (zero padding 1) -> 2x2 max pool
- * -> threshold -> ({HO}, {WO}, {CO}) bits. S = sum of +-pixel, exact, |S| <= @B@. */
-static int32_t conv_sum_@L@(const uint8_t *img, int y, int x, int co)
+ * -> threshold -> ({HO}, {WO}, {CO}) bits. S = sum of +-pixel, exact, |S| <= @B@.
+ * acc[co] for one position; m: 0 (+1 tap) or -1 (-1 tap), (p ^ m) - m = +-p. */
+static void conv_sums_@L@(const uint8_t *img, int y, int x, int32_t *acc)
 {
-    enum { H = @H@, W = @W@, C = @C@, WW = @WW@ };
-    const uint64_t *w = W@L@ + co * WW;
-    int32_t s = 0;
-    int dy, dx, c, k;
+    enum { H = @H@, W = @W@, C = @C@, CO = @CO@ };
+    int dy, dx, c, co;
+    for (co = 0; co < CO; co++) acc[co] = 0;
     for (dy = -1; dy <= 1; dy++) {
         if (y + dy < 0 || y + dy >= H) continue;
         for (dx = -1; dx <= 1; dx++) {
             const uint8_t *p;
+            const int32_t *m;
             if (x + dx < 0 || x + dx >= W) continue;
             p = img + ((y + dy) * W + (x + dx)) * C;
-            k = ((dy + 1) * 3 + (dx + 1)) * C;
-            for (c = 0; c < C; c++, k++) {
-                int32_t m = (int32_t)((w[k >> 6] >> (k & 63)) & 1u) - 1; /* 0: +1, -1: -1 */
-                s += ((int32_t)p[c] ^ m) - m;
+            m = g_m@L@ + ((dy + 1) * 3 + (dx + 1)) * C * CO;
+            for (c = 0; c < C; c++, m += CO) {
+                int32_t v = p[c];
+                for (co = 0; co < CO; co++) acc[co] += (v ^ m[co]) - m[co];
             }
         }
     }
-    return s;
+}
+
+static void unpack_@L@(void)
+{
+    enum { C = @C@, CO = @CO@, WW = @WW@ };
+    int co, k;
+    for (co = 0; co < CO; co++)
+        for (k = 0; k < 9 * C; k++)
+            g_m@L@[k * CO + co] = (int32_t)((W@L@[co * WW + (k >> 6)] >> (k & 63)) & 1u) - 1;
 }
 """
 
 XNOR_CONV = r"""
 /* layer @L@: ({H}, {W}, {C}) bits -> xnor conv 3x3 over the valid taps
- * (S = 2*popcount - N_valid, |S| <= @B@) -> 2x2 max pool -> threshold -> bits. */
-static int32_t conv_sum_@L@(const uint64_t *a, int y, int x, int co)
+ * (S = 2*popcount(xnor) - N_valid = N_valid - 2*popcount(a ^ w): pad bits are 0 in
+ * both, so they never mismatch; |S| <= @B@) -> 2x2 max pool -> threshold -> bits.
+ * Weights (tap, co, word). */
+static void conv_sums_@L@(const uint64_t *a, int y, int x, int32_t *acc)
 {
-    enum { H = @H@, W = @W@, C = @C@, WD = @WD@, PAD = @WD@ * 64 - @C@ };
-    const uint64_t *w = W@L@ + co * 9 * WD;
-    int32_t pc = 0, nt = 0;
-    int dy, dx, k;
+    enum { H = @H@, W = @W@, C = @C@, CO = @CO@, WD = @WD@ };
+    int32_t nt = 0;
+    int dy, dx, co, k;
+    for (co = 0; co < CO; co++) acc[co] = 0;
     for (dy = -1; dy <= 1; dy++) {
         if (y + dy < 0 || y + dy >= H) continue;
         for (dx = -1; dx <= 1; dx++) {
             const uint64_t *p, *q;
             if (x + dx < 0 || x + dx >= W) continue;
             p = a + ((y + dy) * W + (x + dx)) * WD;
-            q = w + ((dy + 1) * 3 + (dx + 1)) * WD;
-            for (k = 0; k < WD; k++) pc += LBCNN_POPCOUNT64(~(p[k] ^ q[k]));
+            q = W@L@ + ((dy + 1) * 3 + (dx + 1)) * CO * WD;
+            for (co = 0; co < CO; co++, q += WD) {
+                int32_t miss = 0;
+                for (k = 0; k < WD; k++) miss += LBCNN_POPCOUNT64(p[k] ^ q[k]);
+                acc[co] += miss;
+            }
             nt++;
         }
     }
-    return 2 * (pc - nt * PAD) - nt * C;
+    for (co = 0; co < CO; co++) acc[co] = nt * C - 2 * acc[co];
 }
+
+static void unpack_@L@(void) { }
 """
 
 CONV_STAGE = r"""
 static void stage_@L@(const @SRC_T@ *src, uint64_t *dst)
 {
     enum { HO = @HO@, WO = @WO@, CO = @CO@, OWD = @OWD@ };
+    int32_t *s0 = g_acc, *s1 = g_acc + CO, *s2 = g_acc + 2 * CO, *s3 = g_acc + 3 * CO;
     int oy, ox, co, k;
+    unpack_@L@();
     for (k = 0; k < HO * WO * OWD; k++) dst[k] = 0;
     for (oy = 0; oy < HO; oy++)
         for (ox = 0; ox < WO; ox++) {
             uint64_t *o = dst + (oy * WO + ox) * OWD;
+            conv_sums_@L@(src, 2 * oy, 2 * ox, s0);
+            conv_sums_@L@(src, 2 * oy, 2 * ox + 1, s1);
+            conv_sums_@L@(src, 2 * oy + 1, 2 * ox, s2);
+            conv_sums_@L@(src, 2 * oy + 1, 2 * ox + 1, s3);
             for (co = 0; co < CO; co++) {
-                int32_t s = conv_sum_@L@(src, 2 * oy, 2 * ox, co), v;
-                v = conv_sum_@L@(src, 2 * oy, 2 * ox + 1, co); if (v > s) s = v;
-                v = conv_sum_@L@(src, 2 * oy + 1, 2 * ox, co); if (v > s) s = v;
-                v = conv_sum_@L@(src, 2 * oy + 1, 2 * ox + 1, co); if (v > s) s = v;
+                int32_t s = s0[co];
+                if (s1[co] > s) s = s1[co];
+                if (s2[co] > s) s = s2[co];
+                if (s3[co] > s) s = s3[co];
                 if (F@L@[co] ? s <= T@L@[co] : s >= T@L@[co])
                     o[co >> 6] |= (uint64_t)1 << (co & 63);
             }
@@ -134,7 +160,7 @@ def generate_cbcnn_sources(plan) -> dict[str, str]:
     hd = plan.head
     h0, w0, c0 = plan.input_shape
     k, d = plan.n_classes, plan.n_features
-    weights, stages, calls, sizes = [], [], [], [0, 0]
+    weights, stages, calls, sizes, scratch, acc = [], [], [], [0, 0], [], 0
     cur = None
     for li, op in enumerate(plan.ops):
         th = np.clip(op["threshold"], -INT32_MAX, INT32_MAX)
@@ -163,7 +189,15 @@ def generate_cbcnn_sources(plan) -> dict[str, str]:
             weights.append(f"/* layer {li} (xnor_dense): {co} x {op['n_bits']} bits */\n")
         else:
             raise ConfigError(f"the C generator has no kernel for op {op['type']!r}")
-        weights.append(_u64_array(f"W{li}", op["w_packed"]))
+        packed = op["w_packed"]
+        if op["type"] == "xnor_conv3":   # (co, tap, word) -> (tap, co, word)
+            packed = packed.reshape(packed.shape[0], 9, -1).transpose(1, 0, 2)
+        weights.append(_u64_array(f"W{li}", packed))
+        if op["type"] == "sign_conv3":
+            scratch.append(f"static int32_t g_m{li}[{9 * op['in_shape'][2] * op['out_shape'][2]}];"
+                           "  /* unpacked first-layer taps, 0 or -1 */\n")
+        if op["type"] in ("sign_conv3", "xnor_conv3"):
+            acc = max(acc, 4 * op["out_shape"][2])
         weights.append(_c_array("int32_t", f"T{li}", th))
         weights.append(_u8_array(f"F{li}", op["flip"]))
         sizes[dst] = max(sizes[dst], out_words)
@@ -175,6 +209,7 @@ def generate_cbcnn_sources(plan) -> dict[str, str]:
     weights.append(_c_array("int64_t", "HS", hd["scale_q"]))
     weights.append(_c_array("int64_t", "HB", hd["bias_q"]))
     maps = "".join(f"static uint64_t g_map{i}[{n}];\n" for i, n in enumerate(sizes) if n)
+    maps += "".join(scratch) + f"static int32_t g_acc[{acc}];  /* four pre-pool sum rows */\n"
     wd = hd["in_words"]
     model_h = f"""/* Generated by lbcnn.deploy.c_export -- integer-only CBCNN inference. */
 #ifndef LBCNN_MODEL_H
