@@ -96,17 +96,23 @@ def _thresholds(bn, bound: int, input_scale: float | None = None):
         bn.eps = bn.eps / input_scale ** 2
         bn = bn.float()
     t, flip = fold_bn_sign(bn, integer=True)
-    t = np.clip(t.double().numpy(), -(bound + 1), bound + 1).astype(np.int64)
-    return t, flip.numpy().astype(bool)
+    t = np.clip(t.double().cpu().numpy(), -(bound + 1), bound + 1).astype(np.int64)
+    return t, flip.cpu().numpy().astype(bool)
+
+
+def _bn_params(bn):
+    """Running mean, running var, gamma, beta of a BN as float64 numpy."""
+    mu = bn.running_mean.double().cpu().numpy()
+    var = bn.running_var.double().cpu().numpy()
+    gamma = bn.weight.double().detach().cpu().numpy() if bn.weight is not None else np.ones_like(mu)
+    beta = bn.bias.double().detach().cpu().numpy() if bn.bias is not None else np.zeros_like(mu)
+    return mu, var, gamma, beta
 
 
 def _first_layer_margin(bn, input_scale: float, c_in: int) -> dict:
     """Distance of each real first-layer threshold (in S units) to the nearest
     integer, against a bound on the float model's rounding in S units."""
-    mu = bn.running_mean.double().cpu().numpy()
-    var = bn.running_var.double().cpu().numpy()
-    gamma = bn.weight.double().detach().cpu().numpy() if bn.weight is not None else np.ones_like(mu)
-    beta = bn.bias.double().detach().cpu().numpy() if bn.bias is not None else np.zeros_like(mu)
+    mu, var, gamma, beta = _bn_params(bn)
     s = np.sqrt(var + bn.eps)
     live = gamma != 0
     t = (mu - beta * s / np.where(live, gamma, 1.0)) / input_scale
@@ -195,10 +201,7 @@ def compile_cbcnn(model) -> "CBCNNPlan":
                     "threshold": t, "flip": flip})
         shape = None
     bn = net.out_bn
-    mu = bn.running_mean.double().cpu().numpy()
-    var = bn.running_var.double().cpu().numpy()
-    gamma = bn.weight.double().detach().cpu().numpy() if bn.weight is not None else np.ones_like(mu)
-    beta = bn.bias.double().detach().cpu().numpy() if bn.bias is not None else np.zeros_like(mu)
+    mu, var, gamma, beta = _bn_params(bn)
     s = gamma / np.sqrt(var + bn.eps)
     b = beta - mu * s
     k, s_q, b_q, acc_bound = _fixed_point_head(n_bits, s, b)
