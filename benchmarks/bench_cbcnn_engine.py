@@ -9,6 +9,9 @@ weight bytes and ``size``. ``numpy``: the NumPy integer engine against the
 float model (``CBCNN.decision_function``) on a slice of the test set (slices
 keep each command short on a shared machine); ``cbcnn_agreement`` gives
 disagreements and the images at risk from the fixed-point head bound.
+``compare``: single-image latency (median of per-call timings) of the C engine
+(-O2 and -O3), the NumPy engine, float PyTorch (``CBCNN.predict``) and
+onnxruntime (the ONNX export), in one run, plus the bytes of each format.
 Everything one thread. Prints one JSON line.
 """
 from __future__ import annotations
@@ -34,11 +37,79 @@ from lbcnn.engine.cbcnn_plan import cbcnn_agreement  # noqa: E402
 from lbcnn.models import load_model  # noqa: E402
 
 
+def _latency(fn, images, reps=None):
+    import statistics
+    fn(images[:1])
+    ts = []
+    for i in range(len(images) if reps is None else reps):
+        xi = images[i % len(images)][None]
+        t0 = time.perf_counter()
+        fn(xi)
+        ts.append(time.perf_counter() - t0)
+    return round(1e6 * statistics.median(ts), 1)
+
+
+def compare(args, model, plan, x) -> dict:
+    from lbcnn.engine import NumpyEngine
+
+    x = x[:1000]
+    res = {"latency_us": {}, "bytes": {"c_weights": plan.weight_bytes()["total"],
+                                       "native_npz": Path(args.model).stat().st_size}}
+    lat = res["latency_us"]
+    cc = find_cc()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        summary = export_c(plan, tmp)
+        res["bytes"]["c_flash_measured_O2"] = (summary["sizes"] or {}).get("flash")
+        (tmp / "bench.c").write_text(bench_source())
+        (tmp / "imgs.raw").write_bytes(np.ascontiguousarray(x).tobytes())
+        variants = {"-O2": ["-O2"], "-O3": ["-O3"],
+                    "-O2 builtin popcount -mpopcnt": ["-O2", "-DLBCNN_USE_BUILTIN_POPCOUNT",
+                                                      "-mpopcnt"],
+                    "-O3 builtin popcount -march=native": ["-O3", "-DLBCNN_USE_BUILTIN_POPCOUNT",
+                                                           "-march=native"]}
+        for opt, extra in variants.items():
+            flags = [f for f in CFLAGS if f != "-O2"] + extra
+            subprocess.run([cc, *flags, str(tmp / "model.c"), str(tmp / "bench.c"), "-o",
+                            str(tmp / "bench")], check=True)
+            b = json.loads(subprocess.run([str(tmp / "bench"), str(tmp / "imgs.raw"), "1"],
+                                          capture_output=True, text=True, check=True).stdout)
+            lat[f"c {opt}"] = b["latency_median_us"]
+            res.setdefault("c_throughput_images_per_s", {})[opt] = b["throughput_images_per_s"]
+        eng = NumpyEngine(plan)
+        lat["numpy_engine"] = _latency(eng.predict, x, 50)
+        lat["torch_float"] = _latency(model.predict, x, 200)
+        try:
+            import onnxruntime as ort
+
+            from lbcnn.deploy.onnx_export import export_onnx
+            p = export_onnx(model, tmp / "m.onnx", input_channels=x.shape[-1] if x.ndim == 4 else 1)
+            res["bytes"]["onnx"] = p.stat().st_size
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+            inp = sess.get_inputs()[0]
+
+            def ort_run(xb):
+                feed = xb if len(inp.shape) == xb.ndim else xb[..., 0]
+                if "float" in inp.type:
+                    feed = feed.astype(np.float32)
+                return sess.run(None, {inp.name: feed})[0]
+
+            lat["onnxruntime"] = _latency(ort_run, x, 200)
+        except Exception as exc:  # onnx/onnxruntime missing
+            res["onnx_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    if "onnxruntime" in lat:
+        res["speedup_vs_onnxruntime"] = {k: round(lat["onnxruntime"] / v, 2)
+                                         for k, v in lat.items() if k != "onnxruntime"}
+    return res
+
+
 def main() -> int:
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
-    ap.add_argument("mode", choices=["c", "numpy"])
+    ap.add_argument("mode", choices=["c", "numpy", "compare"])
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--stop", type=int, default=None)
@@ -64,6 +135,8 @@ def main() -> int:
         if args.c_pred and Path(args.c_pred).exists():
             pred_c = np.load(args.c_pred)[args.start:args.stop]
             out["c_equals_numpy"] = int((pred_c == pred_int).sum())
+    elif args.mode == "compare":
+        out.update(compare(args, model, plan, x))
     else:
         cc = find_cc()
         if cc is None:
