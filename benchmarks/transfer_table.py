@@ -44,7 +44,7 @@ def main() -> None:
     warm = transfer(a.backbone, wds, head="float", per_class=1, epochs=1, seed=a.seed)["model"]
     del warm
     rows = []
-    for head in a.heads.split(","):
+    for head in [h for h in a.heads.split(",") if h and h != "none"]:
         r = transfer(a.backbone, ds, head=head, per_class=a.per_class, epochs=a.epochs,
                      seed=a.seed, compare_scratch=True, verbose=True)
         s = summary(r)
