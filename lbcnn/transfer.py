@@ -382,12 +382,14 @@ def per_class_indices(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
                                    for c in classes]))
 
 
-def _budget_split(y_budget: np.ndarray, per_class: int, val_fraction: float, seed: int):
+def _budget_split(y_budget: np.ndarray, per_class: int, val_fraction: float, seed: int,
+                  groups: np.ndarray | None = None):
+    """(fit, val) indices into the budget; ``groups`` (GTSRB tracks) are held out whole."""
     from .data.splits import train_val_split
 
     if per_class < 2:
         return np.arange(len(y_budget)), np.empty(0, dtype=np.int64)
-    return train_val_split(y_budget, None, val_fraction, seed)
+    return train_val_split(y_budget, None, val_fraction, seed, groups)
 
 
 # -- the API --------------------------------------------------------------------
@@ -445,7 +447,8 @@ def transfer(backbone, dataset, head: str = "float", per_class: int = 10, *, epo
 
     budget = per_class_indices(dataset.y_train, per_class, seed)
     xb, yb = dataset.x_train[budget], dataset.y_train[budget]
-    tr, va = _budget_split(yb, int(per_class), val_fraction, seed)
+    groups = None if dataset.groups_train is None else dataset.groups_train[budget]
+    tr, va = _budget_split(yb, int(per_class), val_fraction, seed, groups)
     if len(va) == 0:
         notes.append(f"{per_class} labelled image(s) per class: no validation split; the last "
                      "epoch is kept")
