@@ -40,7 +40,7 @@ FIRST_CONV = r"""
 /* layer @L@: ({H}, {W}, {C}) uint8 -> sign conv 3x3 (zero padding 1) -> 2x2 max pool
  * -> threshold -> ({HO}, {WO}, {CO}) bits. S = sum of +-pixel, exact, |S| <= @B@.
  * acc[co] for one position; m: 0 (+1 tap) or -1 (-1 tap), (p ^ m) - m = +-p. */
-static void conv_sums_@L@(const uint8_t *img, int y, int x, int32_t *acc)
+static void conv_sums_@L@(const uint8_t *img, int y, int x, int32_t *restrict acc)
 {
     enum { H = @H@, W = @W@, C = @C@, CO = @CO@ };
     int dy, dx, c, co;
@@ -76,7 +76,7 @@ XNOR_CONV = r"""
  * (S = 2*popcount(xnor) - N_valid = N_valid - 2*popcount(a ^ w): pad bits are 0 in
  * both, so they never mismatch; |S| <= @B@) -> 2x2 max pool -> threshold -> bits.
  * Weights (tap, co, word). */
-static void conv_sums_@L@(const uint64_t *a, int y, int x, int32_t *acc)
+static void conv_sums_@L@(const uint64_t *a, int y, int x, int32_t *restrict acc)
 {
     enum { H = @H@, W = @W@, C = @C@, CO = @CO@, WD = @WD@ };
     int32_t nt = 0;
