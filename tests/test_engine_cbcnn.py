@@ -245,3 +245,15 @@ def test_first_layer_rounding_risk_is_reported(rng):
     res = cbcnn_agreement(model, plan, x)
     assert res["first_layer_at_risk"] == int(want.flatten(1).any(1).sum())
     assert res["disagree"] == res["disagreements_explained_by_bound"]
+
+
+@needs_cc
+def test_cli_export_c_for_cbcnn(tmp_path, mnist, tiny):
+    from lbcnn.cli import main
+
+    model, plan = tiny
+    save_cbcnn(model, tmp_path / "m.npz")
+    assert main(["export", str(tmp_path / "m.npz"), "--format", "c", "--out",
+                 str(tmp_path / "c")]) == 0
+    x = mnist.x_test[:1000]
+    assert np.array_equal(build_and_run(tmp_path / "c", x), NumpyEngine(plan).predict(x))
