@@ -429,10 +429,14 @@ def measure_sizes(out_dir: Path, cc: str | None = None, opt: str = "-O2") -> dic
 def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True) -> dict:
     """Write model.h, model.c, main.c and README.md to ``out_dir``; return a summary."""
     from ..engine.cbcnn_plan import CBCNNPlan
+    from ..engine.hybrid_plan import HybridPlan
     from ..engine.plan import IntegerPlan, compile_plan
 
-    plan = model_or_plan if isinstance(model_or_plan, (IntegerPlan, CBCNNPlan)) else \
-        compile_plan(model_or_plan, bits=bits)
+    plan = model_or_plan if isinstance(model_or_plan, (IntegerPlan, CBCNNPlan, HybridPlan)) \
+        else compile_plan(model_or_plan, bits=bits)
+    if isinstance(plan, HybridPlan):
+        from .c_export_hybrid import export_hybrid_c
+        return export_hybrid_c(plan, out_dir, measure=measure)
     if isinstance(plan, CBCNNPlan):
         from .c_export_cbcnn import export_cbcnn_c
         return export_cbcnn_c(plan, out_dir, measure=measure)

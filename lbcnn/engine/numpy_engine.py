@@ -98,6 +98,9 @@ def run_ops(plan: IntegerPlan, x: np.ndarray) -> np.ndarray:
     if getattr(plan, "family", None) == "cbcnn":
         from .cbcnn_plan import run_cbcnn_ops
         return run_cbcnn_ops(plan, x)
+    if getattr(plan, "family", None) == "hybrid":
+        from .hybrid_plan import run_hybrid_ops
+        return run_hybrid_ops(plan, x)
     dtype = np.int64 if plan.act_dtype == "int64" else np.int32
     h = x.astype(dtype)
     for op in plan.ops:
@@ -116,6 +119,9 @@ def head_scores(plan: IntegerPlan, feats: np.ndarray) -> np.ndarray:
     if getattr(plan, "family", None) == "cbcnn":
         from .cbcnn_plan import cbcnn_scores
         return cbcnn_scores(plan, feats)
+    if getattr(plan, "family", None) == "hybrid":
+        from .hybrid_plan import hybrid_scores
+        return hybrid_scores(plan, feats)
     hd = plan.head
     f = feats.astype(np.int64)
     q = hd["weight_q"].astype(np.int64)
@@ -144,7 +150,7 @@ class NumpyEngine:
         return x
 
     def features_packed(self, x) -> np.ndarray:
-        """CBCNN plans: the head's input as packed uint64 words (n, words)."""
+        """CBCNN and Hybrid plans: the head's input as packed uint64 words (n, words)."""
         x = self._check(x)
         parts = [run_ops(self.plan, x[s:s + self.batch_size])
                  for s in range(0, len(x), self.batch_size)]
@@ -154,6 +160,9 @@ class NumpyEngine:
         if getattr(self.plan, "family", None) == "cbcnn":
             from .cbcnn_plan import unpack_features
             return unpack_features(self.plan, self.features_packed(x))
+        if getattr(self.plan, "family", None) == "hybrid":
+            from .hybrid_plan import unpack_hybrid_features
+            return unpack_hybrid_features(self.plan, self.features_packed(x))
         x = self._check(x)
         out = np.empty((len(x), self.plan.n_features), dtype=np.int32
                        if self.plan.act_dtype != "int64" else np.int64)

@@ -319,15 +319,19 @@ def compile_plan(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:
             head = head_from_arrays(arrays, config)
         model = load_model(model)
     from ..models.cbcnn import CBCNN
+    from ..models.hybrid import Hybrid
     from ..models.lbcnn import LBCNN
 
+    if isinstance(model, Hybrid):
+        from .hybrid_plan import compile_hybrid
+        return compile_hybrid(model)
     if isinstance(model, LBCNN):
         return compile_lbcnn(model, head, bits)
     if isinstance(model, CBCNN):
         from .cbcnn_plan import compile_cbcnn
         return compile_cbcnn(model)
     raise ConfigError(f"the integer engine cannot compile a {type(model).__name__}: "
-                      "unsupported model or layer type (supported: LB-CNN, CBCNN)")
+                      "unsupported model or layer type (supported: LB-CNN, CBCNN, Hybrid)")
 
 
 def dequantized_model(model, plan: IntegerPlan):
