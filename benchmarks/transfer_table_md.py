@@ -1,4 +1,4 @@
-"""Render benchmarks/transfer_table.py JSON lines as the RESULTS_issue6 markdown table."""
+"""Render benchmarks/transfer_table.py JSON lines as the transfer table in benchmarks/RESULTS.md."""
 import json
 import sys
 
