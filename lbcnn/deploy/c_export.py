@@ -440,14 +440,19 @@ def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True) -> dic
     if isinstance(plan, CBCNNPlan):
         from .c_export_cbcnn import export_cbcnn_c
         return export_cbcnn_c(plan, out_dir, measure=measure)
+    return write_c_project(plan, out_dir, generate_sources(plan), _readme, measure)
+
+
+def write_c_project(plan, out_dir, sources: dict, readme, measure: bool = True) -> dict:
+    """Write generated sources, measure flash/RAM, then the README: shared by every family."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in generate_sources(plan).items():
+    for name, text in sources.items():
         atomic_write_text(out_dir / name, text)
     wb = plan.weight_bytes()
     sizes = measure_sizes(out_dir) if measure else None
     summary = {"out": str(out_dir), "weight_bytes": wb, "sizes": sizes, "plan": plan.describe()}
-    atomic_write_text(out_dir / "README.md", _readme(plan, wb, sizes))
+    atomic_write_text(out_dir / "README.md", readme(plan, wb, sizes))
     return summary
 
 

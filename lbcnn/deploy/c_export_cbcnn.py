@@ -14,13 +14,11 @@ each call (``(p ^ m) - m`` = +-p, no multiply).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import atomic_write_text
-from .c_export import MAIN_C, POPCOUNT_C, _c_array, measure_sizes
+from .c_export import MAIN_C, write_c_project, POPCOUNT_C, _c_array
 
 INT32_MAX = 2 ** 31 - 1
 
@@ -261,15 +259,7 @@ int lbcnn_predict(const uint8_t *image)
 
 
 def export_cbcnn_c(plan, out_dir, measure: bool = True) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in generate_cbcnn_sources(plan).items():
-        atomic_write_text(out_dir / name, text)
-    wb = plan.weight_bytes()
-    sizes = measure_sizes(out_dir) if measure else None
-    summary = {"out": str(out_dir), "weight_bytes": wb, "sizes": sizes, "plan": plan.describe()}
-    atomic_write_text(out_dir / "README.md", _readme(plan, wb, sizes))
-    return summary
+    return write_c_project(plan, out_dir, generate_cbcnn_sources(plan), _readme, measure)
 
 
 def _readme(plan, wb: dict, sizes: dict | None) -> str:

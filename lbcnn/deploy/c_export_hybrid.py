@@ -21,10 +21,8 @@ Each +-1 map row is one uint64 (bit x = column x), so a conv window is three
 """
 from __future__ import annotations
 
-from pathlib import Path
 
-from ..io import atomic_write_text
-from .c_export import MAIN_C, _c_array, measure_sizes
+from .c_export import MAIN_C, write_c_project, _c_array
 
 
 def generate_hybrid_sources(plan) -> dict[str, str]:
@@ -226,15 +224,7 @@ int lbcnn_predict(const uint8_t *image)
 
 
 def export_hybrid_c(plan, out_dir, measure: bool = True) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in generate_hybrid_sources(plan).items():
-        atomic_write_text(out_dir / name, text)
-    wb = plan.weight_bytes()
-    sizes = measure_sizes(out_dir) if measure else None
-    summary = {"out": str(out_dir), "weight_bytes": wb, "sizes": sizes, "plan": plan.describe()}
-    atomic_write_text(out_dir / "README.md", _readme(plan, wb, sizes))
-    return summary
+    return write_c_project(plan, out_dir, generate_hybrid_sources(plan), _readme, measure)
 
 
 def _readme(plan, wb: dict, sizes: dict | None) -> str:
