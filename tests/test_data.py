@@ -129,3 +129,27 @@ def test_idx_parser_and_safe_unpickler():
             return (print, ("pwned",))
     with pytest.raises(DataError, match="refusing"):
         safe_unpickle(pickle.dumps(Evil()))
+
+
+def test_random_shift_matches_per_image_loop_oracle():
+    from lbcnn.data.augment import random_shift
+    from lbcnn.errors import ConfigError, DataError
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(40, 7, 9, 3), dtype=np.uint8)
+    got = random_shift(x, 2, np.random.default_rng(11))
+    # oracle: replay the same draws, move one image at a time with clamped indexing
+    r = np.random.default_rng(11)
+    dy, dx = r.integers(-2, 3, 40), r.integers(-2, 3, 40)
+    want = np.empty_like(x)
+    for k in range(40):
+        for i in range(7):
+            for j in range(9):
+                want[k, i, j] = x[k, min(max(i - dy[k], 0), 6), min(max(j - dx[k], 0), 8)]
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.uint8 and len(set(zip(dy, dx))) > 10
+    np.testing.assert_array_equal(random_shift(x, 0, rng), x)
+    with pytest.raises(ConfigError, match="smaller than the image"):
+        random_shift(x, 7, rng)
+    with pytest.raises(DataError, match="NHWC"):
+        random_shift(x[0], 1, rng)

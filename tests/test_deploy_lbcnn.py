@@ -108,6 +108,38 @@ def test_finetune_streamed_equals_in_memory(small, mnist):
     np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-5, atol=1e-6)
 
 
+def test_finetune_with_shift_augmentation_streamed_equals_in_memory(small, mnist):
+    from lbcnn.heads.finetune import finetune_head
+
+    x, y = mnist.x_train, mnist.y_train
+    a, b, c = copy.deepcopy(small), copy.deepcopy(small), copy.deepcopy(small)
+    kw = dict(epochs=2, batch_size=100, lr=1e-3, seed=1, patience=5)
+    ra = finetune_head(a, x[2000:3000], y[2000:3000], x[3000:3500], y[3000:3500], shift=2,
+                       in_memory=True, **kw)
+    rb = finetune_head(b, x[2000:3000], y[2000:3000], x[3000:3500], y[3000:3500], shift=2,
+                       in_memory=False, **kw)
+    rc = finetune_head(c, x[2000:3000], y[2000:3000], x[3000:3500], y[3000:3500], **kw)
+    # the shifted features are recomputed into the in-memory buffer each epoch ...
+    for ha, hb in zip(ra.history[1:], rb.history[1:]):
+        assert ha["loss"] == pytest.approx(hb["loss"], rel=1e-5)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-5, atol=1e-6)
+    # ... and they are not the unshifted ones (shifted digits are harder to fit)
+    assert ra.history[1]["loss"] > rc.history[1]["loss"] * 1.05
+    assert ra.history[0]["val_accuracy"] == rc.history[0]["val_accuracy"]
+    with pytest.raises(ConfigError, match="shift"):
+        finetune_head(copy.deepcopy(small), x[:100], y[:100], x[100:200], y[100:200], shift=-1)
+
+
+def test_transform_into_buffer_equals_fresh(small, mnist):
+    body = small.body_
+    out = np.full((300, body.n_features), np.nan, dtype=np.float32)
+    got = body.transform(mnist.x_test[:300], batch_size=128, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, body.transform(mnist.x_test[:300]))
+    with pytest.raises(ValueError, match="out must be"):
+        body.transform(mnist.x_test[:300], out=out[:10])
+
+
 def test_finetune_elm_full_resolves_head(small, mnist):
     from lbcnn.heads.finetune import finetune_head
 

@@ -82,19 +82,22 @@ def _features_or_none(body, x, what, in_memory):
 def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                   batch_size: int = 128, lr: float = 1e-4, patience: int = 3, seed: int = 0,
                   elm_full: bool = False, in_memory: bool | None = None,
-                  weight_decay: float = 0.0,
+                  weight_decay: float = 0.0, shift: int = 0,
                   progress: bool = False, log=None) -> FinetuneResult:
     """Fine-tune ``model.coef_``/``intercept_`` in place; returns what happened.
 
     ``y_train``/``y_val`` are class labels (values of ``model.classes_``).
     ``in_memory``: None plans it, True insists (MemoryPlanError if it does not
-    fit), False always streams.
+    fit), False always streams. ``shift`` > 0 moves every training image by a
+    fresh random (dy, dx) in [-shift, shift]^2 each epoch and recomputes its
+    features (into the same buffer when in memory); the starting point,
+    feature moments and validation use the unshifted images.
     """
     from ..models.lbcnn import fit_elm
 
-    if epochs < 0 or batch_size < 1 or lr <= 0 or patience < 1 or weight_decay < 0:
-        raise ConfigError("need epochs >= 0, batch size >= 1, lr > 0, patience >= 1 and "
-                          "weight decay >= 0")
+    if epochs < 0 or batch_size < 1 or lr <= 0 or patience < 1 or weight_decay < 0 or shift < 0:
+        raise ConfigError("need epochs >= 0, batch size >= 1, lr > 0, patience >= 1, "
+                          "weight decay >= 0 and shift >= 0")
     body = model.body_
     yt, yv = labels_to_index(model, y_train), labels_to_index(model, y_val)
     if len(yt) == 0 or len(yv) == 0:
@@ -154,6 +157,7 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
         return correct / len(yv)
 
     rng = np.random.default_rng(seed)
+    aug_rng = np.random.default_rng([seed, 1])
     torch.manual_seed(seed)
     best_acc = start_acc = val_accuracy()
     best = (weight.detach().clone(), bias.detach().clone())
@@ -166,12 +170,18 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
         task = bar.add_task("", total=epochs * n_batches, epoch=0, loss=float("nan"),
                             val=f"{100 * start_acc:.2f}%")
     try:
+        x_epoch = x_train
         for epoch in range(1, epochs + 1):
+            if shift:
+                from ..data.augment import random_shift
+                x_epoch = random_shift(x_train, shift, aug_rng)
+                if ht is not None:
+                    body.transform(x_epoch, out=ht)
             perm = rng.permutation(len(yt))
             total, seen = 0.0, 0
             for b in range(n_batches):
                 idx = np.sort(perm[b * batch_size:(b + 1) * batch_size])
-                h = feats(x_train, ht, idx)
+                h = feats(x_epoch, ht, idx)
                 assert not h.requires_grad
                 loss = F.cross_entropy(h @ weight + bias, torch.from_numpy(yt[idx]))
                 opt.zero_grad(set_to_none=True)

@@ -192,14 +192,20 @@ class LBCNNBody:
             _SCRATCH_POOL.append(flat)
             del _SCRATCH_POOL[:-2]  # keep at most two idle buffers
 
-    def transform(self, x: np.ndarray, batch_size: int = 2048, device=None) -> np.ndarray:
+    def transform(self, x: np.ndarray, batch_size: int = 2048, device=None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+        """(n, n_features) float32 features; ``out`` reuses a buffer of that shape."""
         x = self._check_images(x)
-        require(4 * len(x) * self.n_features,
-                f"features for {len(x):,} images x {self.n_features:,}",
-                "process fewer images at once (the search streams them) or use fewer filters")
         device = torch.device(device) if device is not None else torch.device("cpu")
         lib = native.load() if device.type == "cpu" else None
-        out = np.empty((len(x), self.n_features), dtype=np.float32)
+        if out is None:
+            require(4 * len(x) * self.n_features,
+                    f"features for {len(x):,} images x {self.n_features:,}",
+                    "process fewer images at once (the search streams them) or use fewer filters")
+            out = np.empty((len(x), self.n_features), dtype=np.float32)
+        elif out.shape != (len(x), self.n_features) or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {(len(x), self.n_features)}, got "
+                             f"{out.dtype} {out.shape}")
         for start in range(0, len(x), batch_size):
             self._features_into(x[start:start + batch_size], out[start:start + batch_size],
                                 device, lib)
