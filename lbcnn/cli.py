@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=20)
     s.add_argument("--train-size", type=int, help="labelled training images used (incl. validation)")
     s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="rank trials by K-fold cross-validation over the whole training budget "
+                        "(for tiny datasets; K ELM fits per trial); 0 = one validation split")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-refit", action="store_true",
                    help="keep the trial's head instead of refitting it on train+val")
@@ -113,6 +116,7 @@ def cmd_search(args) -> int:
                     train_size=args.train_size, val_fraction=args.val_fraction, seed=args.seed,
                     out=args.out, data_path=args.data_path, split=args.split,
                     refit=not args.no_refit, batch_size=args.batch_size, device=args.device,
+                    cv=args.cv,
                     progress=not args.json and sys.stderr.isatty() or not args.json)
     if args.json:
         print(json.dumps(result.summary))

@@ -46,7 +46,10 @@ def summary_table(summary: dict):
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
-        ("validation accuracy", f"{100 * summary['val_accuracy']:.2f} %  (n={summary['val_size']:,})"),
+        ("validation accuracy", f"{100 * summary['val_accuracy']:.2f} %  "
+         + (f"({summary['selection']}, n={summary['train_size']:,})"
+            if summary.get("selection", "").endswith("cross-validation")
+            else f"(n={summary['val_size']:,})")),
         ("test accuracy", f"{100 * summary['test_accuracy']:.2f} %  (n={summary['test_size']:,})"),
         ("best trial / trials", f"{summary['best_trial']} / {summary['trials']}"),
         ("training images", f"{summary['train_size']:,} ({summary['fit_size']:,} fit + "

@@ -103,3 +103,32 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     test = stratified_subset(y, max(1, int(round(len(y) * test_fraction))), rng)
     train = np.setdiff1d(np.arange(len(y)), test, assume_unique=True)
     return train, test
+
+
+def kfold_ids(y: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """A fold id in [0, k) per sample: stratified by class, whole groups kept together.
+
+    Within each class the samples (or groups) are shuffled and dealt round-robin,
+    so every fold gets about 1/k of each class.
+    """
+    y = np.asarray(y)
+    k = int(k)
+    if k < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {k}")
+    if k > len(y):
+        raise ConfigError(f"{k} folds need at least {k} samples, got {len(y)}")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    offset = 0  # continue the deal across classes so small classes do not all start at fold 0
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        units = np.unique(groups[members]) if groups is not None else members
+        units = rng.permutation(units)
+        ids = (np.arange(len(units)) + offset) % k
+        offset = (offset + len(units)) % k
+        if groups is not None:
+            for u, f in zip(units, ids):
+                fold[members[groups[members] == u]] = f
+        else:
+            fold[units] = ids
+    return fold
