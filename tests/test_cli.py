@@ -87,3 +87,21 @@ def test_corrupt_npz_and_empty_class_folder_errors(tmp_path, data_dir):
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     r = run_cli("search", "--dataset", f"folder:{tmp_path / 'imgs'}")
     assert r.returncode == 2 and "empty" in r.stderr
+
+
+def test_search_cross_validation_scores_every_training_image(mnist):
+    from lbcnn.data import Dataset
+    from lbcnn.errors import ConfigError
+    from lbcnn.search import search
+
+    ds = Dataset("mnist", mnist.x_train[:600], mnist.y_train[:600], mnist.x_test[:300],
+                 mnist.y_test[:300], 10)
+    r = search(ds, filters=(4,), trials=2, train_size=400, cv=4, seed=0, progress=False)
+    assert r.summary["selection"] == "4-fold cross-validation"
+    # pooled over 4 folds of the 400-image budget: a multiple of 1/400, not of 1/40
+    for h in r.history:
+        assert h["val_accuracy"] * 400 == pytest.approx(round(h["val_accuracy"] * 400), abs=1e-9)
+        assert 0.5 < h["val_accuracy"] < 1.0
+    assert r.summary["refit_on_train_plus_val"] and r.model.coef_.shape == (14 * 14 * 4, 10)
+    with pytest.raises(ConfigError, match="cv must be"):
+        search(ds, filters=(4,), trials=1, cv=1, progress=False)

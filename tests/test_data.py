@@ -153,3 +153,23 @@ def test_random_shift_matches_per_image_loop_oracle():
         random_shift(x, 7, rng)
     with pytest.raises(DataError, match="NHWC"):
         random_shift(x[0], 1, rng)
+
+
+def test_kfold_ids_stratified_and_groups_whole():
+    from lbcnn.data.splits import kfold_ids
+    from lbcnn.errors import ConfigError
+
+    y = np.repeat(np.arange(4), [10, 7, 5, 3])
+    f = kfold_ids(y, 5, seed=0)
+    assert set(f.tolist()) == set(range(5))
+    for c in range(4):  # each class spread as evenly as round-robin allows
+        counts = np.bincount(f[y == c], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    np.testing.assert_array_equal(f, kfold_ids(y, 5, seed=0))
+    assert not np.array_equal(f, kfold_ids(y, 5, seed=1))
+    groups = np.array([f"{c}-{i // 2}" for i, c in enumerate(y)])  # pairs, within a class
+    fg = kfold_ids(y, 3, seed=0, groups=groups)
+    for g in np.unique(groups):
+        assert len(set(fg[groups == g].tolist())) == 1
+    with pytest.raises(ConfigError, match="at least 2 folds"):
+        kfold_ids(y, 1, 0)
