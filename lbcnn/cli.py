@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     f.add_argument("--weight-decay", type=float, default=0.0,
                    help="decoupled weight decay (AdamW) on the standardized head; 0 = Adam")
+    f.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="cosine anneals the rate towards 0 over --epochs")
     f.add_argument("--shift", type=int, default=0,
                    help="augment: move each training image by up to N pixels, fresh each epoch "
                         "(features recomputed per epoch); 0 = off")

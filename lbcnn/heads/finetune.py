@@ -82,7 +82,7 @@ def _features_or_none(body, x, what, in_memory):
 def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                   batch_size: int = 128, lr: float = 1e-4, patience: int = 3, seed: int = 0,
                   elm_full: bool = False, in_memory: bool | None = None,
-                  weight_decay: float = 0.0, shift: int = 0,
+                  weight_decay: float = 0.0, shift: int = 0, lr_schedule: str = "constant",
                   progress: bool = False, log=None) -> FinetuneResult:
     """Fine-tune ``model.coef_``/``intercept_`` in place; returns what happened.
 
@@ -92,12 +92,16 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     fresh random (dy, dx) in [-shift, shift]^2 each epoch and recomputes its
     features (into the same buffer when in memory); the starting point,
     feature moments and validation use the unshifted images.
+    ``lr_schedule="cosine"`` anneals the learning rate from ``lr`` towards 0
+    over ``epochs`` (set ``patience`` high enough to reach the low-lr end).
     """
     from ..models.lbcnn import fit_elm
 
     if epochs < 0 or batch_size < 1 or lr <= 0 or patience < 1 or weight_decay < 0 or shift < 0:
         raise ConfigError("need epochs >= 0, batch size >= 1, lr > 0, patience >= 1, "
                           "weight decay >= 0 and shift >= 0")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(f"lr_schedule must be constant or cosine, got {lr_schedule!r}")
     body = model.body_
     yt, yv = labels_to_index(model, y_train), labels_to_index(model, y_val)
     if len(yt) == 0 or len(yv) == 0:
@@ -177,6 +181,9 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                 x_epoch = random_shift(x_train, shift, aug_rng)
                 if ht is not None:
                     body.transform(x_epoch, out=ht)
+            if lr_schedule == "cosine":  # epoch e trains at the rate midway through it
+                for g in opt.param_groups:
+                    g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * (epoch - 0.5) / epochs))
             perm = rng.permutation(len(yt))
             total, seen = 0.0, 0
             for b in range(n_batches):
