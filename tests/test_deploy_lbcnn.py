@@ -128,6 +128,21 @@ def test_finetune_with_shift_augmentation_streamed_equals_in_memory(small, mnist
     assert ra.history[0]["val_accuracy"] == rc.history[0]["val_accuracy"]
     with pytest.raises(ConfigError, match="shift"):
         finetune_head(copy.deepcopy(small), x[:100], y[:100], x[100:200], y[100:200], shift=-1)
+    assert [h["lr"] for h in ra.history[1:]] == [1e-3, 1e-3]
+
+
+def test_finetune_cosine_schedule_anneals_per_epoch(small, mnist):
+    from lbcnn.heads.finetune import finetune_head
+
+    x, y = mnist.x_train, mnist.y_train
+    r = finetune_head(copy.deepcopy(small), x[2000:2600], y[2000:2600], x[3000:3300],
+                      y[3000:3300], epochs=4, batch_size=200, lr=1e-3, patience=10,
+                      lr_schedule="cosine")
+    want = [1e-3 * 0.5 * (1 + np.cos(np.pi * (e - 0.5) / 4)) for e in range(1, 5)]
+    np.testing.assert_allclose([h["lr"] for h in r.history[1:]], want, rtol=1e-12)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        finetune_head(copy.deepcopy(small), x[:100], y[:100], x[100:200], y[100:200],
+                      lr_schedule="step")
 
 
 def test_transform_into_buffer_equals_fresh(small, mnist):

@@ -200,7 +200,8 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                     bar.update(task, advance=1, epoch=epoch, loss=total / seen)
             acc = val_accuracy()
             epochs_run = epoch
-            history.append({"epoch": epoch, "loss": total / seen, "val_accuracy": acc})
+            history.append({"epoch": epoch, "loss": total / seen, "val_accuracy": acc,
+                            "lr": opt.param_groups[0]["lr"]})
             if bar is not None:
                 bar.update(task, val=f"{100 * acc:.2f}% (best {100 * max(acc, best_acc):.2f}%)")
             if acc > best_acc:
