@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoupled weight decay (AdamW) on the standardized head; 0 = Adam")
     f.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
                    help="cosine anneals the rate towards 0 over --epochs")
+    f.add_argument("--refit-full", action="store_true",
+                   help="after choosing the epoch on validation, retrain that many epochs from "
+                        "the same start on train + validation (the saved head has then seen it)")
     f.add_argument("--shift", type=int, default=0,
                    help="augment: move each training image by up to N pixels, fresh each epoch "
                         "(features recomputed per epoch); 0 = off")

@@ -114,7 +114,7 @@ def cmd_finetune(args) -> int:
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         patience=args.patience, seed=args.seed, elm_full=args.elm_full,
                         weight_decay=args.weight_decay, shift=args.shift,
-                        lr_schedule=args.lr_schedule,
+                        lr_schedule=args.lr_schedule, refit_full=args.refit_full,
                         in_memory=False if args.stream else None, progress=not args.json, log=log)
     test_acc = _acc(model, ds.x_test, ds.y_test)
     summary = {"dataset": ds.name, "source": str(src), "out": args.out,
@@ -136,6 +136,9 @@ def cmd_finetune(args) -> int:
               f"{res.epochs_run}: val {100 * res.val_accuracy_start:.2f} % -> "
               f"{100 * res.val_accuracy:.2f} %, test {100 * test_acc:.2f} % "
               f"({res.seconds:.1f} s, features {res.feature_mode})")
+        if res.refit_full:
+            print(f"refit: {res.best_epoch} epochs on train + validation "
+                  f"({summary['train_size'] + summary['val_size']:,} images); test is of the refit head")
         print(f"model: {args.out}")
     return 0
 
@@ -149,6 +152,7 @@ def cmd_quantize(args) -> int:
     # the same validation split ``finetune`` held out (disjoint from the search's images)
     _, va, _ = finetune_split(ds, model, args.val_fraction, args.seed)
     xv, yv = ds.x_train[va], ds.y_train[va]
+    val_seen = bool(getattr(model, "meta_", {}).get("finetune", {}).get("refit_full"))
     before = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     apply_quantization(model, args.bits, args.per_class, args.pow2)
     after = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
@@ -161,7 +165,7 @@ def cmd_quantize(args) -> int:
     save_lbcnn(model, args.out, **meta)
     summary = {"dataset": ds.name, "source": str(src), "out": args.out, "head": model.head_meta_,
                "before": before, "after": after, "val_size": int(len(va)),
-               "n_test": int(len(ds.y_test)), "file_bytes": Path(args.out).stat().st_size}
+               "val_seen_in_training": val_seen, "n_test": int(len(ds.y_test)), "file_bytes": Path(args.out).stat().st_size}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -169,6 +173,8 @@ def cmd_quantize(args) -> int:
               f"{', pow2' if args.pow2 else ''}): val {100 * before['val_accuracy']:.2f} % -> "
               f"{100 * after['val_accuracy']:.2f} %, test {100 * before['test_accuracy']:.2f} % -> "
               f"{100 * after['test_accuracy']:.2f} %")
+        if val_seen:
+            print("note: this head was refit on train + validation, so validation is not held out")
         print(f"model: {args.out} ({summary['file_bytes']:,} bytes)")
     return 0
 

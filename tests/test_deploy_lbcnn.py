@@ -131,6 +131,26 @@ def test_finetune_with_shift_augmentation_streamed_equals_in_memory(small, mnist
     assert [h["lr"] for h in ra.history[1:]] == [1e-3, 1e-3]
 
 
+def test_finetune_refit_full_replays_chosen_epochs_on_train_plus_val(small, mnist):
+    from lbcnn.heads.finetune import finetune_head
+
+    x, y = mnist.x_train, mnist.y_train
+    args = (x[2000:3000], y[2000:3000], x[3000:3500], y[3000:3500])
+    kw = dict(epochs=3, batch_size=100, lr=1e-3, seed=2, patience=5)
+    plain, a, b = copy.deepcopy(small), copy.deepcopy(small), copy.deepcopy(small)
+    rp = finetune_head(plain, *args, **kw)
+    ra = finetune_head(a, *args, refit_full=True, in_memory=True, **kw)
+    rb = finetune_head(b, *args, refit_full=True, in_memory=False, **kw)
+    assert rp.best_epoch > 0 and not rp.refit_full
+    # selection is untouched by the refit; the refit runs exactly the chosen epochs
+    assert ra.history == rp.history and ra.best_epoch == rp.best_epoch
+    assert ra.refit_full and [h["epoch"] for h in ra.refit_history] == list(range(1, ra.best_epoch + 1))
+    # 1500 images per epoch instead of 1000: the mean loss covers the validation images too
+    assert not np.allclose(a.coef_, plain.coef_, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-5, atol=1e-6)
+    assert a.score(mnist.x_test[:1000], mnist.y_test[:1000]) > 0.8
+
+
 def test_finetune_cosine_schedule_anneals_per_epoch(small, mnist):
     from lbcnn.heads.finetune import finetune_head
 

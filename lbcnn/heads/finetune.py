@@ -39,6 +39,8 @@ class FinetuneResult:
     seconds_elm: float = 0.0
     history: list = field(default_factory=list)
     temperature: float = 1.0
+    refit_full: bool = False  # True: the saved head was retrained on train + validation
+    refit_history: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -83,6 +85,7 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                   batch_size: int = 128, lr: float = 1e-4, patience: int = 3, seed: int = 0,
                   elm_full: bool = False, in_memory: bool | None = None,
                   weight_decay: float = 0.0, shift: int = 0, lr_schedule: str = "constant",
+                  refit_full: bool = False,
                   progress: bool = False, log=None) -> FinetuneResult:
     """Fine-tune ``model.coef_``/``intercept_`` in place; returns what happened.
 
@@ -94,6 +97,9 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     feature moments and validation use the unshifted images.
     ``lr_schedule="cosine"`` anneals the learning rate from ``lr`` towards 0
     over ``epochs`` (set ``patience`` high enough to reach the low-lr end).
+    ``refit_full`` replays the chosen number of epochs from the same start on
+    train + validation (sklearn's ``refit``): the saved head then has seen the
+    validation images, and ``val_accuracy`` is the selection run's.
     """
     from ..models.lbcnn import fit_elm
 
@@ -143,8 +149,6 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     weight = torch.nn.Parameter(torch.from_numpy((alpha * v0).astype(np.float32)))
     bias = torch.nn.Parameter(torch.from_numpy((alpha * c0).astype(np.float32)))
     params = [weight, bias]
-    opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0
-           else torch.optim.Adam(params, lr=lr))
     for w, extras in body._torch_cache.get(str(torch.device("cpu")), []):
         assert not w.requires_grad and not any(e.requires_grad for e in extras)
 
@@ -160,47 +164,60 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                 correct += int((logits.argmax(1).numpy() == yv[sl]).sum())
         return correct / len(yv)
 
-    rng = np.random.default_rng(seed)
-    aug_rng = np.random.default_rng([seed, 1])
+    def make_opt():
+        return (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0
+                else torch.optim.Adam(params, lr=lr))
+
+    def train_epoch(epoch, x_src, h_buf, y_idx, opt, rng, aug_rng, on_batch) -> float:
+        """One pass over (x_src, y_idx); returns the mean training loss."""
+        x_epoch = x_src
+        if shift:
+            from ..data.augment import random_shift
+            x_epoch = random_shift(x_src, shift, aug_rng)
+            if h_buf is not None:
+                body.transform(x_epoch, out=h_buf)
+        if lr_schedule == "cosine":  # epoch e trains at the rate midway through it
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * (epoch - 0.5) / epochs))
+        perm = rng.permutation(len(y_idx))
+        total, seen = 0.0, 0
+        for b in range(-(-len(y_idx) // batch_size)):
+            idx = np.sort(perm[b * batch_size:(b + 1) * batch_size])
+            h = feats(x_epoch, h_buf, idx)
+            assert not h.requires_grad
+            loss = F.cross_entropy(h @ weight + bias, torch.from_numpy(y_idx[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            on_batch(total / seen)
+        return total / seen
+
+    opt = make_opt()
+    start = (weight.detach().clone(), bias.detach().clone())
+    rng, aug_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     torch.manual_seed(seed)
     best_acc = start_acc = val_accuracy()
-    best = (weight.detach().clone(), bias.detach().clone())
+    best = start
     best_epoch, since, history, epochs_run = 0, 0, [{"epoch": 0, "loss": None,
                                                      "val_accuracy": start_acc}], 0
     n_batches = -(-len(yt) // batch_size)
     bar = _progress(progress)
+    task = None
     if bar is not None:
         bar.start()
         task = bar.add_task("", total=epochs * n_batches, epoch=0, loss=float("nan"),
                             val=f"{100 * start_acc:.2f}%")
     try:
-        x_epoch = x_train
         for epoch in range(1, epochs + 1):
-            if shift:
-                from ..data.augment import random_shift
-                x_epoch = random_shift(x_train, shift, aug_rng)
-                if ht is not None:
-                    body.transform(x_epoch, out=ht)
-            if lr_schedule == "cosine":  # epoch e trains at the rate midway through it
-                for g in opt.param_groups:
-                    g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * (epoch - 0.5) / epochs))
-            perm = rng.permutation(len(yt))
-            total, seen = 0.0, 0
-            for b in range(n_batches):
-                idx = np.sort(perm[b * batch_size:(b + 1) * batch_size])
-                h = feats(x_epoch, ht, idx)
-                assert not h.requires_grad
-                loss = F.cross_entropy(h @ weight + bias, torch.from_numpy(yt[idx]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-                seen += len(idx)
+            def on_batch(loss, epoch=epoch):
                 if bar is not None:
-                    bar.update(task, advance=1, epoch=epoch, loss=total / seen)
+                    bar.update(task, advance=1, epoch=epoch, loss=loss)
+            mean_loss = train_epoch(epoch, x_train, ht, yt, opt, rng, aug_rng, on_batch)
             acc = val_accuracy()
             epochs_run = epoch
-            history.append({"epoch": epoch, "loss": total / seen, "val_accuracy": acc,
+            history.append({"epoch": epoch, "loss": mean_loss, "val_accuracy": acc,
                             "lr": opt.param_groups[0]["lr"]})
             if bar is not None:
                 bar.update(task, val=f"{100 * acc:.2f}% (best {100 * max(acc, best_acc):.2f}%)")
@@ -214,6 +231,29 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     finally:
         if bar is not None:
             bar.stop()
+    refit_history = []
+    if refit_full and best_epoch > 0:
+        # The epoch count was chosen on validation; now replay the same run
+        # (same start, schedule, seeds) on train + validation for that many
+        # epochs. Nothing is chosen here, so nothing needs held-out data.
+        x_all = np.concatenate([x_train, x_val])
+        y_all = np.concatenate([yt, yv])
+        h_all = None
+        if ht is not None:
+            require(4 * len(y_all) * body.n_features,
+                    f"train+validation features ({len(y_all):,} x {body.n_features:,})",
+                    "use --stream or drop --refit-full")
+            h_all = np.concatenate([ht, hv])
+            del ht
+        with torch.no_grad():
+            weight.copy_(start[0])
+            bias.copy_(start[1])
+        opt = make_opt()
+        rng, aug_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+        for epoch in range(1, best_epoch + 1):
+            loss = train_epoch(epoch, x_all, h_all, y_all, opt, rng, aug_rng, lambda _: None)
+            refit_history.append({"epoch": epoch, "loss": loss, "lr": opt.param_groups[0]["lr"]})
+        best = (weight.detach().clone(), bias.detach().clone())
     # The optimizer only ever saw the head.
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(weight), id(bias)}
     v, c = best[0].numpy().astype(np.float64), best[1].numpy().astype(np.float64)
@@ -223,7 +263,7 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     model.__dict__.pop("head_arrays_", None)
     return FinetuneResult(best_epoch, epochs_run, start_acc, best_acc, mode,
                           time.perf_counter() - t_start, t_feat, t_elm, history,
-                          float(alpha))
+                          float(alpha), bool(refit_history), refit_history)
 
 
 def _feats_raw(body, x, h, idx) -> np.ndarray:
