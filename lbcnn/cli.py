@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--shift", type=int, default=0,
                    help="augment: move each training image by up to N pixels, fresh each epoch "
                         "(features recomputed per epoch); 0 = off")
+    f.add_argument("--rotate", type=float, default=0.0,
+                   help="augment: random rotations up to this many degrees (with --shift/--zoom)")
+    f.add_argument("--zoom", type=float, default=0.0,
+                   help="augment: random zoom factor in [1 - Z, 1 + Z]")
     f.add_argument("--val-fraction", type=float, default=0.1)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--elm-full", action="store_true",

@@ -173,3 +173,38 @@ def test_kfold_ids_stratified_and_groups_whole():
         assert len(set(fg[groups == g].tolist())) == 1
     with pytest.raises(ConfigError, match="at least 2 folds"):
         kfold_ids(y, 1, 0)
+
+
+class _FixedDraws:
+    """Stands in for a Generator: returns the given arrays in the order random_affine draws."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def uniform(self, low, high, size):
+        return self.draws.pop(0)
+
+
+def test_random_affine_integer_shift_and_quarter_turn_are_exact():
+    from lbcnn.data.augment import random_affine
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 9, 7, 2), dtype=np.uint8)
+    np.testing.assert_array_equal(random_affine(x, 0, 0, 0, rng), x)
+    dy = rng.integers(-2, 3, 30).astype(float)
+    dx = rng.integers(-2, 3, 30).astype(float)
+    got = random_affine(x, 2, 5, 0.1, _FixedDraws(np.zeros(30), np.ones(30), np.stack([dy, dx])))
+    want = np.empty_like(x)
+    for k in range(30):
+        for i in range(9):
+            for j in range(7):
+                want[k, i, j] = x[k, min(max(i - int(dy[k]), 0), 8), min(max(j - int(dx[k]), 0), 6)]
+    np.testing.assert_array_equal(got, want)
+    sq = rng.integers(0, 256, (1, 6, 6, 1), dtype=np.uint8)
+    turned = random_affine(sq, 0, 90, 0, _FixedDraws(np.array([90.0]), np.ones(1), np.zeros((2, 1))))
+    assert turned.dtype == np.uint8
+    np.testing.assert_array_equal(turned[0, :, :, 0], np.rot90(sq[0, :, :, 0], -1))
+    # a 2x zoom-out keeps the centre pixel of an odd-sized image in place
+    odd = rng.integers(0, 256, (1, 5, 5, 1), dtype=np.uint8)
+    far = random_affine(odd, 0, 0, 0.5, _FixedDraws(np.zeros(1), np.array([0.5]), np.zeros((2, 1))))
+    assert far[0, 2, 2, 0] == odd[0, 2, 2, 0]

@@ -129,6 +129,11 @@ def test_finetune_with_shift_augmentation_streamed_equals_in_memory(small, mnist
     with pytest.raises(ConfigError, match="shift"):
         finetune_head(copy.deepcopy(small), x[:100], y[:100], x[100:200], y[100:200], shift=-1)
     assert [h["lr"] for h in ra.history[1:]] == [1e-3, 1e-3]
+    rd = finetune_head(copy.deepcopy(small), x[2000:3000], y[2000:3000], x[3000:3500],
+                       y[3000:3500], shift=1, rotate=10, zoom=0.1, in_memory=True, **kw)
+    assert rd.history[1]["loss"] > rc.history[1]["loss"] * 1.05
+    with pytest.raises(ConfigError, match="zoom"):
+        finetune_head(copy.deepcopy(small), x[:100], y[:100], x[100:200], y[100:200], zoom=1.0)
 
 
 def test_finetune_refit_full_replays_chosen_epochs_on_train_plus_val(small, mnist):

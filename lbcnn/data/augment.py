@@ -35,3 +35,46 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.
                 # output pixel (i, j) shows input pixel (i - a, j - b)
                 out[idx] = padded[idx, s - a:s - a + h, s - b:s - b + w]
     return out
+
+
+def random_affine(x: np.ndarray, max_shift: float, max_rotate: float, max_zoom: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Each image rotated by up to ``max_rotate`` degrees, zoomed by a factor in
+    [1 - max_zoom, 1 + max_zoom] and moved by up to ``max_shift`` pixels, about
+    its centre, bilinear, border pixels repeated; back to the input dtype
+    (uint8 is rounded), so the integer feature path still applies.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if min(max_shift, max_rotate, max_zoom) < 0 or max_zoom >= 1:
+        raise ConfigError("need max_shift >= 0, max_rotate >= 0 and 0 <= max_zoom < 1")
+    if x.ndim != 4:
+        raise DataError(f"random_affine needs NHWC images, got shape {tuple(x.shape)}")
+    n, h, w, _ = x.shape
+    if n == 0:
+        return x.copy()
+    ang = np.deg2rad(rng.uniform(-max_rotate, max_rotate, n))
+    zoom = rng.uniform(1 - max_zoom, 1 + max_zoom, n)
+    dy, dx = rng.uniform(-max_shift, max_shift, (2, n))
+    # theta maps output coords to input coords (normalised to [-1, 1]): the
+    # inverse of "rotate by ang, zoom by zoom, then translate by (dx, dy)".
+    cos, sin = np.cos(ang) / zoom, np.sin(ang) / zoom
+    theta = np.zeros((n, 2, 3))
+    theta[:, 0, 0], theta[:, 0, 1] = cos, sin * h / w
+    theta[:, 1, 0], theta[:, 1, 1] = -sin * w / h, cos
+    tx, ty = -2 * dx / w, -2 * dy / h
+    theta[:, 0, 2] = theta[:, 0, 0] * tx + theta[:, 0, 1] * ty
+    theta[:, 1, 2] = theta[:, 1, 0] * tx + theta[:, 1, 1] * ty
+    out = np.empty_like(x)
+    for a in range(0, n, 4096):
+        xb = torch.from_numpy(np.ascontiguousarray(x[a:a + 4096])).permute(0, 3, 1, 2).float()
+        grid = F.affine_grid(torch.from_numpy(theta[a:a + 4096]).float(), list(xb.shape),
+                             align_corners=False)
+        yb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        yb = yb.permute(0, 2, 3, 1).numpy()
+        if np.issubdtype(x.dtype, np.integer):
+            info = np.iinfo(x.dtype)
+            yb = np.clip(np.rint(yb), info.min, info.max)
+        out[a:a + 4096] = yb.astype(x.dtype)
+    return out

@@ -85,7 +85,7 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                   batch_size: int = 128, lr: float = 1e-4, patience: int = 3, seed: int = 0,
                   elm_full: bool = False, in_memory: bool | None = None,
                   weight_decay: float = 0.0, shift: int = 0, lr_schedule: str = "constant",
-                  refit_full: bool = False,
+                  refit_full: bool = False, rotate: float = 0.0, zoom: float = 0.0,
                   progress: bool = False, log=None) -> FinetuneResult:
     """Fine-tune ``model.coef_``/``intercept_`` in place; returns what happened.
 
@@ -95,6 +95,9 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     fresh random (dy, dx) in [-shift, shift]^2 each epoch and recomputes its
     features (into the same buffer when in memory); the starting point,
     feature moments and validation use the unshifted images.
+    ``rotate`` (degrees) and ``zoom`` (fraction) add random rotations and
+    zooms to the shift (then bilinear, continuous shifts; see
+    ``lbcnn.data.augment.random_affine``).
     ``lr_schedule="cosine"`` anneals the learning rate from ``lr`` towards 0
     over ``epochs`` (set ``patience`` high enough to reach the low-lr end).
     ``refit_full`` replays the chosen number of epochs from the same start on
@@ -106,6 +109,8 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     if epochs < 0 or batch_size < 1 or lr <= 0 or patience < 1 or weight_decay < 0 or shift < 0:
         raise ConfigError("need epochs >= 0, batch size >= 1, lr > 0, patience >= 1, "
                           "weight decay >= 0 and shift >= 0")
+    if rotate < 0 or not 0 <= zoom < 1:
+        raise ConfigError(f"need rotate >= 0 and 0 <= zoom < 1, got {rotate} and {zoom}")
     if lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"lr_schedule must be constant or cosine, got {lr_schedule!r}")
     body = model.body_
@@ -171,9 +176,10 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     def train_epoch(epoch, x_src, h_buf, y_idx, opt, rng, aug_rng, on_batch) -> float:
         """One pass over (x_src, y_idx); returns the mean training loss."""
         x_epoch = x_src
-        if shift:
-            from ..data.augment import random_shift
-            x_epoch = random_shift(x_src, shift, aug_rng)
+        if shift or rotate or zoom:
+            from ..data.augment import random_affine, random_shift
+            x_epoch = (random_affine(x_src, shift, rotate, zoom, aug_rng) if rotate or zoom
+                       else random_shift(x_src, shift, aug_rng))
             if h_buf is not None:
                 body.transform(x_epoch, out=h_buf)
         if lr_schedule == "cosine":  # epoch e trains at the rate midway through it
