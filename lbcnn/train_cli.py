@@ -32,6 +32,9 @@ def add_train_parser(sub, ints, add_data_args) -> None:
     c.add_argument("--standardize", action="store_true", help="per-image standardization")
     c.add_argument("--max-minutes", type=float, help="stop before an epoch that would overrun")
     c.add_argument("--resume", action="store_true", help="continue the run in --out")
+    c.add_argument("--shift", type=float, default=0.0, help="augmentation: random shift, pixels")
+    c.add_argument("--rotate", type=float, default=0.0, help="augmentation: random rotation, degrees")
+    c.add_argument("--zoom", type=float, default=0.0, help="augmentation: random zoom, fraction")
     c.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="training forward pass; bf16 autocast is ~1.6x faster on CPUs with "
                         "AVX512-BF16 (evaluation stays float32)")
@@ -85,10 +88,12 @@ def _train_cbcnn(args, ds) -> dict:
                     seed=args.seed, val_fraction=args.val_fraction, train_size=args.train_size,
                     preprocess=pre, out_dir=args.out, resume=args.resume, device=args.device,
                     progress=not args.json, precision=args.precision,
+                    shift=args.shift, rotate=args.rotate, zoom=args.zoom,
                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     return {"model": "cbcnn", "dataset": ds.name, "blocks": list(blocks), "dense": list(dense),
             "preprocess": pre, "seed": args.seed, "epochs": args.epochs,
             "precision": args.precision,
+            "augment": {"shift": args.shift, "rotate": args.rotate, "zoom": args.zoom},
             "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
             "best_val_accuracy": r["best_val_accuracy"], "test_accuracy": r["test_accuracy"],
             "wall_seconds": r["wall_seconds"], "stopped_by_time_budget": r["stopped_by_time_budget"],

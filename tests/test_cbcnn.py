@@ -172,9 +172,11 @@ def test_short_training_rises_well_above_chance(trained):
     assert trained["history"][-1]["lr"] == pytest.approx(1e-3)
 
 
-def test_resume_after_interruption_gives_identical_state(mnist_small, tmp_path):
+@pytest.mark.parametrize("augment", [{}, {"shift": 1.5, "rotate": 8.0, "zoom": 0.1}],
+                         ids=["plain", "augmented"])
+def test_resume_after_interruption_gives_identical_state(mnist_small, tmp_path, augment):
     from lbcnn.train_cbcnn import load_checkpoint, train_cbcnn
-    kw = dict(**SMALL, epochs=2, batch_size=50, train_size=500, seed=3, progress=False)
+    kw = dict(**SMALL, epochs=2, batch_size=50, train_size=500, seed=3, progress=False, **augment)
     full = train_cbcnn(mnist_small, out_dir=tmp_path / "a", **kw)
 
     class Interrupt(Exception):
@@ -198,6 +200,11 @@ def test_resume_after_interruption_gives_identical_state(mnist_small, tmp_path):
     assert (tmp_path / "b" / "model.npz").exists()
     with pytest.raises(ConfigError, match="settings differ"):
         train_cbcnn(mnist_small, out_dir=tmp_path / "b", resume=True, **{**kw, "seed": 4})
+    if augment:  # the warp must reach the optimiser, or the flags would be decoration
+        plain = train_cbcnn(mnist_small, **{**kw, "shift": 0.0, "rotate": 0.0, "zoom": 0.0})
+        assert any(not torch.equal(v, plain["final_state"][k]) for k, v in full["final_state"].items())
+        with pytest.raises(ConfigError, match="augmentation"):
+            train_cbcnn(mnist_small, **{**kw, "zoom": 1.0})
 
 
 def test_bf16_training_learns_and_evaluates_in_float32(mnist_small, tmp_path):

@@ -208,3 +208,21 @@ def test_random_affine_integer_shift_and_quarter_turn_are_exact():
     odd = rng.integers(0, 256, (1, 5, 5, 1), dtype=np.uint8)
     far = random_affine(odd, 0, 0, 0.5, _FixedDraws(np.zeros(1), np.array([0.5]), np.zeros((2, 1))))
     assert far[0, 2, 2, 0] == odd[0, 2, 2, 0]
+
+
+def test_warp_batch_identity_and_integer_translation_match_oracle():
+    """A zero draw is the identity; a whole-pixel translation equals a slice of an
+    edge-padded copy (the obvious oracle), so the bilinear warp is exact there."""
+    import torch
+    from lbcnn.data.augment import affine_params, warp_batch
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 2, 9, 11)).astype(np.float32))
+    ident = affine_params(3, 9, 11, 0.0, 0.0, 0.0, np.random.default_rng(1))
+    torch.testing.assert_close(warp_batch(x, ident), x, atol=1e-5, rtol=0)  # float32 grid rounding
+    dy, dx = 2, -1  # output pixel (i, j) shows input pixel (i - dy, j - dx)
+    theta = ident.copy()
+    theta[:, 0, 2], theta[:, 1, 2] = -2 * dx / 11, -2 * dy / 9
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)), mode="edge")
+    want = padded[:, :, 2 - dy:2 - dy + 9, 2 - dx:2 - dx + 11]
+    np.testing.assert_allclose(warp_batch(x, theta).numpy(), want, atol=1e-5)
+    with pytest.raises(ConfigError):
+        affine_params(3, 9, 11, -1.0, 0.0, 0.0, np.random.default_rng(1))

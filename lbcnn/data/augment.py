@@ -37,23 +37,15 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.
     return out
 
 
-def random_affine(x: np.ndarray, max_shift: float, max_rotate: float, max_zoom: float,
+def affine_params(n: int, h: int, w: int, max_shift: float, max_rotate: float, max_zoom: float,
                   rng: np.random.Generator) -> np.ndarray:
-    """Each image rotated by up to ``max_rotate`` degrees, zoomed by a factor in
-    [1 - max_zoom, 1 + max_zoom] and moved by up to ``max_shift`` pixels, about
-    its centre, bilinear, border pixels repeated; back to the input dtype
-    (uint8 is rounded), so the integer feature path still applies.
-    """
-    import torch
-    import torch.nn.functional as F
+    """``n`` random (rotation, zoom, shift) draws as ``affine_grid`` matrices, shape (n, 2, 3).
 
+    Rotation is uniform in +-``max_rotate`` degrees, zoom in [1 - max_zoom, 1 + max_zoom],
+    shift in +-``max_shift`` pixels per axis, all about the image centre.
+    """
     if min(max_shift, max_rotate, max_zoom) < 0 or max_zoom >= 1:
         raise ConfigError("need max_shift >= 0, max_rotate >= 0 and 0 <= max_zoom < 1")
-    if x.ndim != 4:
-        raise DataError(f"random_affine needs NHWC images, got shape {tuple(x.shape)}")
-    n, h, w, _ = x.shape
-    if n == 0:
-        return x.copy()
     ang = np.deg2rad(rng.uniform(-max_rotate, max_rotate, n))
     zoom = rng.uniform(1 - max_zoom, 1 + max_zoom, n)
     dy, dx = rng.uniform(-max_shift, max_shift, (2, n))
@@ -66,13 +58,36 @@ def random_affine(x: np.ndarray, max_shift: float, max_rotate: float, max_zoom: 
     tx, ty = -2 * dx / w, -2 * dy / h
     theta[:, 0, 2] = theta[:, 0, 0] * tx + theta[:, 0, 1] * ty
     theta[:, 1, 2] = theta[:, 1, 0] * tx + theta[:, 1, 1] * ty
+    return theta
+
+
+def warp_batch(x, theta):
+    """Bilinear warp of a float NCHW torch batch by ``affine_params`` matrices, border repeated."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(theta, dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(t, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_affine(x: np.ndarray, max_shift: float, max_rotate: float, max_zoom: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Each image rotated by up to ``max_rotate`` degrees, zoomed by a factor in
+    [1 - max_zoom, 1 + max_zoom] and moved by up to ``max_shift`` pixels, about
+    its centre, bilinear, border pixels repeated; back to the input dtype
+    (uint8 is rounded), so the integer feature path still applies.
+    """
+    import torch
+
+    if x.ndim != 4:
+        raise DataError(f"random_affine needs NHWC images, got shape {tuple(x.shape)}")
+    n, h, w, _ = x.shape
+    theta = affine_params(n, h, w, max_shift, max_rotate, max_zoom, rng)
     out = np.empty_like(x)
     for a in range(0, n, 4096):
         xb = torch.from_numpy(np.ascontiguousarray(x[a:a + 4096])).permute(0, 3, 1, 2).float()
-        grid = F.affine_grid(torch.from_numpy(theta[a:a + 4096]).float(), list(xb.shape),
-                             align_corners=False)
-        yb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        yb = yb.permute(0, 2, 3, 1).numpy()
+        yb = warp_batch(xb, theta[a:a + 4096]).permute(0, 2, 3, 1).numpy()
         if np.issubdtype(x.dtype, np.integer):
             info = np.iinfo(x.dtype)
             yb = np.clip(np.rint(yb), info.min, info.max)
