@@ -22,7 +22,8 @@ def add_train_parser(sub, ints, add_data_args) -> None:
     t.add_argument("--out", help="run folder (checkpoint, model.npz, curves, summary)")
     t.add_argument("--json", action="store_true", help="print one JSON object at the end")
     c = t.add_argument_group("cbcnn")
-    c.add_argument("--preset", default=None, help="cbcnn28 or cbcnn32 (default: by input size)")
+    c.add_argument("--preset", default=None, help="cbcnn28 or cbcnn32 (three blocks, default by input size); "
+                   "cbcnn28x4 / cbcnn32x4 (four blocks, the paper's 0.48 M / 0.59 M)")
     c.add_argument("--blocks", type=ints, help="conv widths, e.g. 64,128,128")
     c.add_argument("--dense", type=ints, help="hidden dense widths, e.g. 256")
     c.add_argument("--lr-start", type=float, default=1e-3)

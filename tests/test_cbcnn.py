@@ -76,6 +76,22 @@ def test_scale_h_is_mean_abs_latent_weight_per_channel():
 
 
 # -- model / file ---------------------------------------------------------------
+def test_preset_sizes_three_blocks_and_paper_sized_four_blocks():
+    """Trainable values = binary weights + BN gamma/beta; the x4 presets must land on the
+    paper's 0.48 M (28x28, 10 classes) and 0.59 M (32x32, 43 classes)."""
+    from lbcnn.models.cbcnn import PRESETS, CBCNNNet
+
+    def trainable(preset, classes):
+        p = PRESETS[preset]
+        net = CBCNNNet(p["input_shape"], p["blocks"], p["dense"], classes)
+        return sum(t.numel() for t in net.parameters() if t.requires_grad)
+    # 3x3 convs 1->128 then 128->128, flatten after the pools, dense 256, classes; BN: 2 per channel
+    assert trainable("cbcnn28", 10) == 9 * 128 + 2 * 9 * 128 * 128 + 1152 * 256 + 256 * 10 + 2 * (3 * 128 + 256 + 10)
+    assert trainable("cbcnn32", 43) == 9 * 128 + 2 * 9 * 128 * 128 + 2048 * 256 + 256 * 43 + 2 * (3 * 128 + 256 + 43)
+    assert round(trainable("cbcnn28x4", 10) / 1e6, 2) == 0.48
+    assert round(trainable("cbcnn32x4", 43) / 1e6, 2) == 0.59
+
+
 def test_profile_features_and_reset_classifier():
     net = CBCNNNet((28, 28, 1), n_classes=10)
     prof = net.profile()
