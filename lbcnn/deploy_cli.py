@@ -115,13 +115,15 @@ def cmd_finetune(args) -> int:
                         patience=args.patience, seed=args.seed, elm_full=args.elm_full,
                         weight_decay=args.weight_decay, shift=args.shift,
                         lr_schedule=args.lr_schedule, refit_full=args.refit_full,
-                        rotate=args.rotate, zoom=args.zoom,
+                        rotate=args.rotate, zoom=args.zoom, elastic=args.elastic,
+                        elastic_sigma=args.elastic_sigma,
                         in_memory=False if args.stream else None, progress=not args.json, log=log)
     test_acc = _acc(model, ds.x_test, ds.y_test)
     summary = {"dataset": ds.name, "source": str(src), "out": args.out,
                "train_size": int(len(tr)), "val_size": int(len(va)), "epochs": args.epochs,
                "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
                "weight_decay": args.weight_decay, "shift": args.shift, "rotate": args.rotate, "zoom": args.zoom,
+               "elastic": args.elastic, "elastic_sigma": args.elastic_sigma,
                "lr_schedule": args.lr_schedule, "val_disjoint_from_search": disjoint,
                "seed": args.seed, "elm_full": bool(args.elm_full), **res.as_dict(),
                "test_accuracy": test_acc, "n_test": int(len(ds.y_test)),

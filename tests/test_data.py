@@ -226,3 +226,40 @@ def test_warp_batch_identity_and_integer_translation_match_oracle():
     np.testing.assert_allclose(warp_batch(x, theta).numpy(), want, atol=1e-5)
     with pytest.raises(ConfigError):
         affine_params(3, 9, 11, -1.0, 0.0, 0.0, np.random.default_rng(1))
+
+
+def test_elastic_offsets_are_smoothed_scaled_noise_and_warp_like_a_translation():
+    """The field is linear in alpha, smooth (neighbours agree far more than white
+    noise would), zero for alpha 0; a constant field moves the image like a
+    whole-pixel translation (edge-padded slice oracle)."""
+    import torch
+    from lbcnn.data.augment import affine_params, elastic_offsets, random_affine, warp_batch
+
+    a = elastic_offsets(50, 28, 28, 10.0, 4.0, np.random.default_rng(3))
+    b = elastic_offsets(50, 28, 28, 20.0, 4.0, np.random.default_rng(3))
+    assert a.shape == (50, 28, 28, 2) and a.dtype == np.float32
+    np.testing.assert_allclose(b, 2 * a, rtol=1e-5, atol=1e-7)
+    assert np.abs(a).max() > 0
+    step = np.abs(np.diff(a, axis=2)).mean()
+    assert step < 0.2 * np.abs(a).mean()  # white noise would give a step ~ the value itself
+    np.testing.assert_array_equal(elastic_offsets(2, 5, 5, 0.0, 4.0, np.random.default_rng(0)),
+                                  np.zeros((2, 5, 5, 2), np.float32))
+    with pytest.raises(ConfigError, match="elastic"):
+        elastic_offsets(2, 5, 5, 1.0, 0.0, np.random.default_rng(0))
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 1, 9, 11)).astype(np.float32))
+    ident = affine_params(2, 9, 11, 0.0, 0.0, 0.0, np.random.default_rng(1))
+    dy, dx = -1, 2  # sampling at (i + dy, j + dx): output (i, j) shows input (i + dy, j + dx)
+    off = np.zeros((2, 9, 11, 2), np.float32)
+    off[..., 0], off[..., 1] = 2 * dx / 11, 2 * dy / 9
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)), mode="edge")
+    want = padded[:, :, 2 + dy:2 + dy + 9, 2 + dx:2 + dx + 11]
+    np.testing.assert_allclose(warp_batch(x, ident, off).numpy(), want, atol=1e-5)
+
+    # elastic draws come after the affine ones: alpha 0 reproduces the plain warp,
+    # alpha > 0 changes the images but keeps dtype and range
+    imgs = np.random.default_rng(5).integers(0, 256, (20, 12, 12, 1), dtype=np.uint8)
+    plain = random_affine(imgs, 1, 5, 0.05, np.random.default_rng(9))
+    np.testing.assert_array_equal(random_affine(imgs, 1, 5, 0.05, np.random.default_rng(9), 0.0), plain)
+    bent = random_affine(imgs, 1, 5, 0.05, np.random.default_rng(9), elastic=8.0, elastic_sigma=2.0)
+    assert bent.dtype == np.uint8 and (bent != plain).mean() > 0.3

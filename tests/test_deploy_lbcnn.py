@@ -132,6 +132,12 @@ def test_finetune_with_shift_augmentation_streamed_equals_in_memory(small, mnist
     rd = finetune_head(copy.deepcopy(small), x[2000:3000], y[2000:3000], x[3000:3500],
                        y[3000:3500], shift=1, rotate=10, zoom=0.1, in_memory=True, **kw)
     assert rd.history[1]["loss"] > rc.history[1]["loss"] * 1.05
+    re_ = finetune_head(copy.deepcopy(small), x[2000:3000], y[2000:3000], x[3000:3500],
+                        y[3000:3500], elastic=34, in_memory=True, **kw)
+    assert re_.history[1]["loss"] > rc.history[1]["loss"] * 1.05
+    assert re_.history[0]["val_accuracy"] == rc.history[0]["val_accuracy"]
+    with pytest.raises(ConfigError, match="elastic"):
+        finetune_head(copy.deepcopy(small), x[:100], y[:100], x[100:200], y[100:200], elastic=-1)
     with pytest.raises(ConfigError, match="zoom"):
         finetune_head(copy.deepcopy(small), x[:100], y[:100], x[100:200], y[100:200], zoom=1.0)
 

@@ -61,22 +61,49 @@ def affine_params(n: int, h: int, w: int, max_shift: float, max_rotate: float, m
     return theta
 
 
-def warp_batch(x, theta):
-    """Bilinear warp of a float NCHW torch batch by ``affine_params`` matrices, border repeated."""
+def elastic_offsets(n: int, h: int, w: int, alpha: float, sigma: float,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``n`` random elastic displacement fields (Simard et al., 2003), shape (n, h, w, 2).
+
+    Each pixel's (dx, dy) is uniform in [-1, 1], smoothed by a Gaussian of std
+    ``sigma`` pixels and scaled by ``alpha`` pixels; returned in ``grid_sample``
+    units (x then y, normalised to [-1, 1]) so it adds straight onto an
+    ``affine_grid``. Small ``sigma`` gives noise, large ``sigma`` near-affine moves.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if alpha < 0 or sigma <= 0:
+        raise ConfigError(f"elastic needs alpha >= 0 and sigma > 0, got {alpha} and {sigma}")
+    field = rng.uniform(-1.0, 1.0, (n, h, w, 2))
+    field = gaussian_filter(field, sigma=(0, sigma, sigma, 0), mode="constant", cval=0.0)
+    field *= alpha
+    field[..., 0] *= 2.0 / w
+    field[..., 1] *= 2.0 / h
+    return field.astype(np.float32)
+
+
+def warp_batch(x, theta, offsets=None):
+    """Bilinear warp of a float NCHW torch batch by ``affine_params`` matrices, border
+    repeated; ``offsets`` (n, H, W, 2), e.g. ``elastic_offsets``, move each sample point further."""
     import torch
     import torch.nn.functional as F
 
     t = torch.as_tensor(theta, dtype=x.dtype, device=x.device)
     grid = F.affine_grid(t, list(x.shape), align_corners=False)
+    if offsets is not None:
+        grid = grid + torch.as_tensor(offsets, dtype=x.dtype, device=x.device)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def random_affine(x: np.ndarray, max_shift: float, max_rotate: float, max_zoom: float,
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator, elastic: float = 0.0,
+                  elastic_sigma: float = 4.0) -> np.ndarray:
     """Each image rotated by up to ``max_rotate`` degrees, zoomed by a factor in
     [1 - max_zoom, 1 + max_zoom] and moved by up to ``max_shift`` pixels, about
     its centre, bilinear, border pixels repeated; back to the input dtype
     (uint8 is rounded), so the integer feature path still applies.
+    ``elastic`` > 0 adds an ``elastic_offsets`` field (alpha, sigma in pixels)
+    drawn after the affine parameters, so runs without it draw as before.
     """
     import torch
 
@@ -87,7 +114,8 @@ def random_affine(x: np.ndarray, max_shift: float, max_rotate: float, max_zoom: 
     out = np.empty_like(x)
     for a in range(0, n, 4096):
         xb = torch.from_numpy(np.ascontiguousarray(x[a:a + 4096])).permute(0, 3, 1, 2).float()
-        yb = warp_batch(xb, theta[a:a + 4096]).permute(0, 2, 3, 1).numpy()
+        off = elastic_offsets(len(xb), h, w, elastic, elastic_sigma, rng) if elastic > 0 else None
+        yb = warp_batch(xb, theta[a:a + 4096], off).permute(0, 2, 3, 1).numpy()
         if np.issubdtype(x.dtype, np.integer):
             info = np.iinfo(x.dtype)
             yb = np.clip(np.rint(yb), info.min, info.max)

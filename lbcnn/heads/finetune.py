@@ -86,7 +86,7 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                   elm_full: bool = False, in_memory: bool | None = None,
                   weight_decay: float = 0.0, shift: int = 0, lr_schedule: str = "constant",
                   refit_full: bool = False, rotate: float = 0.0, zoom: float = 0.0,
-                  progress: bool = False, log=None) -> FinetuneResult:
+                  elastic: float = 0.0, elastic_sigma: float = 4.0, progress: bool = False, log=None) -> FinetuneResult:
     """Fine-tune ``model.coef_``/``intercept_`` in place; returns what happened.
 
     ``y_train``/``y_val`` are class labels (values of ``model.classes_``).
@@ -97,7 +97,8 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     feature moments and validation use the unshifted images.
     ``rotate`` (degrees) and ``zoom`` (fraction) add random rotations and
     zooms to the shift (then bilinear, continuous shifts; see
-    ``lbcnn.data.augment.random_affine``).
+    ``lbcnn.data.augment.random_affine``); ``elastic`` (alpha, pixels) adds
+    Simard-style elastic distortions smoothed over ``elastic_sigma`` pixels.
     ``lr_schedule="cosine"`` anneals the learning rate from ``lr`` towards 0
     over ``epochs`` (set ``patience`` high enough to reach the low-lr end).
     ``refit_full`` replays the chosen number of epochs from the same start on
@@ -111,6 +112,8 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                           "weight decay >= 0 and shift >= 0")
     if rotate < 0 or not 0 <= zoom < 1:
         raise ConfigError(f"need rotate >= 0 and 0 <= zoom < 1, got {rotate} and {zoom}")
+    if elastic < 0 or elastic_sigma <= 0:
+        raise ConfigError(f"need elastic >= 0 and elastic_sigma > 0, got {elastic} and {elastic_sigma}")
     if lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"lr_schedule must be constant or cosine, got {lr_schedule!r}")
     body = model.body_
@@ -176,10 +179,10 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     def train_epoch(epoch, x_src, h_buf, y_idx, opt, rng, aug_rng, on_batch) -> float:
         """One pass over (x_src, y_idx); returns the mean training loss."""
         x_epoch = x_src
-        if shift or rotate or zoom:
+        if shift or rotate or zoom or elastic:
             from ..data.augment import random_affine, random_shift
-            x_epoch = (random_affine(x_src, shift, rotate, zoom, aug_rng) if rotate or zoom
-                       else random_shift(x_src, shift, aug_rng))
+            x_epoch = (random_affine(x_src, shift, rotate, zoom, aug_rng, elastic, elastic_sigma)
+                       if rotate or zoom or elastic else random_shift(x_src, shift, aug_rng))
             if h_buf is not None:
                 body.transform(x_epoch, out=h_buf)
         if lr_schedule == "cosine":  # epoch e trains at the rate midway through it
