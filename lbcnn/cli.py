@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bits", type=int, default=8)
     q.add_argument("--per-class", action="store_true", help="one scale per output class")
     q.add_argument("--pow2", action="store_true", help="power-of-two scales (shifts in hardware)")
+    q.add_argument("--no-bias-correction", action="store_true",
+                   help="do not fold the weights' mean rounding error (over the training "
+                        "images' features) into the bias")
     q.add_argument("--val-fraction", type=float, default=0.1)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)

@@ -147,22 +147,25 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from .heads.quantize import apply_quantization
+    from .heads.quantize import apply_quantization, feature_mean
     from .models.lbcnn import save_lbcnn
 
     model, src = load_model_arg(args.model)
     ds = _dataset_for(model, args)
     # the same validation split ``finetune`` held out (disjoint from the search's images)
-    _, va, _ = finetune_split(ds, model, args.val_fraction, args.seed)
+    tr, va, _ = finetune_split(ds, model, args.val_fraction, args.seed)
     xv, yv = ds.x_train[va], ds.y_train[va]
     val_seen = bool(getattr(model, "meta_", {}).get("finetune", {}).get("refit_full"))
     before = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
-    apply_quantization(model, args.bits, args.per_class, args.pow2)
+    # bias correction uses training images only (never validation or test)
+    mu = None if args.no_bias_correction else feature_mean(model, ds.x_train[tr])
+    apply_quantization(model, args.bits, args.per_class, args.pow2, mu)
     after = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     meta = _carried_meta(model)
     meta.update(dataset=ds.name, val_accuracy=after["val_accuracy"],
                 test_accuracy=after["test_accuracy"],
                 quantize={"bits": args.bits, "per_class": args.per_class, "pow2": args.pow2,
+                          "bias_correction_images": 0 if mu is None else int(len(tr)),
                           "source": str(src), "before": before, "after": after,
                           "val_size": int(len(va)), "seed": args.seed})
     save_lbcnn(model, args.out, **meta)

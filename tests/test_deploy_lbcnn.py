@@ -74,6 +74,40 @@ def test_quantize_options_per_class_pow2_and_bias_scale():
         quantize_head(w, b, bits=1)
 
 
+def test_bias_correction_moves_the_mean_rounding_error_into_the_bias(small, mnist):
+    """Oracle: with correction, the quantized head's logits on the mean feature
+    vector equal the float head's up to the bias's own rounding; without it they
+    are off by mu . (W - Wq), which for these all-positive features is large.
+    On real images, fewer predictions change than without correction."""
+    from lbcnn.heads.quantize import apply_quantization, dequantize, feature_mean, quantize_head
+
+    x = mnist.x_train[:2000]
+    mu = feature_mean(small, x)
+    h = small.forward_features(x).astype(np.float64)
+    np.testing.assert_allclose(mu, h.mean(0), rtol=1e-6)
+    meta, arr = quantize_head(small.coef_, small.intercept_, 4, feature_mean=mu)
+    assert meta["bias_corrected"] is True
+    w, b = dequantize(meta, arr)
+    _, arr0 = quantize_head(small.coef_, small.intercept_, 4)
+    np.testing.assert_array_equal(arr["head/weight_q"], arr0["head/weight_q"])  # weights untouched
+    want = mu @ small.coef_.astype(np.float64) + small.intercept_
+    got = mu @ w.astype(np.float64) + b
+    bias_step = float(arr["head/bias_scale"][0])
+    assert np.abs(got - want).max() <= 0.5 * bias_step + 1e-4 * np.abs(want).max()
+    w0, b0 = dequantize(*quantize_head(small.coef_, small.intercept_, 4))
+    uncorrected = np.abs(mu @ w0.astype(np.float64) + b0 - want).max()
+    assert uncorrected > 3 * np.abs(got - want).max()
+    xt = mnist.x_test[:2000]
+    pf = small.predict(xt)
+    changed = {}
+    for name, m in (("plain", None), ("corrected", mu)):
+        q = apply_quantization(copy.deepcopy(small), 4, feature_mean=m)
+        changed[name] = int((q.predict(xt) != pf).sum())
+    assert changed["corrected"] < changed["plain"]
+    with pytest.raises(DataError, match="feature mean"):
+        quantize_head(small.coef_, small.intercept_, 8, feature_mean=mu[:-1])
+
+
 # -- fine-tuning ----------------------------------------------------------------
 def test_finetune_head_only_picks_epoch_on_validation(small, mnist):
     from lbcnn.heads.finetune import finetune_head
