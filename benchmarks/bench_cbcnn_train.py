@@ -1,8 +1,10 @@
-"""CBCNN training-step speed: float32 (baseline) vs bfloat16 autocast, same run.
+"""CBCNN training-step speed, same run: float32 on NCHW tensors (the baseline),
+float32 on channels-last (NHWC) tensors, which training uses, and bfloat16
+autocast on channels-last.
 
 Times full optimizer steps (forward, squared hinge, backward, Adam, latent
-clipping) of a preset on random inputs, alternating the two precisions in
-rounds so that machine noise hits both alike. Prints one JSON object.
+clipping) of a preset on random inputs, alternating the variants in rounds so
+that machine noise hits all alike. Prints one JSON object.
 
     python benchmarks/bench_cbcnn_train.py --preset cbcnn32 --classes 43 --batch-size 100
 """
@@ -18,7 +20,7 @@ import time
 import torch
 
 from lbcnn.models.cbcnn import CBCNN, PRESETS
-from lbcnn.train_cbcnn import squared_hinge
+from lbcnn.train_cbcnn import TRAIN_FORMAT, squared_hinge
 
 
 def main() -> None:
@@ -36,31 +38,36 @@ def main() -> None:
     y = torch.randint(0, args.classes, (args.batch_size,), generator=gen)
     results = {}
     nets = {}
-    for precision in ("fp32", "bf16"):
+    variants = {"fp32_nchw": ("fp32", torch.contiguous_format),
+                "fp32": ("fp32", TRAIN_FORMAT), "bf16": ("bf16", TRAIN_FORMAT)}
+    for name, (_, fmt) in variants.items():
         torch.manual_seed(0)
         model = CBCNN(args.preset, None, None, shape, args.classes, False, None, "cpu")
-        nets[precision] = (model.net, torch.optim.Adam(model.net.parameters(), 1e-3))
-        results[precision] = []
+        model.net.to(memory_format=fmt)
+        nets[name] = (model.net, torch.optim.Adam(model.net.parameters(), 1e-3))
+        results[name] = []
 
-    def step(precision):
-        net, opt = nets[precision]
+    def step(name):
+        net, opt = nets[name]
+        precision, fmt = variants[name]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = net(x)
+            out = net(x.contiguous(memory_format=fmt))
         loss = squared_hinge(out.float(), y, args.classes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         net.clip_latent_()
 
-    for precision in nets:  # warm-up: allocator, oneDNN primitive caches
+    for name in nets:  # warm-up: allocator, oneDNN primitive caches
         for _ in range(3):
-            step(precision)
+            step(name)
     for _ in range(args.rounds):
-        for precision in nets:
+        for name in nets:
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                step(precision)
-            results[precision].append((time.perf_counter() - t0) / args.steps)
+                step(name)
+            results[name].append((time.perf_counter() - t0) / args.steps)
+    nchw = statistics.median(results["fp32_nchw"])
     fp32 = statistics.median(results["fp32"])
     bf16 = statistics.median(results["bf16"])
     print(json.dumps({
@@ -68,9 +75,9 @@ def main() -> None:
         "batch_size": args.batch_size, "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "seconds_per_step_fp32": fp32, "seconds_per_step_bf16": bf16,
-        "speedup_bf16_over_fp32": fp32 / bf16,
-        "rounds_fp32": results["fp32"], "rounds_bf16": results["bf16"]}))
+        "seconds_per_step_fp32_nchw": nchw, "seconds_per_step_fp32": fp32,
+        "seconds_per_step_bf16": bf16, "speedup_channels_last_over_nchw": nchw / fp32,
+        "speedup_bf16_over_fp32": fp32 / bf16, "rounds": results}))
 
 
 if __name__ == "__main__":

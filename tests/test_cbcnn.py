@@ -42,6 +42,9 @@ def test_ste_sign_forward_and_gradient_match_reference():
     ref = [gi if r else 0.0 for gi, r in zip(g.tolist(), [0, 1, 1, 1, 1, 1, 1, 0, 0])]
     assert x.grad.tolist() == ref
     assert get_quantizer("ste_sign") is ste_sign and SignSTE.apply is not None
+    # -0.0 >= 0, so it binarizes to +1 like 0.0 (the folded thresholds assume this); bf16 kept
+    neg0 = ste_sign(torch.tensor([-0.0, 0.0, -1e-30], dtype=torch.bfloat16))
+    assert neg0.dtype == torch.bfloat16 and neg0.tolist() == [1, 1, -1]
     with pytest.raises(ConfigError, match="unknown quantizer"):
         get_quantizer("dorefa")
 

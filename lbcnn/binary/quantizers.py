@@ -13,20 +13,23 @@ from ..errors import ConfigError
 
 
 def sign_pm1(x: torch.Tensor) -> torch.Tensor:
-    """-1/+1 with sign(0) = +1, same dtype as ``x``."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """-1/+1 with sign(0) = +1 (and -0.0 -> +1), same dtype as ``x``."""
+    # 2 * [x >= 0] - 1: two cheap in-place passes over a fresh tensor, where
+    # torch.where with two ones_like tensors was ~2x slower on CPU
+    return (x >= 0).to(x.dtype).mul_(2).sub_(1)
 
 
 class SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
+        # keep the 1-byte pass mask, not x: a quarter of the memory until backward
+        ctx.save_for_backward(x.abs() <= 1)
         return sign_pm1(x)
 
     @staticmethod
     def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        return grad_out * (x.abs() <= 1).to(grad_out.dtype)
+        (inside,) = ctx.saved_tensors
+        return grad_out * inside.to(grad_out.dtype)
 
 
 def ste_sign(x: torch.Tensor) -> torch.Tensor:
