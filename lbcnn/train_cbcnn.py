@@ -89,6 +89,8 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
     a2.plot(ep, [h["train_loss"] for h in history], "o-", ms=3, label="train")
     a2.plot(ep, [h["val_loss"] for h in history], "s-", ms=3, label="validation")
     a2.set_xlabel("epoch"); a2.set_ylabel("squared hinge loss"); a2.grid(alpha=0.3); a2.legend(fontsize=8)
+    if all(h["train_loss"] > 0 and h["val_loss"] > 0 for h in history):
+        a2.set_yscale("log")  # the first epochs' loss would flatten the rest of the curve
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save_fig(fig, path)
