@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from lbcnn import load_dataset
-from lbcnn.heads.quantize import apply_quantization, feature_mean
+from lbcnn.heads.quantize import apply_quantization, training_feature_mean
 from lbcnn.models.lbcnn import LBCNN
 from lbcnn.search import trial_seeds
 
@@ -54,7 +54,7 @@ def main() -> None:
         model = LBCNN(filters=filters, C=args.C, random_state=tseed,
                       input_scale=ds.input_scale, device="cpu").fit(x, y)
         pf = model.predict(ds.x_test)
-        mu = feature_mean(model, x)  # training images only
+        mu = training_feature_mean(model, x)  # training images only
         rows_q = {}
         for mode in MODES:
             q = LBCNN(**model.get_params())

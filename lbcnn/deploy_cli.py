@@ -147,7 +147,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from .heads.quantize import apply_quantization, feature_mean
+    from .heads.quantize import apply_quantization, training_feature_mean
     from .models.lbcnn import save_lbcnn
 
     model, src = load_model_arg(args.model)
@@ -158,7 +158,7 @@ def cmd_quantize(args) -> int:
     val_seen = bool(getattr(model, "meta_", {}).get("finetune", {}).get("refit_full"))
     before = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     # bias correction uses training images only (never validation or test)
-    mu = None if args.no_bias_correction else feature_mean(model, ds.x_train[tr])
+    mu = None if args.no_bias_correction else training_feature_mean(model, ds.x_train[tr])
     apply_quantization(model, args.bits, args.per_class, args.pow2, mu)
     after = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     meta = _carried_meta(model)

@@ -79,10 +79,11 @@ def test_bias_correction_moves_the_mean_rounding_error_into_the_bias(small, mnis
     vector equal the float head's up to the bias's own rounding; without it they
     are off by mu . (W - Wq), which for these all-positive features is large.
     On real images, fewer predictions change than without correction."""
-    from lbcnn.heads.quantize import apply_quantization, dequantize, feature_mean, quantize_head
+    from lbcnn.heads.quantize import (apply_quantization, dequantize, quantize_head,
+                                      training_feature_mean)
 
     x = mnist.x_train[:2000]
-    mu = feature_mean(small, x)
+    mu = training_feature_mean(small, x)
     h = small.forward_features(x).astype(np.float64)
     np.testing.assert_allclose(mu, h.mean(0), rtol=1e-6)
     meta, arr = quantize_head(small.coef_, small.intercept_, 4, feature_mean=mu)
@@ -482,6 +483,11 @@ def test_cli_quantize_export_info(small, tmp_path, capsys):
                  "--per-class", "--out", str(tmp_path / "q.npz"), "--json"]) == 0
     q = json.loads(capsys.readouterr().out)
     assert q["head"]["scale"] == "per_class"
+    assert q["head"]["bias_corrected"] is True  # on by default, from training images
+    assert _load(tmp_path / "q.npz").meta_["quantize"]["bias_correction_images"] == 54000
+    assert main(["quantize", str(tmp_path / "m.npz"), "--dataset", "mnist", "--bits", "8",
+                 "--no-bias-correction", "--out", str(tmp_path / "q0.npz"), "--json"]) == 0
+    assert "bias_corrected" not in json.loads(capsys.readouterr().out)["head"]
     assert abs(q["after"]["test_accuracy"] - q["before"]["test_accuracy"]) < 0.01
     assert main(["export", str(tmp_path / "q.npz"), "--format", "onnx",
                  "--out", str(tmp_path / "q.onnx"), "--json"]) == 0

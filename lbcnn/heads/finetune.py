@@ -86,7 +86,8 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
                   elm_full: bool = False, in_memory: bool | None = None,
                   weight_decay: float = 0.0, shift: int = 0, lr_schedule: str = "constant",
                   refit_full: bool = False, rotate: float = 0.0, zoom: float = 0.0,
-                  elastic: float = 0.0, elastic_sigma: float = 4.0, progress: bool = False, log=None) -> FinetuneResult:
+                  elastic: float = 0.0, elastic_sigma: float = 4.0, progress: bool = False,
+                  log=None) -> FinetuneResult:
     """Fine-tune ``model.coef_``/``intercept_`` in place; returns what happened.
 
     ``y_train``/``y_val`` are class labels (values of ``model.classes_``).
@@ -113,7 +114,8 @@ def finetune_head(model, x_train, y_train, x_val, y_val, *, epochs: int = 20,
     if rotate < 0 or not 0 <= zoom < 1:
         raise ConfigError(f"need rotate >= 0 and 0 <= zoom < 1, got {rotate} and {zoom}")
     if elastic < 0 or elastic_sigma <= 0:
-        raise ConfigError(f"need elastic >= 0 and elastic_sigma > 0, got {elastic} and {elastic_sigma}")
+        raise ConfigError(f"need elastic >= 0 and elastic_sigma > 0, "
+                          f"got {elastic} and {elastic_sigma}")
     if lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"lr_schedule must be constant or cosine, got {lr_schedule!r}")
     body = model.body_

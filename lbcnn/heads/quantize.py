@@ -17,8 +17,10 @@ are max-pooled sums, large and all positive, so the weights' rounding errors
 ``h . e``. Given the training features' mean ``mu``, the expected part
 ``mu . e`` is moved into the bias before the bias is quantized, leaving only
 ``(h - mu) . e``. On Olivetti 5,4 (100 kernel sets, paper split) this cut the
-8-bit head's changed test predictions from 36 to 9 of 15,000. Only the integers and scales are stored in the model file; the
-dequantized float head is what ``predict`` uses.
+8-bit head's changed test predictions from 36 to 9 of 15,000.
+
+Only the integers and scales are stored in the model file; the dequantized
+float head is what ``predict`` uses.
 """
 from __future__ import annotations
 
@@ -112,7 +114,7 @@ def head_from_arrays(meta: dict, arrays: dict):
     return w, b, kept
 
 
-def feature_mean(model, X, batch_size: int = 2048) -> np.ndarray:
+def training_feature_mean(model, X, batch_size: int = 2048) -> np.ndarray:
     """Mean feature vector of ``model``'s body over images ``X`` (float64, chunked)."""
     total, n = None, 0
     for _, _, f in model.body_.iter_transform(X, batch_size):
@@ -127,7 +129,7 @@ def feature_mean(model, X, batch_size: int = 2048) -> np.ndarray:
 def apply_quantization(model, bits: int = 8, per_class: bool = False, pow2: bool = False,
                        feature_mean: np.ndarray | None = None):
     """Quantize ``model``'s head in place; ``predict`` then uses the dequantized head.
-    ``feature_mean`` (from training images, e.g. ``feature_mean(model, x_train)``)
+    ``feature_mean`` (from training images: ``training_feature_mean(model, x_train)``)
     turns on bias correction."""
     if getattr(model, "head_meta_", {}).get("kind") == "fixed":
         raise ConfigError("the model head is already fixed point; quantize the float model")
