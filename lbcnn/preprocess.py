@@ -1,6 +1,7 @@
 """The CBCNN image compression block, usable by any family.
 
-1. RGB -> YUV, keep Y (BT.601 luma: 0.299 R + 0.587 G + 0.114 B);
+1. RGB -> YUV, keep Y (BT.601 luma: 0.299 R + 0.587 G + 0.114 B, rounded half
+   to even in exact integer arithmetic, so every runtime gets the same pixels);
 2. per-image histogram equalization (the paper's eq 1), uint8 -> uint8;
 3. per-image standardization ``(m - mu) / max(sigma, 1/sqrt(P))`` (eq 2),
    P the number of values in the image.
@@ -17,6 +18,10 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+# Y = round(s / 1000) with s = 299 R + 587 G + 114 B. In floating point the
+# exact halves (s % 1000 == 500) land either side of .5 depending on the
+# summation order, so numpy, onnxruntime and C would disagree on some pixels.
+LUMA_PERMILLE = np.array([299, 587, 114], dtype=np.int64)
 
 
 def _nhwc(x: np.ndarray, need_uint8: bool = True) -> np.ndarray:
@@ -31,14 +36,16 @@ def _nhwc(x: np.ndarray, need_uint8: bool = True) -> np.ndarray:
 
 
 def rgb_to_y(x: np.ndarray) -> np.ndarray:
-    """(n, H, W, 3) uint8 -> (n, H, W, 1) uint8 luma, rounded. One channel passes through."""
+    """(n, H, W, 3) uint8 -> (n, H, W, 1) uint8 luma, rounded half to even, exactly.
+    One channel passes through."""
     x = _nhwc(x)
     if x.shape[-1] == 1:
         return x
     if x.shape[-1] != 3:
         raise DataError(f"rgb_to_y needs 1 or 3 channels, got {x.shape[-1]}")
-    y = x.astype(np.float64) @ LUMA
-    return np.clip(np.rint(y), 0, 255).astype(np.uint8)[..., None]
+    q, r = np.divmod(x.astype(np.int64) @ LUMA_PERMILLE, 1000)
+    y = q + ((r > 500) | ((r == 500) & (q % 2 == 1)))
+    return y.astype(np.uint8)[..., None]  # at most 255: the weights sum to 1000
 
 
 def equalize_hist(x: np.ndarray) -> np.ndarray:

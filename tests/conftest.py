@@ -25,3 +25,9 @@ def mnist(data_dir):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def gtsrb(data_dir):
+    from lbcnn.data import load_dataset
+    return load_dataset("gtsrb")

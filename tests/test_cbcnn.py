@@ -268,13 +268,24 @@ def test_bad_configs_give_clear_errors(mnist_small):
 
 
 # -- preprocessing -----------------------------------------------------------------
-def test_rgb_to_y_matches_bt601():
+def test_rgb_to_y_matches_bt601_exactly_including_halves():
+    """Oracle: exact rational 0.299 R + 0.587 G + 0.114 B, Python's round (half to
+    even), on random pixels plus pixels whose luma is exactly k + 1/2 -- where a
+    float64 sum lands either side of .5 depending on its order."""
+    from fractions import Fraction
+
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(3, 4, 5, 3), dtype=np.uint8)
-    y = rgb_to_y(x)
-    r, g, b = (x[..., i].astype(float) for i in range(3))
-    assert y.shape == (3, 4, 5, 1)
-    assert np.array_equal(y[..., 0], np.rint(0.299 * r + 0.587 * g + 0.114 * b).astype(np.uint8))
+    pix = rng.integers(0, 256, size=(2000, 3))
+    r, g, b = np.meshgrid(np.arange(0, 256, 3), np.arange(0, 256, 2), np.arange(256), indexing="ij")
+    grid = np.stack([r.ravel(), g.ravel(), b.ravel()], 1)
+    halves = grid[(grid @ [299, 587, 114]) % 1000 == 500][:2000]
+    assert len(halves) == 2000
+    pix = np.concatenate([pix, halves]).astype(np.uint8)
+    y = rgb_to_y(pix.reshape(1, 1, -1, 3))
+    assert y.shape == (1, 1, 4000, 1) and y.dtype == np.uint8
+    want = [round(Fraction(299 * int(p[0]) + 587 * int(p[1]) + 114 * int(p[2]), 1000))
+            for p in pix]
+    assert y.ravel().tolist() == want
     assert rgb_to_y(np.array([[[[255, 255, 255]]]], np.uint8))[0, 0, 0, 0] == 255
 
 

@@ -119,9 +119,12 @@ def test_onnx_weights_are_exact_pm1(tiny):
     ({"standardize": True}, None),
     ({"y_channel": True}, 3),
     ({"y_channel": True}, 1),
+    ({"equalize": True}, None),
+    ({"y_channel": True, "equalize": True, "standardize": True}, 3),
 ])
 def test_onnx_preprocessing_matches(mnist, pre, channels):
-    """y_channel (BT.601 luma, rounded) and per-image standardize happen in the graph."""
+    """y_channel (BT.601 luma, rounded), histogram equalization and per-image
+    standardize happen in the graph."""
     from lbcnn.deploy.onnx_export import build_any
     from lbcnn.models.cbcnn import CBCNN
 
@@ -134,6 +137,30 @@ def test_onnx_preprocessing_matches(mnist, pre, channels):
     ref = model.decision_function(x)
     np.testing.assert_array_equal(logits.argmax(1), ref.argmax(1))
     np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_equalization_equals_equalize_hist_exactly(gtsrb):
+    """The graph's equalized image (an intermediate output) is bit-identical to
+    ``preprocess.equalize_hist`` after ``rgb_to_y``, on real GTSRB photos plus a
+    constant image and a two-level one (the edge cases of eq 1)."""
+    import onnx
+    from lbcnn.deploy.onnx_export import build_any
+    from lbcnn.models.cbcnn import CBCNN
+    from lbcnn.preprocess import equalize_hist, rgb_to_y
+
+    model = CBCNN(None, (4, 4), (), (32, 32, 1), 43,
+                  preprocess={"y_channel": True, "equalize": True, "standardize": True})
+    om = build_any(model, 3)
+    om.graph.output.append(onnx.helper.make_tensor_value_info(
+        "eq_f64", onnx.TensorProto.DOUBLE, ["N", 32, 32, 1]))
+    x = gtsrb.x_test[:300].copy()
+    x[0] = 90
+    x[1] = np.where(np.arange(32)[None, :, None] < 16, 40, 41)
+    got = _session(om).run(["eq_f64"], {"images": x})[0]
+    want = equalize_hist(rgb_to_y(x)).astype(np.float64)
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(got[0], x[0, :, :, :1])  # constant: unchanged
+    assert set(np.unique(got[1])) == {0.0, 255.0}
 
 
 def test_sign_of_zero_is_plus_one():
@@ -161,16 +188,14 @@ def test_unsupported_export_gets_a_clear_error(mnist, tmp_path, capsys):
     from lbcnn.models.cbcnn import CBCNN, save_cbcnn
     from lbcnn.models.hybrid import Hybrid
 
-    eq = CBCNN(None, (4, 4), (), (28, 28, 1), 10, preprocess={"equalize": True})
-    with pytest.raises(ConfigError, match="equalize"):
-        build_any(eq)
-    save_cbcnn(eq, tmp_path / "eq.npz")
-    rc, _, err = _cli(capsys, "export", tmp_path / "eq.npz", "--format", "onnx",
-                      "--out", tmp_path / "eq.onnx")
-    assert rc == 2 and "equalize" in err and "Traceback" not in err
-    assert not (tmp_path / "eq.onnx").exists()
+    scaled = CBCNN(None, (4, 4), (), (28, 28, 1), 10, scale=True)
     with pytest.raises(ConfigError, match="scale=False"):
-        build_any(CBCNN(None, (4, 4), (), (28, 28, 1), 10, scale=True))
+        build_any(scaled)
+    save_cbcnn(scaled, tmp_path / "scaled.npz")
+    rc, _, err = _cli(capsys, "export", tmp_path / "scaled.npz", "--format", "onnx",
+                      "--out", tmp_path / "scaled.onnx")
+    assert rc == 2 and "scale=False" in err and "Traceback" not in err
+    assert not (tmp_path / "scaled.onnx").exists()
     with pytest.raises(ConfigError, match="Hybrid"):
         build_any(Hybrid())
 

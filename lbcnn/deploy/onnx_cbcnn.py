@@ -5,13 +5,17 @@ uint8 NHWC ``(N, H, W, C)`` raw pixels; the graph does the preprocessing.
 Output ``logits``: float32 ``(N, classes)``, what ``CBCNN.decision_function``
 returns (argmax = the class index).
 
-- Preprocessing: ``y_channel`` is a ``MatMul`` with the BT.601 luma weights in
-  float64, then ``Round`` (half to even, as ``np.rint``) and ``Clip`` to
-  0..255, as ``preprocess.rgb_to_y`` (a 1-channel source passes through:
-  export with ``input_channels=1``); ``standardize`` is per image in float64
+- Preprocessing: ``y_channel`` is ``preprocess.rgb_to_y`` in int64:
+  ``s = 299 R + 587 G + 114 B``, then ``s / 1000`` rounded half to even with
+  ``Div`` / ``Mod`` (a 1-channel source passes through: export with
+  ``input_channels=1``); ``standardize`` is per image in float64
   with ``ReduceMean`` (eq 2, ``max(sigma, 1/sqrt(P))``); otherwise one ``Mul``
-  by ``input_scale`` in float32. ``equalize`` (per-image histogram
-  equalization) is not exported: ``ConfigError``.
+  by ``input_scale`` in float32. ``equalize`` (eq 1) runs per image and
+  channel in float64: ``cdf(v)`` counts the pixels ``<= v`` for the 256
+  levels (a ``LessOrEqual`` against a level vector, summed over the image:
+  P x 256 compares per image), then the same ``rint((cdf - cdf_min) /
+  (P - cdf_min) * 255)`` look-up table as ``preprocess.equalize_hist``,
+  applied with ``GatherElements``; a constant image passes unchanged.
 - Weights are int8 +-1 initializers and a ``Cast`` to float (exact).
 - Block = ``Conv`` 3x3 pad 1 -> ``MaxPool`` 2x2/2 -> BN -> sign. The first
   block's BN (real-valued input) is an explicit affine ``Mul`` + ``Add``
@@ -47,6 +51,43 @@ def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
     return alpha.numpy().astype(np.float32), shift.numpy().astype(np.float32)
 
 
+def _equalize(node, init, x64: str, H: int, W: int, C: int) -> str:
+    """Per-image, per-channel histogram equalization of float64 NHWC integers 0..255."""
+    from onnx import TensorProto
+
+    P = H * W
+    init("eq_levels", np.arange(256, dtype=np.float64))
+    init("eq_flat", np.array([0, 0, P, 1], np.int64))      # (N, C, P, 1)
+    init("eq_nchw", np.array([-1, C, H, W], np.int64))
+    init("eq_axis2", np.array([2], np.int64))
+    init("eq_axis3", np.array([3], np.int64))
+    init("eq_P", np.array(float(P), np.float64))
+    init("eq_one", np.array(1.0, np.float64))
+    init("eq_255", np.array(255.0, np.float64))
+    init("eq_lo", np.array(0.0, np.float64))
+    xc = node("Transpose", [x64], "eq_x_nchw", perm=[0, 3, 1, 2])
+    x4 = node("Reshape", [xc, "eq_flat"], "eq_x4")                       # (N, C, P, 1)
+    le = node("LessOrEqual", [x4, "eq_levels"], "eq_le")                   # (N, C, P, 256)
+    counts = node("Cast", [le], "eq_le_f", to=TensorProto.FLOAT)           # exact below 2^24
+    cdf = node("Cast", [node("ReduceSum", [counts, "eq_axis2"], "eq_cdf_f", keepdims=0)],
+               "eq_cdf", to=TensorProto.DOUBLE)                            # (N, C, 256)
+    x3 = node("Squeeze", [x4, "eq_axis3"], "eq_x3")                       # (N, C, P)
+    lowest = node("ReduceMin", [x3], "eq_min", axes=[2], keepdims=1)       # (N, C, 1)
+    at_min = node("Cast", [node("LessOrEqual", [x3, lowest], "eq_at_min_b")], "eq_at_min",
+                  to=TensorProto.DOUBLE)
+    cdf_min = node("ReduceSum", [at_min, "eq_axis2"], "eq_cdf_min", keepdims=1)
+    span = node("Max", [node("Sub", ["eq_P", cdf_min], "eq_span0"), "eq_one"], "eq_span")
+    ratio = node("Div", [node("Sub", [cdf, cdf_min], "eq_num"), span], "eq_ratio")
+    lut = node("Clip", [node("Round", [node("Mul", [ratio, "eq_255"], "eq_scaled")], "eq_rint"),
+                        "eq_lo", "eq_255"], "eq_lut")                       # (N, C, 256)
+    idx = node("Cast", [x3], "eq_idx", to=TensorProto.INT64)
+    mapped = node("GatherElements", [lut, idx], "eq_mapped", axis=2)        # (N, C, P)
+    constant = node("Equal", [cdf_min, "eq_P"], "eq_constant")             # P == cdf_min
+    out = node("Where", [constant, x3, mapped], "eq_out")
+    out = node("Reshape", [out, "eq_nchw"], "eq_out_nchw")
+    return node("Transpose", [out], "eq_f64", perm=[0, 2, 3, 1])
+
+
 def build_cbcnn_onnx(model, input_channels: int | None = None):
     """The ONNX ``ModelProto`` of a ``CBCNN`` estimator (checked with ``full_check``)."""
     onnx = import_onnx()
@@ -59,10 +100,6 @@ def build_cbcnn_onnx(model, input_channels: int | None = None):
     if net.scale:
         raise ConfigError("ONNX export of a CBCNN supports scale=False networks only "
                           "(+-1 weights without a per-channel scale H)")
-    if pre.equalize:
-        raise ConfigError("ONNX export does not support the 'equalize' preprocessing "
-                          "(per-image histogram equalization); equalize images before "
-                          "inference or use a model trained without it")
     H, W, C = net.input_shape
     if pre.y_channel:
         cin = 3 if input_channels is None else int(input_channels)
@@ -114,14 +151,25 @@ def build_cbcnn_onnx(model, input_channels: int | None = None):
     # -- preprocessing (NHWC) -------------------------------------------------
     cur = "images"
     if pre.y_channel and cin == 3:
-        init("luma", np.array([[0.299], [0.587], [0.114]], np.float64))
-        init("y_lo", np.array(0.0, np.float64))
-        init("y_hi", np.array(255.0, np.float64))
-        x64 = node("Cast", [cur], "x_f64", to=TensorProto.DOUBLE)
-        y = node("Round", [node("MatMul", [x64, "luma"], "y_raw")], "y_round")
-        cur = node("Clip", [y, "y_lo", "y_hi"], "y_f64")   # integers 0..255, exact in float
+        from ..preprocess import LUMA_PERMILLE
+        init("luma", LUMA_PERMILLE.reshape(1, 1, 1, 3))
+        for name, v in (("y_1000", 1000), ("y_500", 500), ("y_2", 2), ("y_1", 1), ("y_axis3", [3])):
+            init(name, np.array(v, np.int64))
+        xi = node("Cast", [cur], "x_i64", to=TensorProto.INT64)
+        s_ = node("ReduceSum", [node("Mul", [xi, "luma"], "y_terms"), "y_axis3"], "y_s", keepdims=1)
+        q = node("Div", [s_, "y_1000"], "y_q")                  # s >= 0: Div truncates = floor
+        r = node("Mod", [s_, "y_1000"], "y_r")
+        odd = node("Equal", [node("Mod", [q, "y_2"], "y_q2"), "y_1"], "y_q_odd")
+        up = node("Or", [node("Greater", [r, "y_500"], "y_above"),
+                         node("And", [node("Equal", [r, "y_500"], "y_half"), odd], "y_tie_up")],
+                  "y_up")
+        y = node("Add", [q, node("Cast", [up], "y_up_i", to=TensorProto.INT64)], "y_i64")
+        cur = node("Cast", [y], "y_f64", to=TensorProto.DOUBLE)  # integers 0..255, exact
+    if pre.equalize:
+        cur = _equalize(node, init, cur if cur != "images" else
+                        node("Cast", [cur], "x_f64", to=TensorProto.DOUBLE), H, W, C)
     if pre.standardize:
-        x64 = cur if cur == "y_f64" else node("Cast", [cur], "x_f64", to=TensorProto.DOUBLE)
+        x64 = cur if cur != "images" else node("Cast", [cur], "x_f64", to=TensorProto.DOUBLE)
         p = H * W * C
         init("std_floor", np.array(1.0 / np.sqrt(p), np.float64))
         mu = node("ReduceMean", [x64], "std_mu", axes=[1, 2, 3], keepdims=1)
