@@ -17,8 +17,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-# Y = round(s / 1000) with s = 299 R + 587 G + 114 B. In floating point the
+# BT.601 luma weights in thousandths: Y = round(s / 1000) with s = 299 R + 587 G + 114 B. In floating point the
 # exact halves (s % 1000 == 500) land either side of .5 depending on the
 # summation order, so numpy, onnxruntime and C would disagree on some pixels.
 LUMA_PERMILLE = np.array([299, 587, 114], dtype=np.int64)

@@ -25,7 +25,7 @@ from .preprocess import Preprocess
 
 CHECKPOINT = "checkpoint.pt"
 # NHWC activations: CPU max-pooling is ~10x faster than on NCHW and the convs a
-# little faster; a whole cbcnn32 training step is ~1.5x faster (bench_cbcnn_train.py).
+# little faster; a whole cbcnn32 training step is 1.36x faster (bench_cbcnn_train.py).
 # Values do not depend on the layout; the returned network is NCHW again.
 TRAIN_FORMAT = torch.channels_last
 
