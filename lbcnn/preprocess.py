@@ -17,9 +17,9 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 
-# BT.601 luma weights in thousandths: Y = round(s / 1000) with s = 299 R + 587 G + 114 B. In floating point the
-# exact halves (s % 1000 == 500) land either side of .5 depending on the
-# summation order, so numpy, onnxruntime and C would disagree on some pixels.
+# BT.601 luma weights in thousandths: Y = round(s / 1000), s = 299 R + 587 G + 114 B.
+# In floating point the exact halves (s % 1000 == 500) land either side of .5
+# depending on the summation order, so numpy, onnxruntime and C would disagree.
 LUMA_PERMILLE = np.array([299, 587, 114], dtype=np.int64)
 
 
