@@ -65,3 +65,15 @@ def load_model_file(path) -> tuple[dict, dict[str, np.ndarray]]:
     if int(config.get("version", 0)) > VERSION:
         raise DataError(f"{path} was written by a newer lbcnn (format version {config['version']})")
     return config, arrays
+
+
+def resolve_model_path(text) -> Path:
+    """A model file, or a run folder holding ``model.npz``."""
+    p = Path(text)
+    if p.is_dir():
+        if not (p / "model.npz").exists():
+            raise DataError(f"run folder {p} has no model.npz")
+        return p / "model.npz"
+    if not p.exists():
+        raise DataError(f"model file not found: {p}")
+    return p

@@ -517,7 +517,7 @@ def test_cli_finetune_run_folder(small, tmp_path, capsys):
 
 
 def test_finetune_validation_avoids_search_images(small, mnist):
-    from lbcnn.deploy_cli import finetune_split
+    from lbcnn.data.splits import finetune_split
 
     m = copy.deepcopy(small)
     m.meta_ = {"dataset": "mnist", "train_size": 3000, "seed": 0}

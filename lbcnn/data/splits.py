@@ -132,3 +132,49 @@ def kfold_ids(y: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None
         else:
             fold[units] = ids
     return fold
+
+
+def search_indices(ds, model):
+    """Training images the source run's search touched (fit + validation), or None."""
+    meta = getattr(model, "meta_", {})
+    if meta.get("dataset") != ds.name or meta.get("train_size") is None:
+        return None
+    tr, va = ds.split(int(meta["train_size"]), float(meta.get("val_fraction", 0.1)),
+                      int(meta.get("seed", 0)))
+    return np.union1d(tr, va)
+
+
+def finetune_split(ds, model, val_fraction: float, seed: int, log=None):
+    """(train, val, disjoint): train is the full training set minus val;
+    ``disjoint`` says how val avoids the search's images ("groups", "images", ...).
+
+    When the model came from a search on a subset, its kernels and ELM head
+    have seen those images, so validation is carved only from images the
+    search never touched (whole GTSRB tracks, so no near-duplicate frames
+    leak). Otherwise it is ``ds.split(None, val_fraction, seed)``.
+    """
+    used = search_indices(ds, model)
+    n = len(ds.y_train)
+    if used is not None:
+        free = np.ones(n, dtype=bool)
+        free[used] = False
+        n_val = int(round(n * val_fraction))
+        levels = [("images", free)]
+        if ds.groups_train is not None:
+            levels.insert(0, ("groups", free & ~np.isin(ds.groups_train, ds.groups_train[used])))
+        for level, mask in levels:
+            pool = np.flatnonzero(mask)
+            if len(pool) <= 2 * n_val or n_val == 0:
+                continue
+            if level == "images" and ds.groups_train is not None and log:
+                log("the search touched almost every track: validation holds no image the "
+                    "search used, but may hold other frames of the same tracks")
+            groups = ds.groups_train[pool] if ds.groups_train is not None else None
+            _, v = train_val_split(ds.y_train[pool], None, n_val / len(pool), seed, groups)
+            va = np.sort(pool[v])
+            tr = np.setdiff1d(np.arange(n), va, assume_unique=True)
+            return tr, va, level
+        if log:
+            log("the search used (almost) all training images: validation overlaps them")
+    tr, va = ds.split(None, val_fraction, seed)
+    return tr, va, "yes (no search subset)" if used is None else "no"

@@ -495,7 +495,7 @@ def cli_export_c(args) -> int:
     """``lbcnn export MODEL --format c --out DIR``."""
     import json
 
-    from ..deploy_cli import resolve_model_path
+    from ..io import resolve_model_path
     from ..engine.plan import compile_plan
 
     path = resolve_model_path(args.model)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .common import add_data_args, ints
 
 
-def add_train_parser(sub, ints, add_data_args) -> None:
+def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train a binarized CNN (cbcnn) or the hybrid end to end")
     t.add_argument("--model", required=True, choices=["cbcnn", "hybrid"])
     add_data_args(t)
@@ -47,10 +48,11 @@ def add_train_parser(sub, ints, add_data_args) -> None:
     h.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     h.add_argument("--lr", type=float, default=1e-3)
     h.add_argument("--patience", type=int, default=10)
+    t.set_defaults(func=run)
 
 
-def cmd_train(args) -> int:
-    from .data import load_dataset
+def run(args) -> int:
+    from ..data import load_dataset
 
     ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
     if args.model == "cbcnn":
@@ -68,7 +70,7 @@ def cmd_train(args) -> int:
 
 
 def _train_cbcnn(args, ds) -> dict:
-    from .train_cbcnn import train_cbcnn
+    from ..train_cbcnn import train_cbcnn
 
     pre = {"y_channel": args.y_channel, "equalize": args.equalize, "standardize": args.standardize,
            "input_scale": ds.input_scale}
@@ -79,7 +81,7 @@ def _train_cbcnn(args, ds) -> dict:
     if (blocks is None) != (dense is None) and preset is None:
         raise ConfigError("give both --blocks and --dense, or a --preset")
     if preset is not None and (blocks is None or dense is None):
-        from .models.cbcnn import PRESETS
+        from ..models.cbcnn import PRESETS
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         blocks = blocks or PRESETS[preset]["blocks"]
@@ -102,7 +104,7 @@ def _train_cbcnn(args, ds) -> dict:
 
 
 def _train_hybrid(args, ds) -> dict:
-    from .models.hybrid import Hybrid, save_hybrid
+    from ..models.hybrid import Hybrid, save_hybrid
 
     kernels = args.kernels
     if kernels not in ("paper", "lines", "random"):
@@ -127,7 +129,7 @@ def _train_hybrid(args, ds) -> dict:
                "epochs_run": len(model.history_), "best_val_accuracy": model.best_val_accuracy_,
                "test_accuracy": test_acc, "wall_seconds": model.fit_seconds_, "out": args.out}
     if args.out:
-        from .io import atomic_write_text
+        from ..io import atomic_write_text
         out = Path(args.out)
         save_hybrid(model, out / "model.npz", dataset=ds.name, test_accuracy=test_acc)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

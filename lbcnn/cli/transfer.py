@@ -1,8 +1,10 @@
 """``lbcnn transfer``: the CLI shell over ``lbcnn.transfer`` (imports torch lazily)."""
 from __future__ import annotations
 
+from .common import add_data_args
 
-def add_transfer_parser(sub, add_data_args) -> None:
+
+def add_parser(sub) -> None:
     t = sub.add_parser("transfer", help="freeze a trained CBCNN/LB-CNN body and train a new last "
                        "layer for another dataset")
     t.add_argument("--backbone", required=True, metavar="MODEL", help="model file or run folder")
@@ -26,14 +28,15 @@ def add_transfer_parser(sub, add_data_args) -> None:
                    help="also train the architecture from scratch, same data and wall-clock")
     t.add_argument("--out", help="folder for summary.json and head.npz")
     t.add_argument("--json", action="store_true")
+    t.set_defaults(func=run)
 
 
-def cmd_transfer(args) -> int:
+def run(args) -> int:
     import json
     import sys
 
-    from .data import load_dataset
-    from .transfer import summary, transfer
+    from ..data import load_dataset
+    from ..transfer import summary, transfer
 
     ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
     channels = "none" if args.no_convert else ("gray" if args.to_gray else "auto")

@@ -8,26 +8,83 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from .common import add_data_args
 
 # config keys that save_lbcnn writes itself; everything else is carried over
 _OWN_KEYS = {"format", "version", "family", "input_shape", "filters", "nl", "input_scale", "C",
              "classes", "head"}
 
 
-def resolve_model_path(text: str) -> Path:
-    p = Path(text)
-    if p.is_dir():
-        if not (p / "model.npz").exists():
-            raise DataError(f"run folder {p} has no model.npz")
-        return p / "model.npz"
-    if not p.exists():
-        raise DataError(f"model file not found: {p}")
-    return p
+def add_parser(sub) -> None:
+    f = sub.add_parser("finetune", help="fine-tune the output layer (kernels frozen) with Adam")
+    f.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder holding model.npz, or a model file")
+    add_data_args(f)
+    f.add_argument("--epochs", type=int, default=20)
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--lr", type=float, default=1e-4,
+                   help="Adam learning rate (on standardized features)")
+    f.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
+    f.add_argument("--weight-decay", type=float, default=0.0,
+                   help="decoupled weight decay (AdamW) on the standardized head; 0 = Adam")
+    f.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="cosine anneals the rate towards 0 over --epochs")
+    f.add_argument("--refit-full", action="store_true",
+                   help="after choosing the epoch on validation, retrain that many epochs from "
+                        "the same start on train + validation (the saved head has then seen it)")
+    f.add_argument("--shift", type=int, default=0,
+                   help="augment: move each training image by up to N pixels, fresh each epoch "
+                        "(features recomputed per epoch); 0 = off")
+    f.add_argument("--rotate", type=float, default=0.0,
+                   help="augment: random rotations up to this many degrees (with --shift/--zoom)")
+    f.add_argument("--zoom", type=float, default=0.0,
+                   help="augment: random zoom factor in [1 - Z, 1 + Z]")
+    f.add_argument("--elastic", type=float, default=0.0, metavar="ALPHA",
+                   help="augment: elastic distortion of up to ALPHA pixels before smoothing "
+                        "(Simard et al.; 34 with --elastic-sigma 4 for MNIST)")
+    f.add_argument("--elastic-sigma", type=float, default=4.0,
+                   help="smoothing of the elastic field, pixels")
+    f.add_argument("--val-fraction", type=float, default=0.1)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--elm-full", action="store_true",
+                   help="re-solve the ELM head on the full training split before fine-tuning")
+    f.add_argument("--stream", action="store_true", help="never hold features in memory")
+    f.add_argument("--out", required=True, help="output model file")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_finetune)
+
+    q = sub.add_parser("quantize", help="signed n-bit fixed-point head")
+    q.add_argument("model", metavar="RUN_OR_MODEL")
+    add_data_args(q)
+    q.add_argument("--bits", type=int, default=8)
+    q.add_argument("--per-class", action="store_true", help="one scale per output class")
+    q.add_argument("--pow2", action="store_true", help="power-of-two scales (shifts in hardware)")
+    q.add_argument("--no-bias-correction", action="store_true",
+                   help="do not fold the weights' mean rounding error (over the training "
+                        "images' features) into the bias")
+    q.add_argument("--val-fraction", type=float, default=0.1)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quantize)
+
+    x = sub.add_parser("export", help="write a model as Keras .h5, ONNX or integer-only C99")
+    x.add_argument("model", metavar="RUN_OR_MODEL")
+    x.add_argument("--format", required=True, choices=["h5", "onnx", "c"])
+    x.add_argument("--out", required=True)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("info", help="bit accounting: per-layer bits, MACs, file sizes")
+    i.add_argument("model", metavar="RUN_OR_MODEL")
+    i.add_argument("--no-sizes", action="store_true", help="skip the export size measurement")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
 
 
 def load_model_arg(text: str):
-    from .evaluate import load_any
+    from ..evaluate import load_any
+    from ..io import resolve_model_path
     path = resolve_model_path(text)
     return load_any(path), path
 
@@ -37,7 +94,7 @@ def _carried_meta(model) -> dict:
 
 
 def _dataset_for(model, args):
-    from .data import load_dataset
+    from ..data import load_dataset
     ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
     shape = tuple(model.body_.input_shape)
     if tuple(ds.input_shape) != shape:
@@ -52,57 +109,10 @@ def _acc(model, x, y) -> float:
     return float(np.mean(model.predict(x) == y)) if len(y) else float("nan")
 
 
-def search_indices(ds, model):
-    """Training images the source run's search touched (fit + validation), or None."""
-    meta = getattr(model, "meta_", {})
-    if meta.get("dataset") != ds.name or meta.get("train_size") is None:
-        return None
-    tr, va = ds.split(int(meta["train_size"]), float(meta.get("val_fraction", 0.1)),
-                      int(meta.get("seed", 0)))
-    return np.union1d(tr, va)
-
-
-def finetune_split(ds, model, val_fraction: float, seed: int, log=None):
-    """(train, val, disjoint): train is the full training set minus val;
-    ``disjoint`` says how val avoids the search's images ("groups", "images", ...).
-
-    When the model came from a search on a subset, its kernels and ELM head
-    have seen those images, so validation is carved only from images the
-    search never touched (whole GTSRB tracks, so no near-duplicate frames
-    leak). Otherwise it is ``ds.split(None, val_fraction, seed)``.
-    """
-    from .data.splits import train_val_split
-
-    used = search_indices(ds, model)
-    n = len(ds.y_train)
-    if used is not None:
-        free = np.ones(n, dtype=bool)
-        free[used] = False
-        n_val = int(round(n * val_fraction))
-        levels = [("images", free)]
-        if ds.groups_train is not None:
-            levels.insert(0, ("groups", free & ~np.isin(ds.groups_train, ds.groups_train[used])))
-        for level, mask in levels:
-            pool = np.flatnonzero(mask)
-            if len(pool) <= 2 * n_val or n_val == 0:
-                continue
-            if level == "images" and ds.groups_train is not None and log:
-                log("the search touched almost every track: validation holds no image the "
-                    "search used, but may hold other frames of the same tracks")
-            groups = ds.groups_train[pool] if ds.groups_train is not None else None
-            _, v = train_val_split(ds.y_train[pool], None, n_val / len(pool), seed, groups)
-            va = np.sort(pool[v])
-            tr = np.setdiff1d(np.arange(n), va, assume_unique=True)
-            return tr, va, level
-        if log:
-            log("the search used (almost) all training images: validation overlaps them")
-    tr, va = ds.split(None, val_fraction, seed)
-    return tr, va, "yes (no search subset)" if used is None else "no"
-
-
 def cmd_finetune(args) -> int:
-    from .heads.finetune import finetune_head
-    from .models.lbcnn import save_lbcnn
+    from ..data.splits import finetune_split
+    from ..heads.finetune import finetune_head
+    from ..models.lbcnn import save_lbcnn
 
     model, src = load_model_arg(args.model)
     if getattr(model, "head_meta_", {}).get("kind") == "fixed":
@@ -147,8 +157,9 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from .heads.quantize import apply_quantization, training_feature_mean
-    from .models.lbcnn import save_lbcnn
+    from ..data.splits import finetune_split
+    from ..heads.quantize import apply_quantization, training_feature_mean
+    from ..models.lbcnn import save_lbcnn
 
     model, src = load_model_arg(args.model)
     ds = _dataset_for(model, args)
@@ -192,27 +203,30 @@ _GRAY_DATASETS = {"mnist", "fashion_mnist", "olivetti"}
 def _raw_channels(model, path):
     """Input channels of the ONNX graph: only a CBCNN with ``y_channel`` needs this
     (3 = RGB, unless the file says it was trained on a gray built-in dataset)."""
-    from .deploy.onnx_export import is_cbcnn
+    from ..deploy.onnx_export import is_cbcnn
 
     if not is_cbcnn(model) or not model.preprocess.y_channel:
         return None
-    from .io import load_model_file
+    from ..io import load_model_file
     config, _ = load_model_file(path)
     return 1 if config.get("dataset") in _GRAY_DATASETS else 3
 
 
 def cmd_export(args) -> int:
+    if args.format == "c":  # integer-only C99
+        from ..deploy.c_export import cli_export_c
+        return cli_export_c(args)
     model, src = load_model_arg(args.model)
     t0 = time.perf_counter()
     if args.format == "h5":
-        from .deploy.keras_export import export_h5
-        from .deploy.onnx_export import is_cbcnn, is_hybrid
+        from ..deploy.keras_export import export_h5
+        from ..deploy.onnx_export import is_cbcnn, is_hybrid
         if is_cbcnn(model) or is_hybrid(model):
             raise ConfigError(f"Keras .h5 export is for LB-CNN models; export a "
                               f"{type(model).__name__} with --format onnx")
         path = export_h5(model, args.out)
     else:
-        from .deploy.onnx_export import export_onnx
+        from ..deploy.onnx_export import export_onnx
         path = export_onnx(model, args.out, _raw_channels(model, src))
     out = {"format": args.format, "source": str(src), "out": str(path),
            "bytes": path.stat().st_size, "seconds": time.perf_counter() - t0}
@@ -221,7 +235,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .deploy.accounting import account, render
+    from ..deploy.accounting import account, render
 
     model, src = load_model_arg(args.model)
     info = account(model, src, sizes=not args.no_sizes)

@@ -1,0 +1,87 @@
+"""The ``lbcnn`` command: a thin shell over the Python API.
+
+Every module in this package (except ``common``) is one or more subcommands:
+it exposes ``add_parser(sub)``, which adds its subparsers and sets
+``func`` on each, so a new command is a new module and nothing here changes.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from ..errors import LbcnnError
+
+# the order subcommands are listed in ``lbcnn --help``; modules not named here follow
+_ORDER = ("search", "optimize", "train", "deploy", "evaluate", "predict", "mcu", "transfer")
+
+
+def _command_modules() -> list[str]:
+    found = {m.name for m in pkgutil.iter_modules(__path__) if m.name != "common"}
+    return [n for n in _ORDER if n in found] + sorted(found - set(_ORDER))
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is argparse.SUPPRESS or isinstance(default, bool)
+                or "%(default)" in text or not action.option_strings):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
+        return f"{text} (default: {shown})".lstrip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="lbcnn", formatter_class=_Formatter,
+                                     description="Light binary CNNs for TinyML: search, optimize, "
+                                                 "train, evaluate and deploy.")
+    parser.add_argument("--version", action="version", version=f"lbcnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _inherit_formatter(sub)
+    for name in _command_modules():
+        module = importlib.import_module(f".{name}", __name__)
+        module.add_parser(sub)
+        for cmd, p in sub.choices.items():
+            if p.get_default("func") is None and hasattr(module, "run") and cmd == name:
+                p.set_defaults(func=module.run)
+    return parser
+
+
+def _inherit_formatter(sub) -> None:
+    """Every subcommand shows defaults and its help as its description."""
+    plain = sub.add_parser
+
+    def add_parser(name, **kw):
+        kw.setdefault("formatter_class", _Formatter)
+        if "help" in kw:
+            kw.setdefault("description", kw["help"][:1].upper() + kw["help"][1:] + ".")
+        return plain(name, **kw)
+
+    sub.add_parser = add_parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LbcnnError as exc:
+        print(f"lbcnn: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("lbcnn: error: out of memory; use fewer filters or a smaller --train-size",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lbcnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
