@@ -13,12 +13,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..binary.layers import BinaryActivation, BinaryConv2d, BinaryLinear, clip_all_latent_
 from ..binary.quantizers import sign_pm1
 from ..errors import ConfigError, DataError
 from ..preprocess import Preprocess
 from . import register_model
+from ._sk import (EAGER_NET, PER_CLASS_SCORES, InputError, as_value_error, classifier_tags,
+                  load_estimator, save_estimator, softmax, validate_images, validate_targets)
 
 # cbcnn28/32 are the issue's three-block layout. The paper's reported sizes (0.48 M for
 # 28x28x1 with 10 classes, 0.59 M for 32x32x1 with 43) are what a fourth 128-wide block
@@ -224,89 +227,227 @@ def folded_forward(net: CBCNNNet, x: torch.Tensor, return_bits: bool = False):
 
 
 # -- estimator --------------------------------------------------------------
-class CBCNN:
-    """Estimator around ``CBCNNNet``: uint8 NHWC images in, labels out."""
+class CBCNN(ClassifierMixin, BaseEstimator):
+    """scikit-learn estimator around ``CBCNNNet``: images (or flattened rows) in, labels out.
+
+    The network is built at construction from ``preset`` / ``blocks`` / ``dense`` /
+    ``input_shape`` / ``n_classes`` (randomly initialized, usable by the exporters
+    and the integer engine) and rebuilt by ``fit`` for the data's shape and
+    classes, then trained by ``train_cbcnn`` for ``epochs`` with a ``val_fraction``
+    split carved from the data (best-validation epoch kept). uint8 images go
+    through ``preprocess``; float images are taken as preprocessed network input.
+    Flattened rows ``(n, H*W*C)`` are reshaped with ``input_shape`` (or the
+    preset's), else laid out square (see ``lbcnn.models._sk``).
+    Learned state: ``net`` (trained), ``classes_``, ``history_``, ``input_shape_``,
+    ``n_features_in_``.
+    """
+
+    _OWN_CONFIG_KEYS = ("preset", "net", "preprocess", "classes")
+    _expected_failed_checks = {"check_classifiers_train": PER_CLASS_SCORES,
+                               "check_classifiers_classes": PER_CLASS_SCORES,
+                               "check_decision_proba_consistency": PER_CLASS_SCORES,
+                               "check_estimators_unfitted": EAGER_NET,
+                               "check_do_not_raise_errors_in_init_or_set_params": EAGER_NET}
 
     def __init__(self, preset: str | None = "cbcnn28", blocks=None, dense=None, input_shape=None,
-                 n_classes: int = 10, scale: bool = False, preprocess=None, device=None):
+                 n_classes: int = 10, scale: bool = False, preprocess=None, device=None,
+                 epochs: int = 10, batch_size: int = 100, lr_start: float = 1e-3,
+                 lr_end: float = 1e-4, val_fraction: float = 0.1, random_state: int = 0,
+                 verbose: bool = False):
+        self.preset = preset
+        self.blocks = blocks
+        self.dense = dense
+        self.input_shape = input_shape
+        self.n_classes = n_classes
+        self.scale = scale
+        self.preprocess = preprocess
+        self.device = device
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr_start = lr_start
+        self.lr_end = lr_end
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.verbose = verbose
         if preset and preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        cfg = dict(PRESETS[preset]) if preset else {}
-        if blocks is not None:
-            cfg["blocks"] = blocks
-        if dense is not None:
-            cfg["dense"] = dense
-        if input_shape is not None:
-            cfg["input_shape"] = input_shape
-        if "input_shape" not in cfg:
-            raise ConfigError("give a preset or an input_shape")
+        cfg = self._arch()
+        self._net = None
+        if cfg["input_shape"] is not None:
+            self._net = CBCNNNet(cfg["input_shape"], cfg["blocks"], cfg["dense"], n_classes, scale)
+            self._net.to(self.device)
+
+    # ``preprocess`` and ``device`` are hyperparameters as given (what get_params and
+    # clone see) and resolved objects for the rest of lbcnn (``model.preprocess.y_channel``)
+    @property
+    def preprocess(self) -> Preprocess:
+        return self._preprocess
+
+    @preprocess.setter
+    def preprocess(self, value):
+        self._preprocess_param = value
+        self._preprocess = Preprocess.from_dict(value)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @device.setter
+    def device(self, value):
+        self._device_param = value
+        self._device = torch.device(value) if value else torch.device("cpu")
+
+    @property
+    def net(self) -> CBCNNNet:
+        if self._net is None:
+            raise AttributeError("this CBCNN has no network yet: give a preset or input_shape, "
+                                 "or fit it")
+        return self._net
+
+    @net.setter
+    def net(self, value):
+        self._net = value
+
+    def get_params(self, deep=True):
+        params = super().get_params(deep)
+        params["preprocess"] = self._preprocess_param
+        params["device"] = self._device_param
+        return params
+
+    def __sklearn_tags__(self):
+        return classifier_tags(super().__sklearn_tags__(), poor_score=True)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "classes_")
+
+    def _arch(self) -> dict:
+        cfg = dict(PRESETS[self.preset]) if self.preset in PRESETS else {}
+        for key in ("blocks", "dense", "input_shape"):
+            if getattr(self, key) is not None:
+                cfg[key] = getattr(self, key)
         cfg.setdefault("blocks", (128, 128, 128))
         cfg.setdefault("dense", (256,))
-        self.preset = preset
-        self.preprocess = Preprocess.from_dict(preprocess)
-        self.device = torch.device(device) if device else torch.device("cpu")
-        self.net = CBCNNNet(cfg["input_shape"], cfg["blocks"], cfg["dense"], n_classes, scale)
-        self.net.to(self.device)
+        cfg.setdefault("input_shape", None)
+        return cfg
 
-    @property
-    def n_classes(self):
-        return self.net.n_classes
+    def _min_side(self) -> int:
+        try:
+            return 2 ** len(_widths(self._arch()["blocks"], "blocks", allow_empty=False))
+        except ConfigError as exc:
+            raise as_value_error(exc) from None
 
-    @property
-    def input_shape(self):
-        """Raw image shape the preprocessing expects (channels before Y conversion)."""
-        return self.net.input_shape
+    def _images(self, X, reset: bool) -> np.ndarray:
+        """Validated uint8/float NHWC images (raw: preprocessing happens in ``to_tensor``)."""
+        if reset:
+            shape = self._arch()["input_shape"]
+        else:
+            shape = self._net.input_shape if self._net is not None else None
+        alt = (3,) if self.preprocess.y_channel else ()
+        return validate_images(self, X, reset=reset, input_shape=shape,
+                               min_side=self._min_side(), alt_channels=alt)
 
     def to_tensor(self, X) -> torch.Tensor:
         X = np.asarray(X)
         if X.ndim == 3:
             X = X[..., None]
         if X.ndim != 4:
-            raise DataError(f"images must have shape (n, H, W) or (n, H, W, C), got {X.shape}")
+            raise InputError(f"images must have shape (n, H, W) or (n, H, W, C), got {X.shape}")
         x = self.preprocess.apply(X) if X.dtype == np.uint8 else X.astype(np.float32)
         if tuple(x.shape[1:]) != tuple(self.net.input_shape):
-            raise DataError(f"images have shape {tuple(x.shape[1:])} after preprocessing but the "
-                            f"model expects {tuple(self.net.input_shape)} (H, W, C)")
+            raise InputError(f"images have shape {tuple(x.shape[1:])} after preprocessing but the "
+                             f"model expects {tuple(self.net.input_shape)} (H, W, C)")
         return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).to(self.device)
 
     @torch.no_grad()
     def decision_function(self, X, batch_size: int = 512) -> np.ndarray:
+        """Per-class scores (n, k): the final BN's outputs."""
+        X = self._images(X, reset=False)
         self.net.eval()
         outs = [self.net(self.to_tensor(X[i:i + batch_size])).cpu().numpy()
                 for i in range(0, len(X), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, self.n_classes), np.float32)
+        return np.concatenate(outs) if outs else np.zeros((0, self.net.n_classes), np.float32)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Softmax of the per-class scores: rows sum to 1, argmax is ``predict``;
+        a ranking, not a calibrated probability."""
+        return softmax(self.decision_function(X))
 
     def predict(self, X) -> np.ndarray:
-        return self.decision_function(X).argmax(1)
-
-    def score(self, X, y) -> float:
-        return float(np.mean(self.predict(X) == np.asarray(y)))
+        """Labels (``classes_``; class indices for a network that was never fitted)."""
+        idx = self.decision_function(X).argmax(1)
+        classes = getattr(self, "classes_", None)
+        return idx if classes is None else classes[idx]
 
     @torch.no_grad()
     def forward_features(self, X) -> np.ndarray:
         self.net.eval()
-        return self.net.forward_features(self.to_tensor(X)).cpu().numpy()
+        return self.net.forward_features(self.to_tensor(self._images(X, reset=False))).cpu().numpy()
 
     def reset_classifier(self, num_classes: int):
         self.net.reset_classifier(num_classes)
         self.net.to(self.device)
+        if hasattr(self, "classes_"):
+            self.classes_ = np.arange(num_classes)
         return self
 
     def fit(self, X, y, **train_kwargs):
-        """Train on arrays (a validation split is carved from them); see ``train_cbcnn``."""
+        """Build a fresh network for ``X``'s shape and ``y``'s classes and train it with
+        ``train_cbcnn`` (``train_kwargs`` override the estimator's own settings)."""
         from ..data import Dataset
         from ..train_cbcnn import train_cbcnn
 
-        X = np.asarray(X)
-        X = X[..., None] if X.ndim == 3 else X
-        y = np.asarray(y, dtype=np.int64)
-        ds = Dataset("arrays", X, y, X[:0], y[:0], self.n_classes)
-        result = train_cbcnn(ds, model=self, **train_kwargs)
+        X = self._images(X, reset=True)
+        classes, y_idx = validate_targets(y, len(X))
+        if len(classes) < 2:
+            raise InputError(f"a CBCNN needs at least 2 classes to train; y has 1 class "
+                             f"({classes[0]!r})")
+        cfg = self._arch()
+        h, w, c = X.shape[1:]
+        shape = (h, w, self.preprocess.out_channels(c)) if X.dtype == np.uint8 else (h, w, c)
+        if cfg["input_shape"] is not None and tuple(shape) != tuple(cfg["input_shape"]):
+            raise InputError(f"images have shape {tuple(shape)} (after preprocessing) but this "
+                             f"CBCNN is set up for {tuple(cfg['input_shape'])}; pass "
+                             f"preset=None, input_shape=None to take the data's shape")
+        seed = (int(np.random.SeedSequence().entropy % 2**31) if self.random_state is None
+                else int(self.random_state))
+        try:
+            with torch.random.fork_rng(devices=[]):  # the same seed gives the same network
+                torch.manual_seed(seed)
+                net = CBCNNNet(shape, cfg["blocks"], cfg["dense"], len(classes), self.scale)
+        except ConfigError as exc:
+            raise as_value_error(exc) from None
+        self._net = net.to(self.device)
+        self.classes_ = classes
+        kwargs = {"epochs": self.epochs, "batch_size": self.batch_size, "lr_start": self.lr_start,
+                  "lr_end": self.lr_end, "val_fraction": self.val_fraction,
+                  "seed": seed, "progress": self.verbose, "device": self._device}
+        kwargs.update(train_kwargs)
+        ds = Dataset("arrays", X, y_idx.astype(np.int64), X[:0], y_idx[:0].astype(np.int64),
+                     len(classes))
+        device_param = self._device_param
+        try:
+            result = train_cbcnn(ds, model=self, **kwargs)
+        except (DataError, ConfigError) as exc:
+            raise as_value_error(exc) from None
+        finally:  # train_cbcnn sets model.device; the hyperparameter stays as given
+            self._device_param = device_param
         self.history_ = result["history"]
         return self
 
     def profile(self) -> list[dict]:
         return self.net.profile()
+
+    def save(self, path) -> None:
+        """Write the native ``.npz`` model file (``CBCNN.load`` reads it back)."""
+        save_estimator(self, path)
+
+    @classmethod
+    def load(cls, path) -> "CBCNN":
+        """Read a native CBCNN model file or run folder."""
+        return load_estimator(cls, path)
+
+    def _save_native(self, path, **meta) -> None:
+        save_cbcnn(self, path, **meta)
 
 
 register_model("cbcnn", CBCNN)
@@ -324,6 +465,8 @@ def save_cbcnn(model: CBCNN, path, **meta) -> None:
             arrays[k] = v.numpy()
     config = {"family": "cbcnn", "preset": model.preset, "net": model.net.config(),
               "preprocess": model.preprocess.to_dict(), **meta}
+    if hasattr(model, "classes_"):
+        config["classes"] = [c.item() if hasattr(c, "item") else c for c in model.classes_]
     save_model_file(path, config, arrays)
 
 
@@ -341,4 +484,10 @@ def load_cbcnn(config: dict, arrays: dict) -> CBCNN:
     model.net.load_state_dict({k: torch.as_tensor(np.asarray(arrays[k])).to(sd[k].dtype)
                                for k in sd})
     model.net.eval()
+    classes = config.get("classes")
+    model.classes_ = np.array(classes) if classes is not None else np.arange(model.net.n_classes)
+    if not model.preprocess.y_channel:  # else raw images may have 1 or 3 channels
+        model.input_shape_ = tuple(model.net.input_shape)
+        model.n_features_in_ = int(np.prod(model.net.input_shape))
+    model.meta_ = config
     return model

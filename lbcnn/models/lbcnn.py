@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from ..binary import native
 from ..binary.kernels import random_sign_kernels, sign_kernels_to_taps, sign_kernels_to_torch
@@ -20,6 +22,8 @@ from ..errors import ConfigError, DataError
 from ..heads.elm import RidgeAccumulator, one_vs_rest_targets, solve_dual
 from ..memory import human_bytes, require
 from . import register_model
+from ._sk import (PER_CLASS_SCORES, ParamError, as_value_error, classifier_tags, load_estimator, save_estimator,
+                  softmax, validate_images, validate_targets)
 
 MAX_LAYERS = 3
 _SCRATCH_POOL: list[np.ndarray] = []
@@ -212,17 +216,26 @@ class LBCNNBody:
         return out
 
 
-class LBCNN:
-    """scikit-learn-style LB-CNN classifier.
+class LBCNN(ClassifierMixin, BaseEstimator):
+    """scikit-learn LB-CNN classifier.
 
     >>> LBCNN(filters=(40, 4), C=1e-3, random_state=0).fit(X, y).predict(X)
 
+    ``X`` is uint8 or float images ``(n, H, W[, C])`` or flattened rows
+    ``(n, H*W*C)`` reshaped with ``input_shape`` (see ``lbcnn.models._sk``).
     ``random_state`` seeds the +-1 kernels; the head is solved in closed form.
-    Learned state: ``body_``, ``coef_`` (d, k), ``intercept_`` (k,), ``classes_``.
+    Learned state: ``body_``, ``coef_`` (d, k), ``intercept_`` (k,), ``classes_``,
+    ``input_shape_``, ``n_features_in_``.
     """
 
+    _OWN_CONFIG_KEYS = ("input_shape", "filters", "nl", "input_scale", "C", "classes", "head")
+    _expected_failed_checks = {"check_classifiers_train": PER_CLASS_SCORES,
+                               "check_classifiers_classes": PER_CLASS_SCORES,
+                               "check_decision_proba_consistency": PER_CLASS_SCORES}
+
     def __init__(self, filters=(40, 4), nl: int = 1, C: float = 1e-3, random_state: int = 0,
-                 input_scale: float | None = None, batch_size: int = 2048, device=None):
+                 input_scale: float | None = None, batch_size: int = 2048, device=None,
+                 input_shape=None):
         self.filters = filters
         self.nl = nl
         self.C = C
@@ -230,41 +243,38 @@ class LBCNN:
         self.input_scale = input_scale
         self.batch_size = batch_size
         self.device = device
+        self.input_shape = input_shape
 
-    # scikit-learn's parameter protocol, without depending on it
-    def get_params(self, deep=True):
-        return {k: getattr(self, k) for k in
-                ("filters", "nl", "C", "random_state", "input_scale", "batch_size", "device")}
-
-    def set_params(self, **params):
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ConfigError(f"unknown parameter {k!r}")
-            setattr(self, k, v)
-        return self
+    def __sklearn_tags__(self):
+        return classifier_tags(super().__sklearn_tags__(), poor_score=True)
 
     def _device(self):
         from ..settings import default_device
         return torch.device(self.device) if self.device is not None else default_device()
 
+    def _images(self, X, reset: bool) -> np.ndarray:
+        shape = self.input_shape if reset else getattr(self.body_, "input_shape", None)
+        return validate_images(self, X, reset=reset, input_shape=shape)
+
     def fit(self, X, y, body: LBCNNBody | None = None):
-        X = as_nhwc(X)
-        y = np.asarray(y)
-        if len(X) != len(y):
-            raise DataError(f"{len(X)} images but {len(y)} labels")
-        if self.C <= 0:
-            raise ConfigError(f"C must be positive, got {self.C}")
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        X = self._images(X, reset=True)
+        self.classes_, y_idx = validate_targets(y, len(X))
+        if not (isinstance(self.C, (int, float, np.number)) and self.C > 0):
+            raise ParamError(f"C must be a positive number, got {self.C!r}")
         scale = self.input_scale if self.input_scale is not None else 1.0 / 255.0
-        self.body_ = body if body is not None else LBCNNBody.random(
-            X.shape[1:], self.filters, self.nl, self.random_state, scale)
-        self.coef_, self.solver_ = fit_elm(self.body_, X, y_idx, len(self.classes_), self.C,
-                                           self.batch_size, self._device())
+        try:
+            self.body_ = body if body is not None else LBCNNBody.random(
+                X.shape[1:], self.filters, self.nl, self.random_state, scale)
+            self.coef_, self.solver_ = fit_elm(self.body_, X, y_idx, len(self.classes_), self.C,
+                                               self.batch_size, self._device())
+        except (DataError, ConfigError) as exc:
+            raise as_value_error(exc) from None
         self.intercept_ = np.zeros(len(self.classes_), dtype=np.float32)
         return self
 
     def forward_features(self, X) -> np.ndarray:
-        return self.body_.transform(X, self.batch_size, self._device())
+        check_is_fitted(self, "body_")
+        return self.body_.transform(self._images(X, reset=False), self.batch_size, self._device())
 
     def reset_classifier(self, num_classes: int):
         self.coef_ = np.zeros((self.body_.n_features, num_classes), dtype=np.float32)
@@ -273,16 +283,36 @@ class LBCNN:
         return self
 
     def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = self._images(X, reset=False)
         out = np.empty((len(X), self.coef_.shape[1]), dtype=np.float32)
-        for a, b, f in self.body_.iter_transform(X, self.batch_size, self._device()):
-            out[a:b] = f @ self.coef_ + self.intercept_
+        try:
+            for a, b, f in self.body_.iter_transform(X, self.batch_size, self._device()):
+                out[a:b] = f @ self.coef_ + self.intercept_
+        except DataError as exc:
+            raise as_value_error(exc) from None
         return out
 
+    def predict_proba(self, X) -> np.ndarray:
+        """Softmax of the ELM's one-vs-rest scores: sums to 1 per row and its argmax is
+        ``predict``; a ranking, not a calibrated probability."""
+        return softmax(self.decision_function(X))
+
     def predict(self, X) -> np.ndarray:
+        check_is_fitted(self)
         return self.classes_[self.decision_function(X).argmax(1)]
 
-    def score(self, X, y) -> float:
-        return float((self.predict(X) == np.asarray(y)).mean())
+    def save(self, path) -> None:
+        """Write the native ``.npz`` model file (``LBCNN.load`` reads it back)."""
+        save_estimator(self, path)
+
+    @classmethod
+    def load(cls, path) -> "LBCNN":
+        """Read a native LB-CNN model file or run folder."""
+        return load_estimator(cls, path)
+
+    def _save_native(self, path, **meta) -> None:
+        save_lbcnn(self, path, **meta)
 
 
 def fit_elm(body: LBCNNBody, X: np.ndarray, y_idx: np.ndarray, n_classes: int, C: float,
@@ -389,4 +419,6 @@ def load_lbcnn(config: dict, arrays: dict) -> LBCNN:
     model.classes_ = np.array(config["classes"])
     model.head_meta_ = config.get("head", {"kind": "float32"})
     model.meta_ = config
+    model.input_shape_ = tuple(body.input_shape)
+    model.n_features_in_ = int(np.prod(body.input_shape))
     return model
