@@ -1,0 +1,136 @@
+"""``lbcnn optimize``: the Pareto front of accuracy against size (and MACs)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_data_args, ints
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _bits(text: str) -> tuple[int, ...]:
+    out = []
+    for t in (t.strip().lower() for t in text.split(",") if t.strip()):
+        if t in ("float32", "float", "f32", "32"):
+            out.append(32)
+            continue
+        try:
+            out.append(int(t))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"head bits are float32 or integers, got {t!r}") from None
+    return tuple(out)
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(t.strip().lower() for t in text.split(",") if t.strip())
+
+
+def add_parser(sub) -> None:
+    from ..optimize.space import DEFAULT_MULTIPLIERS, HEAD_BITS, SearchSpace
+
+    d = SearchSpace()
+    s = sub.add_parser("optimize", help="multi-objective search over architecture, head bits and "
+                       "C: the Pareto front of validation accuracy against kbits (and MACs)")
+    add_data_args(s)
+    s.add_argument("--train-size", type=int,
+                   help="labelled training images the run may use (fit + validation)")
+    s.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the budget held out to rank configurations")
+    s.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="rank by K-fold cross-validation over the whole budget (tiny datasets; "
+                        "one rung, no pruning); 0 = one validation split")
+    s.add_argument("--minutes", type=float, default=30.0,
+                   help="search time budget; no bracket starts that would overrun it "
+                        "(the final refits come on top)")
+    s.add_argument("--max-configs", type=int,
+                   help="stop after this many configurations instead of by time")
+    s.add_argument("--out", required=True, help="run folder: study.db, trials.csv, front.csv/json/png, models/")
+    s.add_argument("--objectives", default="accuracy,kbits",
+                   help="comma-separated from accuracy (validation, quantized head), kbits "
+                        "(as lbcnn info counts them), macs")
+    s.add_argument("--max-kbits", type=float,
+                   help="only models up to this size are trained and may join the front")
+    g = s.add_argument_group("search space")
+    g.add_argument("--layers", type=ints, default=d.layers, help="allowed layer counts (1-3)")
+    for i, m in enumerate(DEFAULT_MULTIPLIERS):
+        g.add_argument(f"--nf{i + 1}", type=ints, default=m,
+                       help=f"allowed depth multipliers of layer {i + 1}")
+    g.add_argument("--nl", type=ints, default=d.nl, help="allowed nonlinearity indices")
+    g.add_argument("--C-range", type=_floats, default=d.C, metavar="LOW,HIGH",
+                   help="log-uniform range of the ridge C (one value fixes it)")
+    g.add_argument("--bits", type=_bits, default=HEAD_BITS,
+                   help="allowed head precisions: float32 and/or integer bits "
+                        "(bias-corrected quantization)")
+    g.add_argument("--color", type=_words, default=d.color,
+                   help="for colour data: rgb and/or y (BT.601 luma; the saved model then "
+                        "takes Y images)")
+    g.add_argument("--max-features", type=int, default=d.max_features,
+                   help="largest feature count (bounds the Gram matrix / fit time)")
+    f = s.add_argument_group("multi-fidelity")
+    f.add_argument("--rungs", type=ints, default=(1000, 3000),
+                   help="training images per lower rung; the last rung is the whole fit set")
+    f.add_argument("--eta", type=int, default=3, help="keep 1/eta of each rung")
+    f.add_argument("--bracket", type=int,
+                   help="configurations per bracket (default 3*eta^(rungs-1))")
+    f.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"],
+                   help="Optuna multi-objective sampler")
+    r = s.add_argument_group("scale-out and persistence")
+    r.add_argument("--workers", type=int, default=0,
+                   help="run trials on a local Ray cluster of N CPUs (0: in this process)")
+    r.add_argument("--ray", metavar="ADDRESS", help="join an existing Ray cluster (HOST:PORT or auto)")
+    r.add_argument("--storage", metavar="URL",
+                   help="shared study database, e.g. postgresql://user:pass@host/db "
+                        "(default: SQLite in the run folder)")
+    r.add_argument("--study-name", help="study to create or join in --storage")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the study in --out (trials in flight when it stopped are redone)")
+    r.add_argument("--force", action="store_true", help="start over in a non-empty --out")
+    s.add_argument("--seed", type=int, default=0, help="data split, sampler and kernel seeds")
+    s.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import ConfigError
+    from ..optimize import SearchSpace, optimize
+
+    C = tuple(args.C_range)
+    if len(C) == 1:
+        C = (C[0], C[0])
+    if len(C) != 2:
+        raise ConfigError(f"--C-range takes LOW,HIGH or one value, got {args.C_range}")
+    space = SearchSpace(layers=args.layers, multipliers=(args.nf1, args.nf2, args.nf3), nl=args.nl,
+                        C=C, bits=args.bits, color=args.color, max_features=args.max_features)
+    quiet = args.json
+    log = None if quiet else (lambda m: print(m, file=sys.stderr))
+    res = optimize(args.dataset, train_size=args.train_size, minutes=args.minutes, out=args.out,
+                   objectives=args.objectives, max_kbits=args.max_kbits, space=space,
+                   rungs=args.rungs, eta=args.eta, bracket=args.bracket, cv=args.cv,
+                   val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
+                   ray_address=args.ray, storage=args.storage, study_name=args.study_name,
+                   resume=args.resume, force=args.force, sampler=args.sampler,
+                   max_configs=args.max_configs, data_path=args.data_path, split=args.split,
+                   progress=not quiet, log=log)
+    if args.json:
+        from ..outputs import strict_json
+        print(strict_json(res.summary))
+        return 0
+    from rich.console import Console
+
+    from ..optimize.report import front_table
+    s = res.summary
+    con = Console()
+    con.print(front_table(res.front, f"{s['dataset']}: Pareto front of {s['trials']} "
+                                     f"configurations ({s['pruned']} pruned)"))
+    for r in s["rungs_detail"]:
+        con.print(f"rung {r['rung']} ({r['n_train']:,} images): {r['configs']} configs, "
+                  f"{r['pruned']} pruned, {r['seconds']:.0f} s")
+    con.print(f"search {s['seconds_search']:.0f} s, total {s['seconds']:.0f} s; run folder: "
+              f"{args.out} (front.csv/json/png, trials.csv, models/)")
+    return 0

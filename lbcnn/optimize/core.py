@@ -1,0 +1,381 @@
+"""``optimize``: a multi-objective, multi-fidelity architecture search.
+
+Each bracket asks the study for a batch of configurations, scores them all on
+a small share of the training budget, keeps the best third by Pareto rank
+then crowding distance, scores those on a larger share, and so on up to the
+full fit set (successive halving). Only top-rung results are told to the
+study as COMPLETE; the others are told PRUNED, with every rung's result kept
+in the trial's user attributes. Front members are refit on the whole budget
+and scored on the test set once, after the front is fixed.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..memory import memory_budget_bytes
+from .pareto import pareto_front, promote
+from .space import Config, SearchSpace, features
+from .trial import cost, kernel_seed, memory_need, prepare, refit
+
+OBJECTIVES = {"accuracy": "maximize", "kbits": "minimize", "macs": "minimize"}
+
+
+@dataclass
+class OptimizeResult:
+    front: list[dict]
+    trials: list[dict]
+    summary: dict
+    out_dir: Path | None = None
+    study: object = field(default=None, repr=False)
+
+
+def parse_objectives(objectives) -> tuple[str, ...]:
+    if isinstance(objectives, str):
+        objectives = [o.strip() for o in objectives.split(",") if o.strip()]
+    objectives = tuple(str(o).strip().lower() for o in objectives)
+    bad = [o for o in objectives if o not in OBJECTIVES]
+    if bad:
+        raise ConfigError(f"unknown objective {bad[0]!r}; choose from {', '.join(OBJECTIVES)}")
+    if len(set(objectives)) != len(objectives):
+        raise ConfigError(f"objectives repeat: {','.join(objectives)}")
+    if "accuracy" not in objectives:
+        raise ConfigError("objectives must include accuracy")
+    return objectives
+
+
+def _objective_values(objectives, acc: float, c: dict) -> list[float]:
+    return [acc if o == "accuracy" else float(c[o]) for o in objectives]
+
+
+def _maximize(objectives) -> list[bool]:
+    return [OBJECTIVES[o] == "maximize" for o in objectives]
+
+
+def _load(dataset, data_path, split, seed):
+    from ..data import Dataset, load_dataset
+    if isinstance(dataset, Dataset):
+        return dataset
+    return load_dataset(dataset, data_path, split=split, seed=seed)
+
+
+def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float = 30.0,
+             out=None, objectives=("accuracy", "kbits"), max_kbits: float | None = None,
+             space: SearchSpace | None = None, rungs=(1000, 3000), eta: int = 3,
+             bracket: int | None = None, cv: int = 0, val_fraction: float = 0.1, seed: int = 0,
+             workers: int = 0, ray_address: str | None = None, storage: str | None = None,
+             study_name: str | None = None, resume: bool = False, force: bool = False,
+             sampler: str = "tpe", max_configs: int | None = None, data_path=None,
+             split: str = "default", progress: bool = False, log=None) -> OptimizeResult:
+    """Search architecture, head bits and C for the Pareto front of validation accuracy
+    against ``objectives``' costs; returns the refit, test-scored front.
+
+    ``minutes`` bounds the search (no bracket starts that would not finish in
+    time, by the brackets measured so far); the final refits come on top.
+    ``max_configs`` stops after that many configurations instead (tests).
+    """
+    from ..outputs import RunLock, prepare_run_dir, write_json
+    from .runner import LocalRunner, RayRunner, _check_reachable, ray_available
+    from .study import check_storage_url, local_url, make_sampler, open_storage, open_study, \
+        requeue_stale
+
+    t_start = time.perf_counter()
+    objectives = parse_objectives(objectives)
+    if storage is not None:
+        check_storage_url(storage)
+    if not minutes or minutes <= 0:
+        raise ConfigError(f"minutes must be positive, got {minutes}")
+    if int(eta) < 2:
+        raise ConfigError(f"eta must be >= 2, got {eta}")
+    if int(workers) < 0:
+        raise ConfigError(f"workers must be >= 0, got {workers}")
+    if int(cv) == 1 or int(cv) < 0:
+        raise ConfigError(f"cv must be 0 (one validation split) or >= 2 folds, got {cv}")
+    if max_kbits is not None and not max_kbits > 0:
+        raise ConfigError(f"max kbits must be positive, got {max_kbits}")
+    space = (space or SearchSpace()).check()
+    if (workers or ray_address) and not ray_available():
+        raise ConfigError('--workers/--ray need Ray: pip install -e ".[ray]"')
+    if ray_address:
+        _check_reachable(ray_address)
+    if resume and out is None:
+        raise ConfigError("--resume needs the --out folder of the run to continue")
+    run_dir = prepare_run_dir(out, force=force, resume=resume) if out is not None else None
+    if resume and not (run_dir / "run.json").exists():
+        raise ConfigError(f"{run_dir} holds no optimize study to resume (no run.json); "
+                          f"start without --resume")
+    say = log or (lambda msg: None)
+    with (RunLock(run_dir) if run_dir is not None else contextlib.nullcontext()):
+        ds = _load(dataset, data_path, split, seed)
+        data = prepare(ds, train_size, val_fraction, seed, rungs, cv, space.colors(3))
+        shape, k = ds.input_shape, ds.n_classes
+        budget_n = len(data.budget("gray")[1])
+        n_workers = max(1, int(workers)) if not ray_address else 1
+        mem = memory_budget_bytes() // n_workers
+
+        def infeasible(cfg: Config) -> str | None:
+            d = features(shape, cfg.filters, cfg.color)
+            if d > space.max_features:
+                return f"{d:,} features > --max-features {space.max_features:,}"
+            if memory_need(d, budget_n) > mem:
+                return "over the memory plan"
+            if max_kbits is not None and cost(cfg, shape, k)["kbits"] > max_kbits:
+                return f"over --max-kbits {max_kbits:g}"
+            return None
+
+        _check_space(space, shape, k, max_kbits, infeasible)
+
+        fingerprint = {"dataset": ds.name, "split": split, "train_size": budget_n,
+                       "val_fraction": val_fraction, "seed": seed, "cv": int(cv),
+                       "rungs": data.rung_sizes, "objectives": list(objectives),
+                       "space": space.to_dict()}
+        state = {}
+        if resume:
+            import json
+            state = json.loads((run_dir / "run.json").read_text())
+            if storage is None and state.get("storage") != "local":
+                raise ConfigError("this run used --storage; pass the same --storage to resume it")
+        owner = state.get("owner") or uuid.uuid4().hex
+        name = study_name or state.get("study_name") or \
+            f"lbcnn-{ds.name.replace(':', '-')}-{budget_n}-seed{seed}"
+        if storage is None and run_dir is not None:
+            if force and not resume:
+                for suffix in ("", "-journal", "-wal", "-shm"):
+                    (run_dir / f"study.db{suffix}").unlink(missing_ok=True)
+            url = local_url(run_dir)
+        else:
+            url = storage
+        store = open_storage(url) if url is not None else None
+        n_rungs = len(data.rungs)
+        bracket = int(bracket or (3 * int(eta) ** (n_rungs - 1) if n_rungs > 1
+                                  else max(4, 2 * n_workers)))
+        study = open_study(store, name, [OBJECTIVES[o] for o in objectives],
+                           make_sampler(sampler, seed, startup=bracket), fingerprint,
+                           create=not resume or storage is not None)
+        if run_dir is not None:
+            write_json(run_dir / "run.json", {
+                "owner": owner, "study_name": name,
+                "storage": "local" if storage is None else "external",
+                "settings": fingerprint, "max_kbits": max_kbits, "minutes": minutes,
+                "workers": workers, "sampler": sampler, "bracket": bracket, "eta": eta})
+        requeued = requeue_stale(study, owner)
+        if requeued:
+            say(f"resume: {requeued} trial(s) in flight when the run stopped are queued again")
+
+        runner = RayRunner(data, workers, ray_address) if (workers or ray_address) \
+            else LocalRunner(data)
+        try:
+            counters = _search(study, space, data, shape, k, objectives, infeasible, runner,
+                               seed, owner, bracket, int(eta), minutes, max_configs, max_kbits,
+                               t_start, progress, run_dir)
+        finally:
+            runner.close()
+        t_search = time.perf_counter() - t_start
+
+        from .report import trial_rows, write_outputs
+        rows = trial_rows(study, objectives)
+        front = _final_front(study, objectives, max_kbits, ds, data, run_dir, say)
+        summary = _summary(rows, front, counters, t_search, time.perf_counter() - t_start,
+                           fingerprint, name, max_kbits, runner, bracket, eta, sampler)
+        if run_dir is not None:
+            write_outputs(run_dir, rows, front, summary, ds.name, objectives)
+    return OptimizeResult(front, rows, summary, run_dir, study)
+
+
+def _check_space(space, shape, k, max_kbits, infeasible) -> None:
+    if any(True for _ in space.enumerate(shape, lambda c: infeasible(c) is None)):
+        return
+    if max_kbits is not None:
+        sizes = [(cost(c, shape, k)["kbits"], c) for c in space.enumerate(shape)]
+        if sizes:
+            smallest, cfg = min(sizes, key=lambda s: s[0])
+            raise ConfigError(f"--max-kbits {max_kbits:g} is below the smallest model in the "
+                              f"search space ({smallest:.1f} kbits: {cfg.label()})")
+    raise ConfigError("the search space allows no model: every architecture exceeds "
+                      f"--max-features {space.max_features:,} or the memory plan; widen it")
+
+
+def _search(study, space, data, shape, k, objectives, infeasible, runner, run_seed, owner,
+            bracket, eta, minutes, max_configs, max_kbits, t_start, progress, run_dir) -> dict:
+    import optuna
+
+    from .report import progress_bar, trial_rows
+    from ..outputs import write_csv
+
+    maximize = _maximize(objectives)
+    last = len(data.rungs) - 1
+    counters = {"brackets": 0, "evaluated": 0, "skipped_infeasible": 0, "bracket_seconds": []}
+    deadline = minutes * 60.0
+    best = {"acc": None}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if max_kbits is None or t.user_attrs.get("kbits", math.inf) <= max_kbits:
+            best["acc"] = max(best["acc"] or 0.0, t.values[objectives.index("accuracy")])
+    bar = progress_bar(deadline) if progress else None
+    done = {"n": 0, "pruned": 0}
+
+    def show():
+        if bar is None:
+            return
+        b = "-" if best["acc"] is None else f"{100 * best['acc']:.2f} %"
+        within = f" within {max_kbits:g} kbits" if max_kbits is not None else ""
+        bar.update(bar.task_ids[0], completed=min(time.perf_counter() - t_start, deadline),
+                   description=f"{done['n']} trials done, {done['pruned']} pruned, "
+                               f"best val{within} {b}")
+
+    if bar:
+        bar.start()
+    try:
+        while True:
+            elapsed = time.perf_counter() - t_start
+            if max_configs is not None and counters["evaluated"] >= max_configs:
+                break
+            if counters["brackets"] and elapsed + statistics.median(
+                    counters["bracket_seconds"]) > deadline:
+                break
+            size = bracket if max_configs is None else min(bracket,
+                                                           max_configs - counters["evaluated"])
+            t_bracket = time.perf_counter()
+            members = _ask_bracket(study, space, shape, k, size, infeasible, run_seed, owner,
+                                   counters)
+            if not members:
+                break
+            counters["evaluated"] += len(members)
+            alive = members
+            for r in range(last + 1):
+                results = runner.map([(m["config"], m["seed"], r) for m in alive])
+                for m, res in zip(alive, results):
+                    m["trial"].set_user_attr(f"rung{r}", res)
+                    m["acc"] = res["val_accuracy"]
+                if r == last:
+                    for m in alive:
+                        study.tell(m["trial"], _objective_values(objectives, m["acc"], m["cost"]))
+                        done["n"] += 1
+                        if max_kbits is None or m["cost"]["kbits"] <= max_kbits:
+                            best["acc"] = max(best["acc"] or 0.0, m["acc"])
+                    break
+                points = [_objective_values(objectives, m["acc"], m["cost"]) for m in alive]
+                keep = set(promote(points, maximize, 1.0 / eta).tolist())
+                for i, m in enumerate(alive):
+                    if i not in keep:
+                        m["trial"].set_user_attr("pruned_at_rung", r)
+                        study.tell(m["trial"], state=optuna.trial.TrialState.PRUNED)
+                        done["n"] += 1
+                        done["pruned"] += 1
+                alive = [m for i, m in enumerate(alive) if i in keep]
+                show()
+            counters["brackets"] += 1
+            counters["bracket_seconds"].append(time.perf_counter() - t_bracket)
+            show()
+            if run_dir is not None:  # a killed run still leaves an up-to-date table
+                write_csv(run_dir / "trials.csv", trial_rows(study, objectives))
+    finally:
+        if bar:
+            bar.stop()
+    return counters
+
+
+def _ask_bracket(study, space, shape, k, size, infeasible, run_seed, owner, counters) -> list:
+    import optuna
+
+    members = []
+    attempts = 0
+    while len(members) < size and attempts < 200 * size:
+        attempts += 1
+        trial = study.ask()
+        params = space.suggest(trial, shape[2])
+        cfg = Config.from_params(params, shape[2])
+        why = infeasible(cfg)
+        if why:
+            # cheap and never fitted; FAIL keeps it out of the samplers' models and the front
+            trial.set_user_attr("infeasible", why)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            counters["skipped_infeasible"] += 1
+            continue
+        seed = trial.user_attrs.get("kernel_seed")
+        seed = kernel_seed(run_seed, trial.number) if seed is None else int(seed)
+        c = cost(cfg, shape, k)
+        for key, value in (("kernel_seed", seed), ("owner", owner), ("config", cfg.to_dict()),
+                           *c.items()):
+            trial.set_user_attr(key, value)
+        members.append({"trial": trial, "config": cfg, "seed": seed, "cost": c})
+    return members
+
+
+def _final_front(study, objectives, max_kbits, ds, data, run_dir, say) -> list[dict]:
+    """Fix the front on validation results, then refit and test each member once."""
+    import optuna
+
+    from ..deploy.accounting import account
+    from ..models.lbcnn import save_lbcnn
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if max_kbits is None or t.user_attrs.get("kbits", math.inf) <= max_kbits]
+    if not done:
+        return []
+    idx = pareto_front([t.values for t in done], _maximize(objectives))
+    members = sorted((done[i] for i in idx), key=lambda t: (t.user_attrs["kbits"], -t.values[0]))
+    front = []
+    for t in members:  # the front is fixed above; nothing below feeds back into it
+        cfg = Config(**{**t.user_attrs["config"], "filters": tuple(t.user_attrs["config"]["filters"])})
+        seed = int(t.user_attrs["kernel_seed"])
+        model, fit_s = refit(cfg, seed, data)
+        x_test = ds.x_test
+        if cfg.color == "y":
+            from ..preprocess import rgb_to_y
+            x_test = rgb_to_y(x_test)
+        val = float(t.values[objectives.index("accuracy")])
+        path = None
+        if run_dir is not None:
+            path = run_dir / "models" / f"trial-{t.number:05d}.npz"
+            save_lbcnn(model, path, dataset=ds.name, val_accuracy=val, kernel_seed=seed,
+                       train_size=len(data.budget(cfg.color)[1]), input_color=cfg.color,
+                       optimize_trial=t.number)
+        info = account(model, sizes=False)
+        if abs(info["total_kbits"] - t.user_attrs["kbits"]) > 1e-9:  # cost() mirrors account()
+            say(f"warning: trial {t.number} kbits {t.user_attrs['kbits']} != saved "
+                f"{info['total_kbits']}")
+        test_acc = model.score(x_test, ds.y_test)  # the one look at the test set
+        params = sum(r["weights"] for r in info["layers"] if r["layer"] != "head scales")
+        front.append({
+            "trial": t.number, "config": cfg.to_dict(), "label": cfg.label(),
+            "kernel_seed": seed, "val_accuracy": val, "test_accuracy": float(test_acc),
+            "kbits": float(info["total_kbits"]), "macs": int(info["macs"]), "params": int(params),
+            "features": int(info["features"]), "train_size": int(len(data.budget(cfg.color)[1])),
+            "fit_seconds": round(fit_s, 3),
+            "model": str(path) if path is not None else None})
+        say(f"front: {cfg.label():40s} val {100 * val:.2f} %  test {100 * test_acc:.2f} %  "
+            f"{info['total_kbits']:.1f} kbits")
+    return front
+
+
+def _summary(rows, front, counters, t_search, t_total, fingerprint, name, max_kbits, runner,
+             bracket, eta, sampler) -> dict:
+    n_rungs = len(fingerprint["rungs"])
+    per_rung = []
+    for r in range(n_rungs):
+        at = [row for row in rows if row.get(f"rung{r}_val_accuracy") is not None]
+        per_rung.append({
+            "rung": r, "n_train": fingerprint["rungs"][r], "configs": len(at),
+            "pruned": sum(1 for row in rows if row.get("pruned_at_rung") == r),
+            "seconds": round(sum(row[f"rung{r}_seconds"] for row in at), 2),
+            "seconds_per_config": round(statistics.mean(row[f"rung{r}_seconds"] for row in at), 3)
+            if at else None})
+    evaluated = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+    return {
+        **fingerprint, "study_name": name, "max_kbits": max_kbits, "sampler": sampler,
+        "bracket": bracket, "eta": eta, "runner": runner.kind, "workers": runner.workers,
+        "trials": len(evaluated), "pruned": sum(r["state"] == "PRUNED" for r in evaluated),
+        "completed": sum(r["state"] == "COMPLETE" for r in evaluated),
+        "evaluated_this_run": counters["evaluated"], "brackets_this_run": counters["brackets"],
+        "skipped_infeasible_this_run": counters["skipped_infeasible"],
+        "rungs_detail": per_rung, "seconds_search": round(t_search, 1),
+        "seconds": round(t_total, 1), "front": front,
+    }

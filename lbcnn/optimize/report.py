@@ -1,0 +1,138 @@
+"""What a person reads: trials.csv, front.csv/json, front.png, the terminal table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+# The paper's hand-picked ELM0 models (8-bit head, 10,000 training images; test accuracy),
+# marked on front.png for comparison. Olivetti's size only (no accuracy on this split).
+PAPER_POINTS = {
+    "mnist": [("10,4,2", 104, 97.22), ("10,4", 157, 97.75), ("20,4,2", 207, 98.06),
+              ("20,4", 315, 98.08), ("40,4,2", 414, 98.35), ("40,4", 629, 98.53)],
+    "gtsrb": [("20,2", 2643, 90.37)],
+    "olivetti": [("5,4", 1638, None)],
+}
+
+TRIAL_FIELDS = ["trial", "state", "label", "filters", "nl", "C", "bits", "color", "kernel_seed",
+                "kbits", "macs", "params", "features", "top_rung", "pruned_at_rung",
+                "val_accuracy"]
+
+
+def trial_rows(study, objectives) -> list[dict]:
+    """One row per trial of the study, pruned and skipped ones included."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        cfg = ua.get("config") or {}
+        row = {"trial": t.number, "state": t.state.name,
+               "label": "", "filters": ",".join(map(str, cfg.get("filters", []))),
+               "nl": cfg.get("nl"), "C": cfg.get("C"), "bits": cfg.get("bits"),
+               "color": cfg.get("color"), "kernel_seed": ua.get("kernel_seed"),
+               "kbits": ua.get("kbits"), "macs": ua.get("macs"), "params": ua.get("params"),
+               "features": ua.get("features"), "pruned_at_rung": ua.get("pruned_at_rung"),
+               "infeasible": ua.get("infeasible")}
+        if cfg:
+            from .space import Config
+            row["label"] = Config(**{**cfg, "filters": tuple(cfg["filters"])}).label()
+        top = None
+        r = 0
+        while f"rung{r}" in ua:
+            res = ua[f"rung{r}"]
+            row[f"rung{r}_n_train"] = res["n_train"]
+            row[f"rung{r}_val_accuracy"] = res["val_accuracy"]
+            row[f"rung{r}_seconds"] = res["seconds"]
+            top = r
+            r += 1
+        row["top_rung"] = top
+        row["val_accuracy"] = ua[f"rung{top}"]["val_accuracy"] if top is not None else None
+        rows.append(row)
+    return rows
+
+
+def progress_bar(total_seconds: float):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]optimize"), BarColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), transient=False)
+    bar.add_task("starting", total=total_seconds)
+    return bar
+
+
+def front_table(front: list[dict], title: str = "Pareto front"):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("trial", "configuration", "val acc", "test acc", "kbits", "MACs", "fit s"):
+        t.add_column(col, justify="left" if col == "configuration" else "right")
+    for m in front:
+        t.add_row(str(m["trial"]), m["label"], f"{100 * m['val_accuracy']:.2f} %",
+                  f"{100 * m['test_accuracy']:.2f} %", f"{m['kbits']:.1f}", f"{m['macs']:,}",
+                  f"{m['fit_seconds']:.1f}")
+    return t
+
+
+def plot_front(rows: list[dict], front: list[dict], path: Path, dataset: str,
+               title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..report import _save_fig
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    pruned = [r for r in rows if r["state"] == "PRUNED" and r["val_accuracy"] is not None]
+    if pruned:
+        ax.scatter([r["kbits"] for r in pruned], [100 * r["val_accuracy"] for r in pruned], s=6,
+                   c="0.8", label=f"pruned (val acc at its last rung, {len(pruned)})")
+    if done:
+        ax.scatter([r["kbits"] for r in done], [100 * r["val_accuracy"] for r in done], s=10,
+                   c="0.45", label=f"completed ({len(done)})")
+    if front:
+        fx = [m["kbits"] for m in front]
+        ax.step(fx, [100 * m["val_accuracy"] for m in front], where="post", c="C3", lw=1)
+        ax.scatter(fx, [100 * m["val_accuracy"] for m in front], s=28, c="C3", zorder=3,
+                   label="front (val acc)")
+        ax.scatter(fx, [100 * m["test_accuracy"] for m in front], s=28, marker="x", c="C0",
+                   zorder=3, label="front after refit (test acc)")
+    for i, (name, kbits, acc) in enumerate(PAPER_POINTS.get(dataset, [])):
+        lab = "paper, hand-picked (test acc)" if i == 0 else None
+        if acc is None:
+            ax.axvline(kbits, ls="--", c="C2", lw=1, label=f"paper {name} size" if i == 0 else None)
+        else:
+            ax.scatter([kbits], [acc], marker="*", s=70, c="C2", zorder=4, label=lab)
+            ax.annotate(name, (kbits, acc), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    accs = [100 * m["val_accuracy"] for m in front] + [100 * m["test_accuracy"] for m in front]
+    if accs:
+        ax.set_ylim(max(0, min(accs) - 3), min(100.5, max(accs) + 0.7))
+    ax.set_xscale("log")
+    ax.set_xlabel("model size, kbits (lbcnn info: conv + head + bias + scales)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+FRONT_FIELDS = ["trial", "label", "filters", "nl", "C", "bits", "color", "kernel_seed",
+                "val_accuracy", "test_accuracy", "kbits", "macs", "params", "features",
+                "train_size", "fit_seconds", "model"]
+
+
+def write_outputs(run_dir: Path, rows, front, summary, dataset: str, objectives) -> None:
+    from ..outputs import write_csv, write_json
+
+    fields = list(TRIAL_FIELDS)
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    write_csv(run_dir / "trials.csv", rows, fields)
+    flat = [{**m, **{k: (",".join(map(str, v)) if k == "filters" else v)
+                     for k, v in m["config"].items()}} for m in front]
+    write_csv(run_dir / "front.csv", flat, FRONT_FIELDS)
+    write_json(run_dir / "front.json", {"objectives": list(objectives), "front": front})
+    write_json(run_dir / "summary.json", summary)
+    plot_front(rows, front, run_dir / "front.png", dataset,
+               title=f"{dataset}: {summary['trials']} configurations "
+                     f"({summary['pruned']} pruned), {summary['train_size']:,} training images")

@@ -1,0 +1,114 @@
+"""Where trials run: in this process, or as Ray tasks (``--workers`` / ``--ray``).
+
+Ray does the scheduling; this module only submits one task per (config, rung)
+and collects results in submission order. The data travel once, through the
+object store.
+"""
+from __future__ import annotations
+
+import socket
+
+from ..errors import ConfigError
+from .trial import evaluate
+
+
+def _evaluate_task(data, config, seed, rung):
+    import torch
+
+    # one Ray CPU per task: keep torch's pool to that CPU so tasks do not oversubscribe
+    torch.set_num_threads(1)
+    return evaluate(config, seed, data, rung)
+
+
+class LocalRunner:
+    workers = 1
+    kind = "in-process"
+
+    def __init__(self, data):
+        self.data = data
+
+    def map(self, tasks, on_result=None) -> list[dict]:
+        out = []
+        for i, (config, seed, rung) in enumerate(tasks):
+            out.append(evaluate(config, seed, self.data, rung))
+            if on_result:
+                on_result(i, out[-1])
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not after Ray's long connection retries."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        host_port = address[len("ray://"):] if address.startswith("ray://") else None
+    else:
+        host_port = address
+    if not host_port:
+        return
+    host, _, port = host_port.rpartition(":")
+    try:
+        port = int(port)
+    except ValueError:
+        raise ConfigError(f"Ray address must be HOST:PORT, ray://HOST:PORT or auto, got {address!r}") from None
+    try:
+        socket.create_connection((host or "127.0.0.1", port), timeout=3).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
+class RayRunner:
+    kind = "ray"
+
+    def __init__(self, data, workers: int = 0, address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError('Ray is not installed; pip install -e ".[ray]" or run without '
+                              "--workers/--ray") from None
+        self._ray = ray
+        self._started = False
+        if address:
+            _check_reachable(address)
+        if not ray.is_initialized():
+            kw = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            try:
+                if address:
+                    ray.init(address=address, **kw)
+                else:
+                    ray.init(num_cpus=int(workers), **kw)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"cannot start or join Ray ({'address ' + address if address else 'local'}): "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+            self._started = True
+        self.workers = int(ray.cluster_resources().get("CPU", workers or 1))
+        self._data = ray.put(data)
+        self._task = ray.remote(num_cpus=1, max_retries=2)(_evaluate_task)
+
+    def map(self, tasks, on_result=None) -> list[dict]:
+        ray = self._ray
+        refs = [self._task.remote(self._data, c, s, r) for c, s, r in tasks]
+        index = {ref: i for i, ref in enumerate(refs)}
+        out: list = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                i = index[ref]
+                out[i] = ray.get(ref)
+                if on_result:
+                    on_result(i, out[i])
+        return out
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
