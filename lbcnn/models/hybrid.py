@@ -23,9 +23,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import ConfigError, DataError
 from . import register_model
+from ._sk import load_estimator, save_estimator, softmax
 
 # Edge probes made only of +-1: top-vs-bottom (horizontal edges) for the first
 # conv, left-vs-right (vertical edges) for the second. The paper names the
@@ -157,8 +159,11 @@ class HybridMLP(nn.Module):
         return self.out(torch.sigmoid(self.hidden(x)))
 
 
-class Hybrid:
-    """scikit-learn-style hybrid classifier (binary front end, float MLP head)."""
+class Hybrid(ClassifierMixin, BaseEstimator):
+    """scikit-learn hybrid classifier (binary front end, float MLP head) on uint8
+    grayscale images (n, H, W[, 1])."""
+
+    _OWN_CONFIG_KEYS = ("input_shape", "threshold", "n_kernels", "hidden", "classes")
 
     def __init__(self, kernels="paper", threshold="otsu", hidden=120, optimizer="adam", lr=1e-3,
                  epochs=60, batch_size=32, patience=10, weight_decay=0.0, random_state=0,
@@ -234,6 +239,10 @@ class Hybrid:
             f = torch.from_numpy(self.body_.transform(X).astype(np.float32))
             return self.net_(f).numpy()
 
+    def predict_proba(self, X) -> np.ndarray:
+        """Softmax of the MLP's logits (it is trained with cross-entropy)."""
+        return softmax(self.decision_function(X))
+
     def predict(self, X) -> np.ndarray:
         return self.classes_[self.decision_function(X).argmax(1)]
 
@@ -242,6 +251,18 @@ class Hybrid:
 
     def forward_features(self, X) -> np.ndarray:
         return self.body_.transform(X)
+
+    def save(self, path) -> None:
+        """Write the native ``.npz`` model file (``Hybrid.load`` reads it back)."""
+        save_estimator(self, path)
+
+    @classmethod
+    def load(cls, path) -> "Hybrid":
+        """Read a native hybrid model file or run folder."""
+        return load_estimator(cls, path)
+
+    def _save_native(self, path, **meta) -> None:
+        save_hybrid(self, path, **meta)
 
     def reset_classifier(self, num_classes: int):
         self.net_ = HybridMLP(self.body_.n_features, self.hidden, num_classes, seed=self.random_state)
