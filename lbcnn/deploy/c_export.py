@@ -1,90 +1,53 @@
-"""C99 code generation for an :class:`~lbcnn.engine.plan.IntegerPlan`.
+"""C99 code generation for an LB-CNN :class:`~lbcnn.engine.plan.IntegerPlan`,
+and the public entry :func:`export_c` for every family.
 
-``export_c(model_or_plan, out_dir)`` writes
+``export_c(model_or_plan, out_dir)`` writes ``model.h`` / ``model.c``
+(``int lbcnn_predict(const uint8_t *image)``, ``lbcnn_predict_logits``), ``main.c``,
+test vectors and a self test when images are given, a Cortex-M linker script and a
+README with build lines and sizes. No malloc, no libm, no float, no libc.
 
-* ``model.h`` / ``model.c`` -- ``int lbcnn_predict(const uint8_t *image)``;
-  weights as ``const`` packed arrays, static scratch buffers sized here, no
-  malloc, no libm, no float, no libc calls at all;
-* ``main.c`` -- reads raw H*W*C uint8 images from stdin, prints one class a line;
-* ``README.md`` -- flash bytes (``size`` on the compiled object) and RAM bytes
-  (static scratch plus a stack estimate from ``-fstack-usage``).
+The LB-CNN body is depthwise all the way down: each channel depends on exactly
+one channel of the layer below. The generated code therefore runs **one channel
+path at a time**: for each input channel, for each of its layer-1 children, the
+layer-1 map is computed (conv and 4x4/2 max pool fused, row by row) into one small
+map; then each of that map's layer-2 children, and so on; the last layer's pooled
+rows go straight into the head's class accumulators. No layer's full set of maps is
+ever stored: the static RAM is one map per level plus a few rows, whatever the
+number of filters. The head's weights are stored in the order they are consumed
+(channel, pooled row, class, column).
 
-Layout: activations are channel-innermost (H, W, C) in the plan's activation
-type (int16 when the bounds allow, so the compiler can vectorize eight or
-more lanes). A +-1 tap is applied as ``(x ^ m) - m`` with ``m`` in {0, -1}:
-an add or a subtract, never a multiply. Each conv streams rows through a
-3-row ring of channel-expanded inputs, and its last conv of a macro-layer
-feeds the 4x4/2 max pool row by row through a 4-row ring, so the full
-pre-pool map is never stored (nl > 1 stores one pre-pool map per extra conv).
+A +-1 3x3 conv is ``out = S - 2 * T_neg`` with ``S`` the 3x3 box sum (computed
+once per parent map and shared by all its children) and ``T_neg`` the sum over the
+-1 taps; when more than four taps are -1, ``out = -(S - 2 * T_pos)``. So every
+output is four tap loads, a few adds and a sign: additions and subtractions only.
+Activations are ``act_t`` (int16 when the plan's bounds allow). On
+``__ARM_FEATURE_SIMD32`` (Cortex-M4/M7/M33) and int16 activations the rows are
+processed two lanes at a time with the ACLE ``__sadd16`` / ``__ssub16`` / ``__sel``
+intrinsics, always on 4-byte aligned words (each padded input row is kept twice,
+the second copy shifted by one element); elsewhere plain C99 loops (that a host
+compiler vectorizes). Everything is exact: the result equals the NumPy integer
+engine bit for bit.
 """
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import atomic_write_text
+from .c_common import (CFLAGS, CTYPE, MAIN_C, POPCOUNT_C, _c_array, exporter_for, find_cc,
+                       header, measure_sizes, register, sizes_table, write_c_project)
 
-CTYPE = {"int16": "int16_t", "int32": "int32_t", "int64": "int64_t"}
-
-POPCOUNT_C = r"""
-/* Optional compiler popcount; the portable fallback is plain C99. */
-#if defined(LBCNN_USE_BUILTIN_POPCOUNT) && (defined(__GNUC__) || defined(__clang__))
-#define LBCNN_POPCOUNT64(x) ((int)__builtin_popcountll(x))
-#else
-static int lbcnn_popcount64(uint64_t x)
-{
-    x = x - ((x >> 1) & 0x5555555555555555ULL);
-    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
-    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
-    return (int)((x * 0x0101010101010101ULL) >> 56);
-}
-#define LBCNN_POPCOUNT64(x) lbcnn_popcount64(x)
-#endif
-
-/* sum_b a[b] * w[b] for +-1 vectors packed one bit each (1 = +1), zero
- * padded to whole words: out = 2 * popcount(xnor(a, w)) - N. */
-static int32_t lbcnn_xnor_dot(const uint64_t *a, const uint64_t *w, int words, int n_bits)
-{
-    int32_t pc = 0;
-    int k;
-    for (k = 0; k < words; k++) pc += LBCNN_POPCOUNT64(~(a[k] ^ w[k]));
-    pc -= words * 64 - n_bits;
-    return 2 * pc - n_bits;
-}
-"""
+__all__ = ["CFLAGS", "MAIN_C", "POPCOUNT_C", "bench_source", "export_c", "find_cc",
+           "generate_sources", "measure_sizes", "write_c_project", "cli_export_c"]
 
 
-MAIN_C = """/* Example: raw uint8 images (LBCNN_INPUT_BYTES each) on stdin, one class per line. */
-#include <stdio.h>
-#include "model.h"
-
-int main(void)
-{
-    static uint8_t image[LBCNN_INPUT_BYTES];
-    while (fread(image, 1, sizeof image, stdin) == sizeof image)
-        printf("%d\\n", lbcnn_predict(image));
-    return 0;
-}
-"""
-
-
-def _c_array(ctype: str, name: str, values, per_line: int = 24) -> str:
-    vals = [str(int(v)) for v in np.asarray(values).ravel()]
-    if ctype == "int64_t":
-        vals = [f"INT64_C({v})" for v in vals]
-        per_line = 6
-    lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
-    body = ",\n    ".join(lines)
-    return f"static const {ctype} {name}[{max(len(vals), 1)}] = {{\n    {body or '0'}\n}};\n"
+def _even(n: int) -> int:
+    return n + (n & 1)
 
 
 def _conv_stages(plan):
-    """Group plan ops into C calls: each conv, with 'pool' on the last conv of a layer."""
+    """Group plan ops into conv stages: each conv, with 'pool' on the last conv of a layer."""
     stages = []
     ops = plan.ops
     for i, op in enumerate(ops):
@@ -96,237 +59,443 @@ def _conv_stages(plan):
                 raise ConfigError("the C generator needs every max pool right after a conv")
         else:
             raise ConfigError(f"the C generator has no kernel for op {op['type']!r}")
+    if not stages or not stages[-1][1]:
+        raise ConfigError("the C generator needs the last conv to be followed by a max pool")
     return stages
 
 
-STAGE_TEMPLATE = r"""
-/* ---- stage @S@: @DESC@ ---- */
-/* one input row (W x Cin) -> (W+2) x Cin*M, each channel repeated M times */
-static void expand_row_@S@(const @SRC_T@ *src, act_t *dst)
+def head_order(plan) -> np.ndarray:
+    """The head weights in the order the streaming C consumes them:
+    (final channel, pooled row, class, pooled column)."""
+    hd = plan.head
+    stages = _conv_stages(plan)
+    h, w, c = stages[-1][0]["in_shape"]
+    cf = stages[-1][0]["out_shape"][2]
+    ho, wo = (h + 1) // 2, (w + 1) // 2
+    q = hd["weight_q"].reshape(ho, wo, cf, plan.n_classes)   # feature (i*wo + j)*cf + ch
+    return np.ascontiguousarray(q.transpose(2, 0, 3, 1))      # (ch, i, class, j)
+
+
+MODEL_C = r"""/* Generated by lbcnn.deploy.c_export -- integer-only LB-CNN inference, one channel
+ * path at a time. C99, no malloc, no libm, no float, no libc. Activations @ACT@
+ * (worst-case bounds @BOUNDS@); head: @BITS@-bit weights, @PART@ partial sums per
+ * pooled row, int64 accumulators (bound @ACCB@). Bit-exact with the NumPy engine. */
+#include "model.h"
+
+typedef @ACT@ act_t;
+typedef @CALC@ calc_t;     /* scalar conv arithmetic */
+typedef @PART@ part_t;     /* head partial sum over one pooled row */
+typedef @WT@ hw_t;          /* head weights */
+#define ACT_MIN @ACTMIN@
+
+#if @SIMD_OK@ && defined(__ARM_FEATURE_SIMD32) && __ARM_FEATURE_SIMD32 && !defined(LBCNN_NO_SIMD)
+/* Cortex-M4/M7/M33: two int16 lanes per 32-bit word (ACLE). */
+#include <arm_acle.h>
+#define LBCNN_SIMD 1
+typedef int32_t lbcnn_pair_t __attribute__((may_alias));
+#define PAIRS(p) ((const lbcnn_pair_t *)(const void *)(p))
+#else
+#define LBCNN_SIMD 0
+#endif
+
+/* scratch: 4-byte aligned (two int16 lanes per word) */
+#define LBCNN_BUF(name, n) static union { int32_t align_; act_t v[n]; } name
+
+@WEIGHTS@
+@BUFFERS@
+static const hw_t *g_hw;           /* next head weights (consumed in order) */
+static int64_t g_acc[@K@];          /* class accumulators */
+
+/* channel co's nine signs (bit t*nco + co of kb set = tap t is -1). Returns neg and
+ * the (at most four) taps to sum: the -1 taps (out = S - 2T), or, when more than four
+ * are -1, the +1 taps (out = -(S - 2T)); each as dy << 2 | dx, unused = 0xFF. */
+static int decode_taps(const uint8_t *kb, int co, int nco, unsigned char *taps)
 {
-    enum { W = @W@, Cin = @CIN@, M = @M@, Co = @CIN@ * @M@ };
-    act_t *o = dst + Co;
-    int k, r;
-    for (k = 0; k < Co; k++) { dst[k] = 0; dst[(W + 1) * Co + k] = 0; }
-    for (k = 0; k < W * Cin; k++) {
-        act_t v = (act_t)src[k];
-@RELU@        for (r = 0; r < M; r++) o[k * M + r] = v;
+    unsigned negm = 0, sel;
+    int t, n = 0, k = co, dy, dx;
+    for (t = 0; t < 9; t++, k += nco) {
+        unsigned b = (unsigned)(kb[k >> 3] >> (k & 7)) & 1u;
+        negm |= b << t;
+        n += (int)b;
     }
+    sel = n <= 4 ? negm : (~negm & 0x1FFu);
+    k = 0;
+    for (dy = 0, t = 0; dy < 3; dy++)
+        for (dx = 0; dx < 3; dx++, t++)
+            if ((sel >> t) & 1u) taps[k++] = (unsigned char)(dy << 2 | dx);
+    while (k < 4) taps[k++] = 0xFF;
+    return n > 4;
 }
 
-/* out[x][co] = sum over 9 taps of +-in: (v ^ m) - m with m = 0 or -1 */
-static void conv_row_@S@(const act_t *a, const act_t *b, const act_t *c, act_t *out)
+/* a padded row: e[0] = 0, e[1..w] = the row, zeros after; o[k] = e[k + 1] */
+static void fill_u8(const uint8_t *src, int step, int w, act_t *e, act_t *o, int wp)
 {
-    enum { W = @W@, Co = @CIN@ * @M@ };
-    const act_t *m0 = g_mask, *m1 = g_mask + Co, *m2 = g_mask + 2 * Co,
-                *m3 = g_mask + 3 * Co, *m4 = g_mask + 4 * Co, *m5 = g_mask + 5 * Co,
-                *m6 = g_mask + 6 * Co, *m7 = g_mask + 7 * Co, *m8 = g_mask + 8 * Co;
-    int x, co;
-    for (x = 0; x < W; x++) {
-        const act_t *pa = a + x * Co, *pb = b + x * Co, *pc = c + x * Co;
-        act_t *o = out + x * Co;
-        for (co = 0; co < Co; co++)
-            o[co] = (act_t)(g_nneg[co]
-                + (pa[co] ^ m0[co]) + (pa[co + Co] ^ m1[co]) + (pa[co + 2 * Co] ^ m2[co])
-                + (pb[co] ^ m3[co]) + (pb[co + Co] ^ m4[co]) + (pb[co + 2 * Co] ^ m5[co])
-                + (pc[co] ^ m6[co]) + (pc[co + Co] ^ m7[co]) + (pc[co + 2 * Co] ^ m8[co]));
+    int x;
+    e[0] = 0;
+    for (x = 0; x < w; x++, src += step) {
+        const act_t v = (act_t)*src;
+        e[x + 1] = v;
+#if LBCNN_SIMD
+        o[x] = v;
+#endif
     }
+    for (x = w + 1; x < wp; x++) e[x] = 0;
+#if LBCNN_SIMD
+    for (x = w; x < wp; x++) o[x] = 0;
+#else
+    (void)o;
+#endif
 }
 
-/* the conv over the H x W x Cin map; @POOLDESC@ */
-static void conv_stage_@S@(const @SRC_T@ *src, act_t *dst)
+static void fill_act(const act_t *src, int w, int relu, act_t *e, act_t *o, int wp)
 {
-    enum { H = @H@, W = @W@, Cin = @CIN@, M = @M@, Co = @CIN@ * @M@, Wp = @W@ + 2,
-           Wo = (@W@ + 1) / 2, Ho = (@H@ + 1) / 2 };
-    int t, co, y, j, q, k, next = 0;
-    (void)next; (void)j; (void)q;
-    for (co = 0; co < Co; co++) g_nneg[co] = 0;
-    for (t = 0; t < 9; t++)
-        for (co = 0; co < Co; co++) {
-            int neg;
-            k = t * Co + co;
-            neg = (K@S@[k >> 3] >> (k & 7)) & 1;
-            g_mask[k] = (act_t)(-neg);
-            g_nneg[co] = (act_t)(g_nneg[co] + neg);
+    int x;
+    e[0] = 0;
+    for (x = 0; x < w; x++) {
+        act_t v = src[x];
+        if (relu && v < 0) v = 0;
+        e[x + 1] = v;
+#if LBCNN_SIMD
+        o[x] = v;
+#endif
+    }
+    for (x = w + 1; x < wp; x++) e[x] = 0;
+#if LBCNN_SIMD
+    for (x = w; x < wp; x++) o[x] = 0;
+#else
+    (void)o;
+#endif
+}
+
+/* S[x] = 3x3 box sum over the padded rows e[0..2] (n even) */
+static void s_row(act_t *const *e, act_t *const *o, act_t *restrict s, int n)
+{
+    int x;
+#if LBCNN_SIMD
+    const lbcnn_pair_t *a0 = PAIRS(e[0]), *a1 = PAIRS(e[1]), *a2 = PAIRS(e[2]);
+    const lbcnn_pair_t *b0 = PAIRS(o[0]), *b1 = PAIRS(o[1]), *b2 = PAIRS(o[2]);
+    lbcnn_pair_t *ps = (lbcnn_pair_t *)(void *)s;
+    for (x = 0; x < n >> 1; x++) {
+        int32_t c = __sadd16(__sadd16(a0[x], a1[x]), a2[x]);
+        int32_t d = __sadd16(__sadd16(b0[x], b1[x]), b2[x]);
+        int32_t f = __sadd16(__sadd16(a0[x + 1], a1[x + 1]), a2[x + 1]);
+        ps[x] = __sadd16(__sadd16(c, d), f);
+    }
+#else
+    const act_t *a0 = e[0], *a1 = e[1], *a2 = e[2];
+    (void)o;
+    for (x = 0; x < n; x++)
+        s[x] = (act_t)((calc_t)a0[x] + a0[x + 1] + a0[x + 2] + a1[x] + a1[x + 1] + a1[x + 2]
+                       + a2[x] + a2[x + 1] + a2[x + 2]);
+#endif
+}
+
+/* out[x] (or max(out[x], .) when maxin) = sign * (S[x] - 2 * (t0 + t1 + t2 + t3)[x]) */
+static void conv_row(const act_t *restrict s, const act_t *t0, const act_t *t1,
+                     const act_t *t2, const act_t *t3, act_t *restrict out, int n, int neg,
+                     int maxin)
+{
+    int x;
+#if LBCNN_SIMD
+    const lbcnn_pair_t *ps = PAIRS(s), *p0 = PAIRS(t0), *p1 = PAIRS(t1), *p2 = PAIRS(t2),
+                       *p3 = PAIRS(t3);
+    lbcnn_pair_t *po = (lbcnn_pair_t *)(void *)out;
+    const int32_t m = neg ? -1 : 0;   /* both lanes: (v ^ m) - m = -v */
+    if (maxin)
+        for (x = 0; x < n >> 1; x++) {
+            const int32_t t = __sadd16(__sadd16(p0[x], p1[x]), __sadd16(p2[x], p3[x]));
+            int32_t v = __ssub16(__ssub16(ps[x], t), t), b = po[x];
+            v = __ssub16(v ^ m, m);
+            (void)__ssub16(v, b);     /* GE flags per lane: v >= b */
+            po[x] = __sel(v, b);
         }
-    expand_row_@S@(src, g_ring);
-    for (y = 0; y < H; y++) {
-        const act_t *a, *b, *c;
-        if (y + 1 < H)
-            expand_row_@S@(src + (y + 1) * W * Cin, g_ring + ((y + 1) % 3) * Wp * Co);
-        a = y > 0 ? g_ring + ((y - 1) % 3) * Wp * Co : g_zero;
-        b = g_ring + (y % 3) * Wp * Co;
-        c = y + 1 < H ? g_ring + ((y + 1) % 3) * Wp * Co : g_zero;
-@BODY@
+    else
+        for (x = 0; x < n >> 1; x++) {
+            const int32_t t = __sadd16(__sadd16(p0[x], p1[x]), __sadd16(p2[x], p3[x]));
+            const int32_t v = __ssub16(__ssub16(ps[x], t), t);
+            po[x] = __ssub16(v ^ m, m);
+        }
+#else
+    const calc_t m = neg ? -1 : 0;
+    if (maxin)
+        for (x = 0; x < n; x++) {
+            calc_t v = (calc_t)s[x] - 2 * ((calc_t)t0[x] + t1[x] + t2[x] + t3[x]);
+            v = (v ^ m) - m;
+            out[x] = v > out[x] ? (act_t)v : out[x];
+        }
+    else
+        for (x = 0; x < n; x++) {
+            const calc_t v = (calc_t)s[x] - 2 * ((calc_t)t0[x] + t1[x] + t2[x] + t3[x]);
+            out[x] = (act_t)((v ^ m) - m);
+        }
+#endif
+}
+
+/* out[x] = max(a[x], b[x]), n even */
+static void vmax_row(const act_t *a, const act_t *b, act_t *restrict out, int n)
+{
+    int x;
+#if LBCNN_SIMD
+    const lbcnn_pair_t *pa = PAIRS(a), *pb = PAIRS(b);
+    lbcnn_pair_t *po = (lbcnn_pair_t *)(void *)out;
+    for (x = 0; x < n >> 1; x++) {
+        const int32_t u = pa[x], v = pb[x];
+        (void)__ssub16(u, v);
+        po[x] = __sel(u, v);
     }
+#else
+    for (x = 0; x < n; x++) out[x] = a[x] > b[x] ? a[x] : b[x];
+#endif
+}
+
+/* horizontal 4-wide stride-2 'same' max: out[j] = max v[2j-1 .. 2j+2] within [0, w) */
+static void hpool(act_t *v, int w, act_t *out)
+{
+    const int wo = (w + 1) >> 1;
+    act_t q = v[0];
+    int j;
+    v[w] = ACT_MIN;
+    v[w + 1] = ACT_MIN;
+    for (j = 0; j < wo; j++) {
+        const act_t a = v[2 * j + 1], b = v[2 * j + 2];
+        const act_t r = a > b ? a : b;
+        out[j] = q > r ? q : r;
+        q = r;
+    }
+}
+
+/* one pooled row of a final channel into the class accumulators (weights in order) */
+static void head_row(const act_t *v, int n)
+{
+    const hw_t *w = g_hw;
+    int c, j;
+    for (c = 0; c < @K@; c++, w += n) {
+        part_t p = 0;
+        for (j = 0; j < n; j++) p += (part_t)v[j] * w[j];
+        g_acc[c] += p;
+    }
+    g_hw = w;
+}
+
+static void emit(act_t *v, int w, act_t *dst, int dstride, int i)
+{
+    if (dst) {
+        hpool(v, w, dst + i * dstride);
+    } else {
+        hpool(v, w, g_prow.v);
+        head_row(g_prow.v, (w + 1) >> 1);
+    }
+}
+
+/* Output channel co of one conv stage over one parent map (h x w): a channel of the
+ * image (src8, element step8) or a map of the level above (srca, row stride sstride,
+ * ReLU first when relu). Rows stream through a ring of three padded rows. first: the
+ * parent's first child, which also writes the parent's box sums S into sbuf (reused
+ * by later children). pool: fused 4x4/2 'same' max pool (vertical max of row pairs,
+ * then horizontal); pooled rows go to dst (stride dstride), or into the head when dst
+ * is 0. No pool: the conv rows go to dst. */
+static void run_stage(const uint8_t *src8, int step8, const act_t *srca, int sstride,
+                      int h, int w, int relu, const uint8_t *kb, int nco, int co, int first,
+                      act_t *sbuf, int pool, act_t *dst, int dstride)
+{
+    const int wr = w + (w & 1), wp = wr + 2;
+    unsigned char taps[4];
+    const int neg = decode_taps(kb, co, nco, taps);
+    act_t *re[3], *ro[3], *spare_e, *spare_o, *prev = g_pa.v, *cur = g_pb.v;
+    int y, k, next;
+    re[0] = ro[0] = g_zero.v;
+    for (k = 1; k < 3; k++) {
+        re[k] = g_ring.v + (k - 1) * @WPMAX@;
+        ro[k] = g_ring.v + (k + 2) * @WPMAX@;
+    }
+    spare_e = g_ring.v + 2 * @WPMAX@;
+    spare_o = g_ring.v + 5 * @WPMAX@;
+    for (k = 0; k < 2; k++) {
+        if (k >= h) {
+            re[k + 1] = ro[k + 1] = g_zero.v;
+        } else if (src8) {
+            fill_u8(src8 + k * w * step8, step8, w, re[k + 1], ro[k + 1], wp);
+        } else {
+            fill_act(srca + k * sstride, w, relu, re[k + 1], ro[k + 1], wp);
+        }
+    }
+    next = 2;
+    for (y = 0; y < h; y++) {
+        const act_t *tp[4];
+        act_t *s = sbuf + y * wr;
+        for (k = 0; k < 4; k++) {
+            const int t = taps[k], dy = t >> 2, dx = t & 3;
+            if (t == 0xFF) tp[k] = g_zero.v;
+#if LBCNN_SIMD
+            else if (dx == 1) tp[k] = ro[dy];
+#endif
+            else tp[k] = re[dy] + dx;
+        }
+        if (first) s_row(re, ro, s, wr);
+        if (!pool) {
+            conv_row(s, tp[0], tp[1], tp[2], tp[3], dst + y * dstride, wr, neg, 0);
+        } else if ((y & 1) || y == 0) {
+            conv_row(s, tp[0], tp[1], tp[2], tp[3], cur, wr, neg, 0);
+        } else {
+            conv_row(s, tp[0], tp[1], tp[2], tp[3], cur, wr, neg, 1);
+        }
+        if (pool && !(y & 1)) {            /* row pair y-1, y complete */
+            act_t *t;
+            if (y > 0) {
+                vmax_row(prev, cur, g_v.v, wr);
+                emit(g_v.v, w, dst, dstride, (y >> 1) - 1);
+            }
+            t = prev; prev = cur; cur = t;
+        }
+        /* advance the ring: padded rows y+1, y+2, y+3 */
+        {
+            act_t *fe = re[0], *fo = ro[0];
+            if (fe == g_zero.v) { fe = spare_e; fo = spare_o; }
+            re[0] = re[1]; ro[0] = ro[1];
+            re[1] = re[2]; ro[1] = ro[2];
+            if (next < h) {
+                if (src8) fill_u8(src8 + next * w * step8, step8, w, fe, fo, wp);
+                else fill_act(srca + next * sstride, w, relu, fe, fo, wp);
+                re[2] = fe; ro[2] = fo;
+                next++;
+            } else {
+                re[2] = ro[2] = g_zero.v;
+            }
+        }
+    }
+    if (pool) {
+        if (!(h & 1)) {                    /* last pair: row h-1 alone */
+            vmax_row(prev, cur, g_v.v, wr);
+            emit(g_v.v, w, dst, dstride, (h >> 1) - 1);
+        } else {
+            emit(prev, w, dst, dstride, h >> 1);
+        }
+    }
+}
+
+/* the class index (argmax of the scores, first maximum wins) */
+static int scores(const uint8_t *image, int64_t *logits)
+{
+@DECLS@
+    int c, best = 0;
+    for (c = 0; c < @K@; c++) g_acc[c] = HEAD_B[c];
+    g_hw = HEAD_W;
+@LOOPS@
+    for (c = 0; c < @K@; c++) {
+        logits[c] = g_acc[c]@RESCALE@;
+        if (logits[c] > logits[best]) best = c;
+    }
+    return best;
+}
+
+int lbcnn_predict_logits(const uint8_t *image, int64_t *logits)
+{
+    return LABELS[scores(image, logits)];
+}
+
+int lbcnn_predict(const uint8_t *image)
+{
+    int64_t logits[@K@];
+    return LABELS[scores(image, logits)];
 }
 """
 
-POOL_BODY = r"""        conv_row_@S@(a, b, c, g_row);
-        /* horizontal pool: column window [2j-1, 2j+2] clipped */
-        for (j = 0; j < Wo; j++) {
-            int lo = 2 * j - 1 < 0 ? 0 : 2 * j - 1;
-            int hi = 2 * j + 2 > W - 1 ? W - 1 : 2 * j + 2;
-            act_t *o = g_hp + ((y & 3) * Wo + j) * Co;
-            const act_t *s0 = g_row + lo * Co;
-            for (k = 0; k < Co; k++) o[k] = s0[k];
-            for (q = lo + 1; q <= hi; q++) {
-                const act_t *s = g_row + q * Co;
-                for (k = 0; k < Co; k++) o[k] = s[k] > o[k] ? s[k] : o[k];
-            }
-        }
-        /* vertical pool: output row i is complete once row min(2i+2, H-1) is in */
-        while (next < Ho && (2 * next + 2 > H - 1 ? H - 1 : 2 * next + 2) <= y) {
-            int lo = 2 * next - 1 < 0 ? 0 : 2 * next - 1;
-            int hi = 2 * next + 2 > H - 1 ? H - 1 : 2 * next + 2;
-            act_t *o = dst + next * Wo * Co;
-            const act_t *s0 = g_hp + (lo & 3) * Wo * Co;
-            for (k = 0; k < Wo * Co; k++) o[k] = s0[k];
-            for (q = lo + 1; q <= hi; q++) {
-                const act_t *s = g_hp + (q & 3) * Wo * Co;
-                for (k = 0; k < Wo * Co; k++) o[k] = s[k] > o[k] ? s[k] : o[k];
-            }
-            next++;
-        }"""
+
+_ACT_MIN = {"int16_t": "(-32767 - 1)", "int32_t": "(-2147483647 - 1)", "int64_t": "INT64_MIN"}
 
 
-def _stage_c(si: int, op: dict, pool: bool) -> str:
-    h, w, c = op["in_shape"]
-    src_t = "uint8_t" if si == 0 else "act_t"
-    relu = "        if (v < 0) v = 0;\n" if op["relu_in"] else ""
-    body = POOL_BODY if pool else "        conv_row_@S@(a, b, c, dst + y * W * Co);"
-    desc = (f"layer {op['layer']}, {tuple(op['in_shape'])} -> {tuple(op['out_shape'])}"
-            f"{', ReLU on input' if op['relu_in'] else ''}")
-    pooldesc = ("4x4/2 'same' max pool streamed row by row into dst ((H+1)/2 x (W+1)/2 x Co)"
-                if pool else "the full H x W x Co map into dst")
-    text = STAGE_TEMPLATE.replace("@BODY@", body)
-    for key, val in {"@S@": si, "@DESC@": desc, "@POOLDESC@": pooldesc, "@SRC_T@": src_t,
-                     "@RELU@": relu, "@H@": h, "@W@": w, "@CIN@": c,
-                     "@M@": op["multiplier"]}.items():
-        text = text.replace(key, str(val))
-    return text
-
-
-def generate_sources(plan) -> dict[str, str]:
+def generate_sources(plan, class_names=None) -> dict[str, str]:
     """The C sources as strings: model.h, model.c, main.c."""
     act = CTYPE[plan.act_dtype]
     hd = plan.head
     stages = _conv_stages(plan)
     h0, w0, c0 = plan.input_shape
     k, d = plan.n_classes, plan.n_features
-    # scratch sizes
-    max_co = max(op["out_shape"][2] for op, _ in stages)
-    ring = max(3 * (op["in_shape"][1] + 2) * op["out_shape"][2] for op, _ in stages)
-    zero = max((op["in_shape"][1] + 2) * op["out_shape"][2] for op, _ in stages)
-    row = max(op["in_shape"][1] * op["out_shape"][2] for op, _ in stages)
-    hp = max(4 * ((op["in_shape"][1] + 1) // 2) * op["out_shape"][2] for op, _ in stages)
-    masks = max(9 * op["out_shape"][2] for op, _ in stages)
-    # ping-pong map buffers: stage outputs alternate between map0 and map1
-    sizes = [0, 0]
-    calls, stage_code = [], []
-    cur = None  # None = the input image
-    for si, (op, pool) in enumerate(stages):
-        h, w, c = op["in_shape"]
-        co = op["out_shape"][2]
-        out_elems = ((h + 1) // 2) * ((w + 1) // 2) * co if pool else h * w * co
-        dst = 0 if cur != 0 else 1
-        sizes[dst] = max(sizes[dst], out_elems)
-        calls.append(f"    conv_stage_{si}({'image' if cur is None else f'g_map{cur}'}, g_map{dst});")
-        stage_code.append(_stage_c(si, op, pool))
-        cur = dst
-    feat_buf = f"g_map{cur}"
     bits = hd["bits"]
     wtype = "int8_t" if bits <= 8 else "int16_t"
-    partial = CTYPE[hd["partial_dtype"]]
-    labels = [int(c) for c in plan.classes]
-    chunk = hd["chunk"] if hd["chunk"] < 16 else hd["chunk"] - hd["chunk"] % 16
-    nfull, rest = d // chunk, d % chunk
-
+    # per stage geometry; level s = the input of stage s (level 0 = the image)
+    geo = []
+    for op, pool in stages:
+        h, w, cin = op["in_shape"]
+        wr = _even(w)
+        geo.append({"h": h, "w": w, "wr": wr, "cin": cin, "m": op["multiplier"],
+                    "co": op["out_shape"][2], "relu": int(bool(op["relu_in"])), "pool": pool,
+                    "oh": (h + 1) // 2 if pool else h, "ow": (w + 1) // 2 if pool else w})
+    wo_last = geo[-1]["ow"]
+    ho_last = geo[-1]["oh"]
+    if hd["partial_dtype"] == "int32" and hd["chunk"] >= wo_last:
+        part = "int32_t"
+    else:
+        part = "int64_t"
+    wpmax = max(g["wr"] + 2 for g in geo)
+    wrmax = max(g["wr"] for g in geo)
+    # buffers: S per level, one map per level >= 1, ring, zero row, pool rows
+    bufs = []
+    for s, g in enumerate(geo):
+        bufs.append(f"LBCNN_BUF(g_s{s}, {g['h'] * g['wr']});   /* box sums of a level-{s} map "
+                    f"({g['h']}x{g['w']}) */")
+    for s, g in enumerate(geo[:-1]):
+        nxt = geo[s + 1]
+        bufs.append(f"LBCNN_BUF(g_map{s + 1}, {nxt['h'] * nxt['wr']});   /* one level-{s + 1} "
+                    f"map ({nxt['h']}x{nxt['w']}, row stride {nxt['wr']}) */")
+    bufs += [f"LBCNN_BUF(g_ring, {6 * wpmax});   /* 3 padded rows + the copies shifted by one */",
+             f"LBCNN_BUF(g_zero, {wpmax});   /* the zero padding row, never written */",
+             f"LBCNN_BUF(g_pa, {wrmax + 2});   /* vertical max of conv row pairs */",
+             f"LBCNN_BUF(g_pb, {wrmax + 2});",
+             f"LBCNN_BUF(g_v, {wrmax + 2});    /* max of two pairs: one pooled row, pre-horizontal */",
+             f"LBCNN_BUF(g_prow, {_even(wo_last)});  /* one pooled row of a final channel */"]
     weights = []
-    for si, (op, _) in enumerate(stages):
-        weights.append(f"/* stage {si}: layer {op['layer']}, {op['in_shape']} -> "
-                       f"{op['out_shape']}, bound {op['bound']}; bit t*Co+co set = tap -1 */\n")
-        weights.append(_c_array("uint8_t", f"K{si}", op["neg_bits"]))
-    weights.append(f"/* head: {bits}-bit weights, class-major ({k} x {d}) */\n")
-    weights.append(_c_array(wtype, "HEAD_W", hd["weight_q"].T))
+    for s, (op, _) in enumerate(stages):
+        weights.append(f"/* stage {s}: layer {op['layer']}, {tuple(op['in_shape'])} -> "
+                       f"{tuple(op['out_shape'])}{', ReLU on input' if op['relu_in'] else ''}, "
+                       f"bound {op['bound']}; bit t*Co+co set = tap t of channel co is -1 */\n")
+        weights.append(_c_array("uint8_t", f"K{s}", op["neg_bits"]))
+    weights.append(f"/* head: {bits}-bit weights in the order consumed: (final channel, "
+                   f"pooled row, class, pooled column) = ({geo[-1]['co']}, {ho_last}, {k}, "
+                   f"{wo_last}) */\n")
+    weights.append(_c_array(wtype, "HEAD_W", head_order(plan)))
     weights.append(_c_array("int64_t", "HEAD_B", hd["bias_q"]))
+    rescale = ""
     if hd["rescale"] == "fixed-point":
         weights.append(f"/* per-class fixed-point rescale, multiplier / 2^{hd['shift']} */\n")
         weights.append(_c_array("int64_t", "HEAD_M", hd["mult"]))
-    weights.append(_c_array("int32_t", "LABELS", labels))
-
-    stage_code = "\n".join(stage_code)
-    maps = "".join(f"static act_t g_map{i}[{n}];\n" for i, n in enumerate(sizes) if n)
-    rescale = "        acc *= HEAD_M[j];\n" if hd["rescale"] == "fixed-point" else ""
-    model_h = f"""/* Generated by lbcnn.deploy.c_export -- integer-only LB-CNN inference. */
-#ifndef LBCNN_MODEL_H
-#define LBCNN_MODEL_H
-
-#include <stdint.h>
-
-#define LBCNN_HEIGHT {h0}
-#define LBCNN_WIDTH {w0}
-#define LBCNN_CHANNELS {c0}
-#define LBCNN_INPUT_BYTES {h0 * w0 * c0}
-#define LBCNN_N_CLASSES {k}
-#define LBCNN_N_FEATURES {d}
-
-/* image: LBCNN_INPUT_BYTES uint8 pixels in (H, W, C) order.
- * Returns the predicted class label. Not reentrant (static scratch). */
-int lbcnn_predict(const uint8_t *image);
-
-#endif
-"""
-    model_c = f"""/* Generated by lbcnn.deploy.c_export -- integer-only LB-CNN inference.
- * C99, no malloc, no libm, no float, no libc. Activations: {act}
- * (worst-case bounds {plan.bounds['stages']}); head partial sums {partial} over
- * chunks of {chunk} features, accumulator int64 (bound {hd['acc_bound']}). */
-#include "model.h"
-
-typedef {act} act_t;
-
-{''.join(weights)}
-/* static scratch, sized at generation time */
-{maps}static act_t g_ring[{ring}];   /* 3 channel-expanded, zero-bordered input rows */
-static act_t g_zero[{zero}];   /* the zero padding row, never written */
-static act_t g_row[{row}];     /* one conv output row */
-static act_t g_hp[{hp}];       /* 4 horizontally pooled rows */
-static act_t g_mask[{masks}];  /* 0 or -1 per tap and channel */
-static act_t g_nneg[{max_co}];  /* number of -1 taps per channel */
-
-{stage_code}
-/* features (d) x class-major weights: exact, {partial} partials then int64 */
-static int head_argmax(const act_t *f)
-{{
-    int j, s, i, best = 0;
-    int64_t bestv = 0;
-    for (j = 0; j < {k}; j++) {{
-        const {wtype} *w = HEAD_W + j * {d};
-        int64_t acc = HEAD_B[j];
-        for (s = 0; s < {nfull}; s++) {{
-            {partial} p = 0;
-            for (i = 0; i < {chunk}; i++) p += ({partial})f[s * {chunk} + i] * ({partial})w[s * {chunk} + i];
-            acc += p;
-        }}
-        {{
-            {partial} p = 0;
-            for (i = 0; i < {rest}; i++) p += ({partial})f[{nfull * chunk} + i] * ({partial})w[{nfull * chunk} + i];
-            acc += p;
-        }}
-{rescale}        if (j == 0 || acc > bestv) {{ best = j; bestv = acc; }}
-    }}
-    return best;
-}}
-
-int lbcnn_predict(const uint8_t *image)
-{{
-{chr(10).join(calls)}
-    return LABELS[head_argmax({feat_buf})];
-}}
-"""
-    main_c = MAIN_C
-    return {"model.h": model_h, "model.c": model_c, "main.c": main_c}
-
+        rescale = " * HEAD_M[c]"
+    weights.append(_c_array("int32_t", "LABELS", [int(c) for c in plan.classes]))
+    # the depth-first loops: ch{s} = output channel of stage s
+    ns = len(geo)
+    decls = "    int " + ", ".join(["c_in"] + [f"j{s}, ch{s}" for s in range(ns)]) + ";"
+    loops, ind = [], "    "
+    loops.append(f"{ind}for (c_in = 0; c_in < {c0}; c_in++) {{")
+    for s, g in enumerate(geo):
+        ind2 = ind + "    " * (s + 1)
+        parent = "c_in" if s == 0 else f"ch{s - 1}"
+        loops.append(f"{ind2}for (j{s} = 0; j{s} < {g['m']}; j{s}++) {{")
+        loops.append(f"{ind2}    ch{s} = {parent} * {g['m']} + j{s};")
+        src = f"image + c_in, {c0}, 0, 0" if s == 0 else f"0, 0, g_map{s}.v, {g['wr']}"
+        dst = (f"g_map{s + 1}.v, {geo[s + 1]['wr']}" if s + 1 < ns else "0, 0")
+        loops.append(f"{ind2}    run_stage({src}, {g['h']}, {g['w']}, {g['relu']}, K{s}, "
+                     f"{g['co']}, ch{s}, j{s} == 0, g_s{s}.v, {int(g['pool'])}, {dst});")
+    for s in reversed(range(ns)):
+        loops.append(ind + "    " * (s + 1) + "}")
+    loops.append(ind + "}")
+    calc = "int64_t" if act == "int64_t" else "int32_t"
+    simd_ok = 1 if act == "int16_t" else 0
+    text = MODEL_C
+    for key, val in {"@ACT@": act, "@CALC@": calc, "@PART@": part, "@WT@": wtype,
+                     "@ACTMIN@": _ACT_MIN[act], "@SIMD_OK@": simd_ok,
+                     "@BOUNDS@": plan.bounds["stages"], "@BITS@": bits,
+                     "@ACCB@": hd["acc_bound"], "@WEIGHTS@": "".join(weights),
+                     "@BUFFERS@": "\n".join(bufs), "@K@": k, "@WPMAX@": wpmax,
+                     "@DECLS@": decls, "@LOOPS@": "\n".join(loops),
+                     "@RESCALE@": rescale}.items():
+        text = text.replace(key, str(val))
+    defines = {"LBCNN_HEIGHT": h0, "LBCNN_WIDTH": w0, "LBCNN_CHANNELS": c0,
+               "LBCNN_INPUT_BYTES": h0 * w0 * c0, "LBCNN_N_CLASSES": k, "LBCNN_N_FEATURES": d}
+    decl = ("/* image: LBCNN_INPUT_BYTES uint8 pixels in (H, W, C) order.\n"
+            " * Returns the predicted class label. Not reentrant (static scratch). */\n"
+            "int lbcnn_predict(const uint8_t *image);")
+    model_h = header("integer-only LB-CNN inference", defines, decl, class_names, k)
+    return {"model.h": model_h, "model.c": text, "main.c": MAIN_C}
 
 def bench_source() -> str:
     """A timing harness: argv[1] = file of raw images, argv[2] = repeats. Prints JSON."""
@@ -389,71 +558,50 @@ int main(int argc, char **argv)
 """
 
 
-def find_cc() -> str | None:
-    for cc in ("gcc", "cc", "clang"):
-        path = shutil.which(cc)
-        if path:
-            return path
-    return None
 
 
-CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]
+def _plan_classes():
+    from ..engine.plan import IntegerPlan
+    return IntegerPlan
 
 
-def measure_sizes(out_dir: Path, cc: str | None = None, opt: str = "-O2") -> dict | None:
-    """Compile model.c to an object and read ``size`` and ``-fstack-usage``."""
-    cc = cc or find_cc()
-    size_tool = shutil.which("size")
-    if cc is None or size_tool is None:
-        return None
-    out_dir = Path(out_dir)
-    obj = out_dir / "model.o"
-    flags = [f for f in CFLAGS if f != "-O2"] + [opt]
-    subprocess.run([cc, *flags, "-fstack-usage", "-c", str(out_dir / "model.c"), "-o", str(obj)],
-                   check=True, capture_output=True, text=True)
-    res = subprocess.run([size_tool, str(obj)], check=True, capture_output=True, text=True)
-    text, data, bss = (int(v) for v in res.stdout.splitlines()[1].split()[:3])
-    stack = 0
-    su = out_dir / "model.su"
-    if su.exists():
-        # call depth is at most 3 (predict -> conv_stage -> helper): summing every
-        # function's frame is a safe upper bound
-        stack = sum(int(m.group(1)) for m in re.finditer(r"\t(\d+)\t", su.read_text()))
-        su.unlink()
-    obj.unlink()
-    return {"compiler": Path(cc).name, "flags": " ".join(flags), "text": text, "data": data,
-            "bss": bss, "flash": text + data, "stack_estimate": stack,
-            "ram": data + bss + stack}
+def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True,
+             test_images=None, class_names=None) -> dict:
+    """Write the C project for any family (LB-CNN, CBCNN, Hybrid) to ``out_dir``.
 
+    ``test_images`` (uint8, a handful) adds ``test_vectors.[ch]`` with the classes the
+    NumPy integer engine predicts for them, and ``selftest.c``; ``class_names`` go
+    into ``LBCNN_CLASS_NAMES`` ("0".."K-1" when absent).
+    """
+    from ..engine.plan import compile_plan
+    from . import c_export_cbcnn, c_export_hybrid  # noqa: F401  (they register themselves)
 
-def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True) -> dict:
-    """Write model.h, model.c, main.c and README.md to ``out_dir``; return a summary."""
-    from ..engine.cbcnn_plan import CBCNNPlan
-    from ..engine.hybrid_plan import HybridPlan
-    from ..engine.plan import IntegerPlan, compile_plan
-
-    plan = model_or_plan if isinstance(model_or_plan, (IntegerPlan, CBCNNPlan, HybridPlan)) \
+    plan = model_or_plan if exporter_for(model_or_plan) is not None \
         else compile_plan(model_or_plan, bits=bits)
-    if isinstance(plan, HybridPlan):
-        from .c_export_hybrid import export_hybrid_c
-        return export_hybrid_c(plan, out_dir, measure=measure)
-    if isinstance(plan, CBCNNPlan):
-        from .c_export_cbcnn import export_cbcnn_c
-        return export_cbcnn_c(plan, out_dir, measure=measure)
-    return write_c_project(plan, out_dir, generate_sources(plan), _readme, measure)
+    exporter = exporter_for(plan)
+    if exporter is None:
+        raise ConfigError(f"no C generator for a {type(plan).__name__}")
+    vectors = None
+    if test_images is not None and len(test_images):
+        from ..engine.numpy_engine import NumpyEngine
+        x = np.asarray(test_images, dtype=np.uint8)
+        if x.ndim == 3 and len(plan.input_shape) == 3:
+            x = x[..., None]
+        eng = NumpyEngine(plan)
+        # what lbcnn_predict returns: the label for LB-CNN, the class index otherwise
+        vectors = (x, eng.predict(x) if isinstance(plan, _plan_classes()) else
+                   eng.predict_index(x))
+    return exporter(plan, out_dir, measure=measure, test_vectors=vectors,
+                    class_names=class_names)
 
 
-def write_c_project(plan, out_dir, sources: dict, readme, measure: bool = True) -> dict:
-    """Write generated sources, measure flash/RAM, then the README: shared by every family."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in sources.items():
-        atomic_write_text(out_dir / name, text)
-    wb = plan.weight_bytes()
-    sizes = measure_sizes(out_dir) if measure else None
-    summary = {"out": str(out_dir), "weight_bytes": wb, "sizes": sizes, "plan": plan.describe()}
-    atomic_write_text(out_dir / "README.md", readme(plan, wb, sizes))
-    return summary
+def export_lbcnn_c(plan, out_dir, measure: bool = True, test_vectors=None,
+                   class_names=None) -> dict:
+    return write_c_project(plan, out_dir, generate_sources(plan, class_names), _readme, measure,
+                           test_vectors)
+
+
+register(_plan_classes(), export_lbcnn_c)
 
 
 def _readme(plan, wb: dict, sizes: dict | None) -> str:
@@ -462,55 +610,68 @@ def _readme(plan, wb: dict, sizes: dict | None) -> str:
     lines = [
         "# LB-CNN integer inference (generated C99)", "",
         "`int lbcnn_predict(const uint8_t *image)` takes H*W*C uint8 pixels in (H, W, C) "
-        "order and returns the class label. No malloc, no libm, no float, no libc; "
-        "static scratch (not reentrant).", "",
-        "```sh",
-        "gcc -std=c99 -O2 -Wall -Wextra -Werror model.c main.c -o lbcnn",
-        f"./lbcnn < images.raw   # {h * w * c} bytes per image, one class per line",
-        "```", "",
+        "order and returns the class label; `lbcnn_predict_logits(image, logits)` also "
+        "writes the integer class scores (int64, equal to the NumPy engine's). Class names: "
+        "`LBCNN_CLASS_NAMES` in `model.h`. No malloc, no libm, no float, no libc; static "
+        "scratch (not reentrant).", "",
+        "The network runs one depthwise channel path at a time (a layer-1 map, then each of "
+        "its children, ...), conv and max pool fused row by row, and the last layer's pooled "
+        "rows go straight into the class accumulators: the static RAM is one small map per "
+        "level plus a few rows, independent of the number of filters.", "",
         f"- input {h}x{w}x{c} uint8; activations `{plan.act_dtype}`; worst-case stage bounds "
         f"{plan.bounds['stages']}",
         f"- head: {hd['bits']}-bit weights, {plan.n_features} features x {plan.n_classes} "
-        f"classes, `{hd['partial_dtype']}` partial sums over {hd['chunk']} features, int64 "
-        f"accumulator (bound {hd['acc_bound']:,}); rescale: {hd['rescale']}",
+        f"classes, int64 accumulators (bound {hd['acc_bound']:,}); rescale: {hd['rescale']}",
         f"- weights: {wb['conv_packed']:,} bytes packed +-1 kernels + {wb['head']:,} bytes head "
         f"= **{wb['total']:,} bytes**", ""]
-    if sizes:
-        lines += [
-            f"Measured with `size` on `model.o` ({sizes['compiler']} {sizes['flags']}):", "",
-            "| | bytes |", "|---|---|",
-            f"| flash (text + data: code + const weights) | {sizes['flash']:,} |",
-            f"| static RAM (data + bss: scratch buffers) | {sizes['data'] + sizes['bss']:,} |",
-            f"| stack estimate (sum of all `-fstack-usage` frames) | {sizes['stack_estimate']:,} |",
-            f"| **RAM total** | **{sizes['ram']:,}** |", ""]
-    else:
-        lines += ["(no C compiler or `size` found at generation time: flash/RAM not measured)", ""]
-    lines += ["Popcount: the LB-CNN plan has no XNOR layer; binary layers use "
-              "`LBCNN_POPCOUNT64`, `__builtin_popcountll` when `LBCNN_USE_BUILTIN_POPCOUNT` is "
-              "defined, else a portable C99 fallback.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + sizes_table(sizes))
+
+
+def _dataset_vectors(config: dict, n: int = 8):
+    """A few real test images of the dataset the model file names, or None."""
+    name = config.get("dataset")
+    if not name:
+        return None
+    try:
+        from ..data import load_dataset
+        ds = load_dataset(name)
+    except Exception:   # no data here: the export still works, without test vectors
+        return None
+    return ds.x_test[:n]
 
 
 def cli_export_c(args) -> int:
     """``lbcnn export MODEL --format c --out DIR``."""
     import json
 
-    from ..io import resolve_model_path
     from ..engine.plan import compile_plan
+    from ..io import load_model_file, resolve_model_path
 
     path = resolve_model_path(args.model)
     source = path if Path(path).suffix.lower() == ".npz" else None
+    config = {}
     if source is None:
         from ..evaluate import load_any
         source = load_any(path)
-    summary = export_c(compile_plan(source), args.out)
+    else:
+        try:
+            config, _ = load_model_file(path)
+        except Exception:
+            config = {}
+    plan = compile_plan(source)
+    images = _dataset_vectors(config)
+    summary = export_c(plan, args.out, test_images=images,
+                       class_names=config.get("class_names"))
     out = {"format": "c", "source": str(path), "out": str(args.out),
-           "weight_bytes": summary["weight_bytes"]["total"], "sizes": summary["sizes"]}
+           "weight_bytes": summary["weight_bytes"]["total"], "sizes": summary["sizes"],
+           "test_vectors": summary["test_vectors"]}
     if getattr(args, "json", False):
         print(json.dumps(out))
     else:
         sz = summary["sizes"]
         extra = f", flash {sz['flash']:,} B, RAM {sz['ram']:,} B" if sz else ""
-        print(f"wrote {args.out}/model.[ch], main.c, README.md "
+        tv = (f", {summary['test_vectors']} test vectors + selftest.c"
+              if summary["test_vectors"] else "")
+        print(f"wrote {args.out}/model.[ch], main.c, README.md{tv} "
               f"(weights {out['weight_bytes']:,} B{extra})")
     return 0

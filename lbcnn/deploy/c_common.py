@@ -1,0 +1,329 @@
+"""Shared pieces of the C99 generators and the exporter registry.
+
+Each family module (``c_export`` for LB-CNN, ``c_export_cbcnn``,
+``c_export_hybrid``) imports this module and registers ``{PlanClass: exporter}``
+with :func:`register`; nothing here imports a family module, so no module
+imports back up. :func:`lbcnn.deploy.c_export.export_c` is the public entry.
+
+Every generated project has the same contract:
+
+* ``model.h`` / ``model.c``: ``int lbcnn_predict(const uint8_t *image)`` and
+  ``int lbcnn_predict_logits(const uint8_t *image, int64_t *logits)`` (the
+  class index / label, and the integer engine's class scores), the class names
+  as ``LBCNN_CLASS_NAMES``; const weights, static scratch, no malloc, no float,
+  no libc;
+* ``main.c`` (stdin images -> one class a line), ``test_vectors.c`` +
+  ``selftest.c`` when test images are given, ``link_cortexm.ld`` and a
+  ``README.md`` with host and Cortex-M build lines and measured sizes.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..io import atomic_write_text
+
+CTYPE = {"int16": "int16_t", "int32": "int32_t", "int64": "int64_t"}
+CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]
+
+# plan class -> exporter(plan, out_dir, measure=..., test_images=..., class_names=...)
+EXPORTERS: dict[type, Callable] = {}
+
+
+def register(plan_cls: type, exporter: Callable) -> None:
+    EXPORTERS[plan_cls] = exporter
+
+
+def exporter_for(plan) -> Callable | None:
+    for cls in type(plan).__mro__:
+        if cls in EXPORTERS:
+            return EXPORTERS[cls]
+    return None
+
+
+POPCOUNT_C = r"""
+/* Optional compiler popcount; the portable fallback is plain C99. */
+#if defined(LBCNN_USE_BUILTIN_POPCOUNT) && (defined(__GNUC__) || defined(__clang__))
+#define LBCNN_POPCOUNT64(x) ((int)__builtin_popcountll(x))
+#else
+static int lbcnn_popcount64(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (int)((x * 0x0101010101010101ULL) >> 56);
+}
+#define LBCNN_POPCOUNT64(x) lbcnn_popcount64(x)
+#endif
+
+/* sum_b a[b] * w[b] for +-1 vectors packed one bit each (1 = +1), zero
+ * padded to whole words: out = 2 * popcount(xnor(a, w)) - N. */
+static int32_t lbcnn_xnor_dot(const uint64_t *a, const uint64_t *w, int words, int n_bits)
+{
+    int32_t pc = 0;
+    int k;
+    for (k = 0; k < words; k++) pc += LBCNN_POPCOUNT64(~(a[k] ^ w[k]));
+    pc -= words * 64 - n_bits;
+    return 2 * pc - n_bits;
+}
+"""
+
+
+MAIN_C = """/* Example: raw uint8 images (LBCNN_INPUT_BYTES each) on stdin, one class per line. */
+#include <stdio.h>
+#include "model.h"
+
+int main(void)
+{
+    static uint8_t image[LBCNN_INPUT_BYTES];
+    while (fread(image, 1, sizeof image, stdin) == sizeof image)
+        printf("%d\\n", lbcnn_predict(image));
+    return 0;
+}
+"""
+
+SELFTEST_C = """/* Self test: the test vectors' expected classes (from the NumPy integer engine).
+ * Host: cc -std=c99 -O2 model.c test_vectors.c selftest.c -o selftest && ./selftest
+ * Device: call lbcnn_selftest() and check it returns 0. */
+#include "model.h"
+#include "test_vectors.h"
+
+int lbcnn_selftest(void)
+{
+    int i, bad = 0;
+    for (i = 0; i < LBCNN_N_TEST_VECTORS; i++)
+        bad += lbcnn_predict(LBCNN_TEST_IMAGES[i]) != LBCNN_TEST_EXPECTED[i];
+    return bad;
+}
+
+#ifndef LBCNN_SELFTEST_NO_MAIN
+#include <stdio.h>
+int main(void)
+{
+    int bad = lbcnn_selftest();
+    printf("selftest: %d/%d test vectors agree\\n", LBCNN_N_TEST_VECTORS - bad, LBCNN_N_TEST_VECTORS);
+    return bad != 0;
+}
+#endif
+"""
+
+# A ready linker script for a flat Cortex-M part: flash at 0x08000000, RAM at
+# 0x20000000 (edit LENGTHs for the part). lbcnn.deploy.mcu builds with it.
+LINKER_SCRIPT = """/* Cortex-M memory layout for the generated lbcnn C (edit ORIGIN/LENGTH for your part).
+ * A startup file copies .data from __data_load to __data_start..__data_end and
+ * zeroes __bss_start..__bss_end before calling main / lbcnn_predict. */
+MEMORY
+{
+  FLASH (rx)  : ORIGIN = 0x08000000, LENGTH = 1024K
+  RAM   (rwx) : ORIGIN = 0x20000000, LENGTH = 256K
+}
+SECTIONS
+{
+  .text   : ALIGN(4) { KEEP(*(.vectors*)) *(.text*) } > FLASH
+  .rodata : ALIGN(4) { *(.rodata*) } > FLASH
+  .ARM.exidx : { *(.ARM.exidx*) } > FLASH
+  .data : ALIGN(4) { __data_start = .; *(.data*) __data_end = .; } > RAM AT > FLASH
+  __data_load = LOADADDR(.data);
+  .bss (NOLOAD) : ALIGN(8) { __bss_start = .; *(.bss*) *(COMMON) __bss_end = .; } > RAM
+  __stack_top = ORIGIN(RAM) + LENGTH(RAM);
+  /DISCARD/ : { *(.comment) *(.ARM.attributes) }
+}
+"""
+
+# zig cc lines for the README (the same flags lbcnn.deploy.mcu uses)
+ZIG_TARGETS = {
+    "cortex-m4": "-target thumb-freestanding-eabihf -mcpu=cortex_m4+strict_align",
+    "cortex-m0plus": "-target thumb-freestanding-eabi -mcpu=cortex_m0plus",
+}
+ZIG_COMMON = ("-std=c99 -O2 -ffreestanding -ffunction-sections -fdata-sections "
+              "-Wall -Wextra -Werror")
+
+
+def _c_array(ctype: str, name: str, values, per_line: int = 24) -> str:
+    vals = [str(int(v)) for v in np.asarray(values).ravel()]
+    if ctype == "int64_t":
+        vals = [f"INT64_C({v})" for v in vals]
+        per_line = 6
+    lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
+    body = ",\n    ".join(lines)
+    return f"static const {ctype} {name}[{max(len(vals), 1)}] = {{\n    {body or '0'}\n}};\n"
+
+
+def _c_string(s: str) -> str:
+    out = []
+    for ch in str(s):
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 32 <= ord(ch) < 127:
+            out.append(ch)
+        else:
+            out.append("?")
+    return '"' + "".join(out) + '"'
+
+
+def class_names_c(names, k: int) -> str:
+    """``LBCNN_CLASS_NAMES``: a header definition (static, so each includer has its own)."""
+    names = [str(n) for n in names] if names is not None and len(names) == k else \
+        [str(i) for i in range(k)]
+    body = ", ".join(_c_string(n) for n in names)
+    return ("/* class names, index = lbcnn_predict's return value */\n"
+            f"static const char *const LBCNN_CLASS_NAMES[{k}] = {{ {body} }};\n")
+
+
+def header(title: str, defines: dict, decls: str, class_names, k: int) -> str:
+    lines = [f"/* Generated by lbcnn.deploy.c_export -- {title}. */",
+             "#ifndef LBCNN_MODEL_H", "#define LBCNN_MODEL_H", "", "#include <stdint.h>", ""]
+    lines += [f"#define {key} {val}" for key, val in defines.items()]
+    lines += ["", decls.rstrip(), "",
+              "/* the same, and the integer class scores (LBCNN_N_CLASSES int64, the NumPy\n"
+              " * engine's scores; argmax = the returned index, first maximum wins) */",
+              "int lbcnn_predict_logits(const uint8_t *image, int64_t *logits);", "",
+              "#if defined(__GNUC__) || defined(__clang__)",
+              "__attribute__((unused))", "#endif",
+              class_names_c(class_names, k).rstrip(), "", "#endif", ""]
+    return "\n".join(lines)
+
+
+def test_vector_sources(images: np.ndarray, expected) -> dict[str, str]:
+    """``test_vectors.h/.c``: a few real images with their expected class indices."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    n = len(images)
+    rows = ",\n".join("    { " + ", ".join(str(int(v)) for v in im.ravel()) + " }"
+                      for im in images)
+    h = ("/* Test vectors written by lbcnn export: real test images, expected classes from\n"
+         " * the NumPy integer engine. */\n#ifndef LBCNN_TEST_VECTORS_H\n#define "
+         "LBCNN_TEST_VECTORS_H\n#include <stdint.h>\n#include \"model.h\"\n"
+         f"#define LBCNN_N_TEST_VECTORS {n}\n"
+         "extern const uint8_t LBCNN_TEST_IMAGES[LBCNN_N_TEST_VECTORS][LBCNN_INPUT_BYTES];\n"
+         "extern const int LBCNN_TEST_EXPECTED[LBCNN_N_TEST_VECTORS];\n"
+         "int lbcnn_selftest(void);\n#endif\n")
+    c = ('#include "test_vectors.h"\n\n'
+         f"const uint8_t LBCNN_TEST_IMAGES[LBCNN_N_TEST_VECTORS][LBCNN_INPUT_BYTES] = {{\n{rows}\n}};\n"
+         "const int LBCNN_TEST_EXPECTED[LBCNN_N_TEST_VECTORS] = { "
+         + ", ".join(str(int(v)) for v in expected) + " };\n")
+    return {"test_vectors.h": h, "test_vectors.c": c, "selftest.c": SELFTEST_C}
+
+
+def find_cc() -> str | None:
+    for cc in ("gcc", "cc", "clang"):
+        path = shutil.which(cc)
+        if path:
+            return path
+    return None
+
+
+def measure_sizes(out_dir: Path, cc: str | None = None, opt: str = "-O2") -> dict | None:
+    """Compile model.c to an object and read ``size`` and ``-fstack-usage``."""
+    cc = cc or find_cc()
+    size_tool = shutil.which("size")
+    if cc is None or size_tool is None:
+        return None
+    out_dir = Path(out_dir)
+    obj = out_dir / "model.o"
+    flags = [f for f in CFLAGS if f != "-O2"] + [opt]
+    subprocess.run([cc, *flags, "-fstack-usage", "-c", str(out_dir / "model.c"), "-o", str(obj)],
+                   check=True, capture_output=True, text=True)
+    res = subprocess.run([size_tool, str(obj)], check=True, capture_output=True, text=True)
+    text, data, bss = (int(v) for v in res.stdout.splitlines()[1].split()[:3])
+    stack = 0
+    su = out_dir / "model.su"
+    if su.exists():
+        # call depth is small: summing every function's frame is a safe upper bound
+        stack = sum(int(m.group(1)) for m in re.finditer(r"\t(\d+)\t", su.read_text()))
+        su.unlink()
+    obj.unlink()
+    return {"compiler": Path(cc).name, "flags": " ".join(flags), "text": text, "data": data,
+            "bss": bss, "flash": text + data, "stack_estimate": stack,
+            "ram": data + bss + stack}
+
+
+def sizes_table(sizes: dict | None) -> list[str]:
+    if not sizes:
+        return ["(no C compiler or `size` found at generation time: flash/RAM not measured)", ""]
+    return [
+        f"Measured with `size` on `model.o` ({sizes['compiler']} {sizes['flags']}, host):", "",
+        "| | bytes |", "|---|---|",
+        f"| flash (text + data: code + const weights) | {sizes['flash']:,} |",
+        f"| static RAM (data + bss: scratch buffers) | {sizes['data'] + sizes['bss']:,} |",
+        f"| stack estimate (sum of all `-fstack-usage` frames) | {sizes['stack_estimate']:,} |",
+        f"| **RAM total** | **{sizes['ram']:,}** |", "",
+        "On Cortex-M, `lbcnn mcu MODEL --cpu cortex-m4 --dataset D` measures flash, static RAM "
+        "and the peak stack from the ELF and runs real images in an emulator.", ""]
+
+
+def build_lines(h: int, w: int, c: int, has_vectors: bool) -> list[str]:
+    """Host and Cortex-M build lines for the README."""
+    lines = ["## Build", "", "Host:", "", "```sh",
+             "gcc -std=c99 -O2 -Wall -Wextra -Werror model.c main.c -o lbcnn",
+             f"./lbcnn < images.raw   # {h * w * c} bytes per image, one class per line"]
+    if has_vectors:
+        lines += ["gcc -std=c99 -O2 -Wall -Wextra -Werror model.c test_vectors.c selftest.c -o selftest",
+                  "./selftest            # exit status 0 when every test vector agrees",
+                  "# or: make selftest"]
+    lines += ["```", "",
+              "Cortex-M (the clang in PyPI `ziglang`, `pip install ziglang`; any arm-none-eabi "
+              "gcc works the same way with `-mcpu=cortex-m4 -mthumb`). `link_cortexm.ld` is a "
+              "ready linker script (flash at 0x08000000, RAM at 0x20000000: edit the lengths "
+              "for your part); add your startup file and `main`, or link the self test:", "",
+              "```sh"]
+    srcs = "model.c test_vectors.c selftest.c -DLBCNN_SELFTEST_NO_MAIN" if has_vectors else "model.c"
+    entry = "lbcnn_selftest" if has_vectors else "lbcnn_predict"
+    for cpu, tgt in ZIG_TARGETS.items():
+        lines.append(f"# {cpu}")
+        lines.append(f"python -m ziglang cc {tgt} {ZIG_COMMON} \\\n"
+                     f"    -T link_cortexm.ld -Wl,--gc-sections -Wl,--entry={entry} "
+                     f"{srcs} -o lbcnn_{cpu.replace('-', '_')}.elf")
+    lines += ["```", "",
+              "`+strict_align` keeps the M4 build free of unaligned accesses (the generated C "
+              "never needs one). zig links its compiler_rt (M0+ needs `__aeabi_uidivmod`, "
+              "`__aeabi_lmul`); do not pass `-nostdlib`. Cortex-M4/M7/M33 builds use the "
+              "ACLE SIMD32 intrinsics (`__sadd16`, `__ssub16`, `__sel`) for the +-1 convolutions "
+              "when `__ARM_FEATURE_SIMD32` is defined; define `LBCNN_NO_SIMD` to use the "
+              "portable C.", ""]
+    return lines
+
+
+MAKEFILE = """# make            -> the stdin classifier ./lbcnn
+# make selftest   -> builds and runs the test vectors
+CC ?= cc
+CFLAGS ?= -std=c99 -O2 -Wall -Wextra -Werror
+lbcnn: model.c main.c model.h
+\t$(CC) $(CFLAGS) model.c main.c -o $@
+selftest: model.c test_vectors.c selftest.c model.h test_vectors.h
+\t$(CC) $(CFLAGS) model.c test_vectors.c selftest.c -o lbcnn_selftest && ./lbcnn_selftest
+.PHONY: selftest
+"""
+
+
+def write_c_project(plan, out_dir, sources: dict, readme, measure: bool = True,
+                    test_vectors: tuple | None = None) -> dict:
+    """Write generated sources (+ test vectors, Makefile, linker script), measure
+    flash/RAM, then the README: shared by every family."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = dict(sources)
+    if test_vectors is not None:
+        sources.update(test_vector_sources(*test_vectors))
+    sources.setdefault("link_cortexm.ld", LINKER_SCRIPT)
+    sources.setdefault("Makefile", MAKEFILE)
+    for name, text in sources.items():
+        atomic_write_text(out_dir / name, text)
+    wb = plan.weight_bytes()
+    sizes = measure_sizes(out_dir) if measure else None
+    summary = {"out": str(out_dir), "weight_bytes": wb, "sizes": sizes, "plan": plan.describe(),
+               "test_vectors": 0 if test_vectors is None else len(test_vectors[0])}
+    text = readme(plan, wb, sizes)
+    h, w, c = plan.input_shape if len(plan.input_shape) == 3 else (*plan.input_shape, 1)
+    text += "\n" + "\n".join(build_lines(h, w, c, test_vectors is not None))
+    atomic_write_text(out_dir / "README.md", text)
+    return summary
+
+
+__all__ = ["CFLAGS", "CTYPE", "EXPORTERS", "LINKER_SCRIPT", "MAIN_C", "POPCOUNT_C", "_c_array",
+           "class_names_c", "exporter_for", "find_cc", "header", "measure_sizes", "register",
+           "sizes_table", "write_c_project"]
