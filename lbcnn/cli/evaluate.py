@@ -3,33 +3,50 @@ from __future__ import annotations
 
 import json
 
-from .common import add_data_args
+from .common import add_data_args, load_data, say
 
 
 def add_parser(sub) -> None:
-    e = sub.add_parser("evaluate", help="accuracy of a model file on a dataset's test split")
-    e.add_argument("model")
-    add_data_args(e)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--json", action="store_true")
+    e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a "
+                                        "model on a dataset's test split")
+    e.add_argument("model", metavar="MODEL",
+                   help="a run folder, native .npz model, Keras .h5, .onnx file (run with "
+                        "onnxruntime) or exported C folder (compiled with the system C compiler)")
+    add_data_args(e, required=False)
+    e.add_argument("--seed", type=int, default=0,
+                   help="seed of the test split for sources without one (use the training run's)")
+    e.add_argument("--out", metavar="DIR",
+                   help="write evaluation.json and confusion.png (per-class accuracy and the "
+                        "confusion matrix) into DIR; nothing is written without it")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     e.set_defaults(func=run)
 
     d = sub.add_parser("datasets", help="list the dataset sources")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help="print a JSON list")
     d.set_defaults(func=run_datasets)
 
 
 def run(args) -> int:
-    from ..data import load_dataset
-    from ..evaluate import evaluate_file
+    from ..evaluate import evaluate, open_predictor, render, write_report
+    from ..outputs import strict_json
 
-    ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
-    result = evaluate_file(args.model, ds)
+    pred = open_predictor(args.model)
+    if not args.dataset and not pred.dataset:
+        from ..errors import ConfigError
+        raise ConfigError(f"{args.model} records no dataset ({pred.kind} model); pass --dataset")
+    ds = load_data(args, pred.config)
+    result = evaluate(pred, ds)
+    if args.out:
+        result["files"] = write_report(result, args.out)
     if args.json:
-        print(json.dumps(result))
+        print(strict_json(result))
+        return 0
+    from rich.console import Console
+    Console().print(render(result))
+    if args.out:
+        print(f"wrote {result['files']['json']} and {result['files']['png']}")
     else:
-        print(f"{result['dataset']}: accuracy {100 * result['accuracy']:.2f} % on "
-              f"{result['n']:,} test images ({result['split']})")
+        say(args, "add --out DIR to save the per-class accuracy and confusion matrix as JSON and PNG")
     return 0
 
 
