@@ -87,13 +87,61 @@ def export_sizes(model, native_path=None) -> dict:
 
 
 def account(model, path=None, sizes: bool = True) -> dict:
+    """Per-layer accounting of any family, plus what the model file records (dataset,
+    validation / test accuracy) and, with ``sizes``, the measured size of every
+    export format and the flash / RAM of the C build."""
     from .onnx_export import is_cbcnn, is_hybrid
 
     if is_cbcnn(model):
-        return account_cbcnn(model, path, sizes)
-    if is_hybrid(model) or not hasattr(model, "body_"):
+        info = account_cbcnn(model, path, sizes)
+    elif is_hybrid(model):
+        info = account_hybrid(model, path, sizes)
+    elif hasattr(model, "body_"):
+        info = account_lbcnn(model, path, sizes)
+    else:
         from ..errors import ConfigError
-        raise ConfigError(f"info supports the lbcnn and cbcnn families, not {type(model).__name__}")
+        raise ConfigError(f"info supports the lbcnn, cbcnn and hybrid families, not "
+                          f"{type(model).__name__}")
+    meta = getattr(model, "meta_", {}) or {}
+    for key in ("dataset", "val_accuracy", "test_accuracy", "class_names"):
+        if meta.get(key) is not None:
+            info[key] = meta[key]
+    if sizes:
+        info["c_build"] = c_build(model, path)
+        if "ram" in info["c_build"]:
+            info["c_ram_bytes"] = info["c_build"]["ram"]
+            info["c_flash_bytes"] = info["c_build"]["flash"]
+    return info
+
+
+def c_build(model, path=None) -> dict:
+    """Flash and RAM of the generated C (``lbcnn export --format c``), compiled for the
+    host into a temporary folder; ``{"error": reason}`` when it cannot be built."""
+    from ..errors import LbcnnError
+    from .c_export import export_c
+
+    source = path if path is not None and Path(path).suffix.lower() == ".npz" else model
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            from ..engine.plan import compile_plan
+            summary = export_c(compile_plan(source), Path(tmp) / "c", measure=True)
+        except (LbcnnError, OSError) as exc:
+            return {"error": str(exc).splitlines()[0][:200]}
+        except Exception as exc:  # a compiler failure: report it, the rest of info still stands
+            return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    wb = summary.get("weight_bytes") or {}
+    out = {"weight_bytes": wb.get("total") if isinstance(wb, dict) else wb}
+    if summary.get("sizes"):
+        sz = summary["sizes"]
+        out.update(flash=sz["flash"], ram=sz["ram"], static_ram=sz["data"] + sz["bss"],
+                   stack_estimate=sz["stack_estimate"], compiler=sz["compiler"],
+                   flags=sz["flags"])
+    else:
+        out["error"] = "no C compiler or `size` tool found: flash/RAM not measured"
+    return out
+
+
+def account_lbcnn(model, path=None, sizes: bool = True) -> dict:
     rows = layer_table(model)
     conv_bits = sum(r["bits"] for r in rows if r["layer"].startswith("conv"))
     head_bits = sum(r["bits"] for r in rows if r["layer"].startswith("head"))
@@ -101,6 +149,7 @@ def account(model, path=None, sizes: bool = True) -> dict:
     total_bits = conv_bits + head_bits
     float_bits = conv_bits + 32 * (d * k + k)
     out = {
+        "family": "lbcnn",
         "filters": list(model.body_.filters), "nl": model.body_.nl,
         "input_shape": list(model.body_.input_shape), "features": d, "classes": k,
         "head": getattr(model, "head_meta_", {"kind": "float32"}),
@@ -110,6 +159,7 @@ def account(model, path=None, sizes: bool = True) -> dict:
         "float32_head_params_bytes": float_bits / 8,
         "macs": sum(r["macs"] for r in rows if r["mac_kind"] != "compare"),
         "conv_macs_add_sub_only": sum(r["macs"] for r in rows if r["layer"].startswith("conv")),
+        "head_bits_per_weight": next(r["bits_per_weight"] for r in rows if r["layer"] == "head"),
         "paper_params_kbits_conv_elm": conv_bits / 1000 + d * k * 8 / 1000,
     }
     if sizes:
@@ -127,6 +177,8 @@ def render(info: dict):
 
     if info.get("family") == "cbcnn":
         return render_cbcnn(info)
+    if info.get("family") == "hybrid":
+        return render_hybrid(info)
     t = Table(title=f"LB-CNN filters {','.join(map(str, info['filters']))}, nl {info['nl']}, "
                     f"input {'x'.join(map(str, info['input_shape']))}")
     for col in ("layer", "type", "output", "weights", "bits/w", "kbits", "MACs", "MAC kind"):
@@ -135,20 +187,51 @@ def render(info: dict):
         t.add_row(r["layer"], r["type"], "x".join(map(str, r["output"])), f"{r['weights']:,}",
                   str(r["bits_per_weight"]), f"{r['bits'] / 1000:.2f}", f"{r['macs']:,}",
                   r["mac_kind"])
+    hb = info.get("head_bits_per_weight", 32)
     lines = [
         f"total: {info['total_kbits']:.2f} kbits = {human_bytes(info['params_bytes'])} of parameters "
-        f"(conv {info['conv_bits'] / 1000:.2f} kbits, head {info['head_bits'] / 1000:.2f} kbits)",
+        f"(conv {info['conv_bits'] / 1000:.2f} kbits at 1 bit/weight, head "
+        f"{info['head_bits'] / 1000:.2f} kbits at {hb} bits/weight"
+        f"{' (float32)' if info['head'].get('kind') != 'fixed' else ''})",
         f"same shape with a float32 head: {human_bytes(info['float32_head_params_bytes'])}",
         f"MACs: {info['macs']:,}, of which {info['conv_macs_add_sub_only']:,} in the conv layers "
         f"are additions/subtractions only",
-        f"paper's 'Params (k-bits) Conv+ELM': {info['paper_params_kbits_conv_elm']:.1f}",
+        f"paper's 'Params (k-bits) Conv+ELM' (its head figure assumes an 8-bit head, bias not "
+        f"counted): {info['paper_params_kbits_conv_elm']:.1f}",
     ]
+    lines += _common_lines(info)
+    return Group(t, Text("\n".join(lines)))
+
+
+def _common_lines(info: dict) -> list[str]:
+    """Recorded dataset and accuracies, export sizes, the C build's flash and RAM."""
+    from ..memory import human_bytes
+
+    lines = []
+    rec = []
+    if info.get("dataset"):
+        rec.append(f"dataset {info['dataset']}")
+    for key, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
+        if isinstance(info.get(key), (int, float)):
+            rec.append(f"{label} accuracy {100 * info[key]:.2f} %")
+    lines.append("recorded in the model file: " + (", ".join(rec) if rec else "no dataset or "
+                                                     "accuracy"))
     fb = info.get("file_bytes")
     if fb:
         parts = [f"{k} {human_bytes(v)}" if v is not None else f"{k} n/a"
                  for k, v in fb.items() if not k.endswith("_error")]
         lines.append("file sizes: " + ", ".join(parts))
-    return Group(t, Text("\n".join(lines)))
+    cb = info.get("c_build")
+    if cb:
+        if "ram" in cb:
+            lines.append(f"C build (lbcnn export --format c; {cb['compiler']} {cb['flags']}, host): "
+                         f"flash {cb['flash']:,} B, RAM {cb['ram']:,} B (static "
+                         f"{cb['static_ram']:,} B + stack estimate {cb['stack_estimate']:,} B)")
+        else:
+            lines.append(f"C build: not measured ({cb['error']})")
+    elif "c_build" not in info:
+        lines.append("C build flash/RAM: run without --no-sizes to measure")
+    return lines
 
 
 # -- CBCNN ----------------------------------------------------------------------
@@ -280,9 +363,108 @@ def render_cbcnn(info: dict):
         f"{info['real_input_macs']:,} real input x +-1 weight (add/sub only)",
         info["bn_accounting"],
     ]
-    fb = info.get("file_bytes")
-    if fb:
-        parts = [f"{k} {human_bytes(v)}" if v is not None else f"{k} n/a"
-                 for k, v in fb.items() if not k.endswith("_error")]
-        lines.append("file sizes: " + ", ".join(parts))
+    lines += _common_lines(info)
+    return Group(t, Text("\n".join(lines)))
+
+
+# -- Hybrid -----------------------------------------------------------------------
+def hybrid_layer_table(model) -> list[dict]:
+    body = model.body_
+    h, w = body.input_shape[:2]
+    thr = body.threshold
+    rows = [{"layer": "binarize", "type": f"threshold ({'Otsu per image' if thr == 'otsu' else thr})",
+             "output": [h, w], "weights": 0, "bits_per_weight": 0, "bits": 0, "macs": h * w,
+             "mac_kind": "compare"}]
+    for i, k in enumerate(body.kernels):
+        h, w = h - 2, w - 2
+        rows.append({"layer": f"conv{i}", "type": "3x3 valid (+-1), XNOR-popcount",
+                     "output": [h, w], "weights": int(k.size), "bits_per_weight": 1,
+                     "bits": int(k.size), "macs": h * w * 9, "mac_kind": "XNOR-popcount"})
+        rows.append({"layer": f"pool{i}", "type": "avgpool 2x2/1 + sign", "output": [h, w],
+                     "weights": 0, "bits_per_weight": 0, "bits": 0, "macs": h * w * 4,
+                     "mac_kind": "add"})
+    d = body.n_features
+    sd = {k: v for k, v in model.net_.state_dict().items()}
+    hid = int(sd["hidden.weight"].shape[0])
+    k = int(sd["out.weight"].shape[0])
+    rows.append({"layer": "hidden", "type": "dense float32 + sigmoid", "output": [hid],
+                 "weights": d * hid, "bits_per_weight": 32, "bits": 32 * d * hid,
+                 "macs": d * hid, "mac_kind": "add/sub (+-1 input)"})
+    rows.append({"layer": "hidden bias", "type": "bias (32-bit)", "output": [hid], "weights": hid,
+                 "bits_per_weight": 32, "bits": 32 * hid, "macs": hid, "mac_kind": "add"})
+    rows.append({"layer": "out", "type": "dense float32", "output": [k], "weights": hid * k,
+                 "bits_per_weight": 32, "bits": 32 * hid * k, "macs": hid * k,
+                 "mac_kind": "multiply-add"})
+    rows.append({"layer": "out bias", "type": "bias (32-bit)", "output": [k], "weights": k,
+                 "bits_per_weight": 32, "bits": 32 * k, "macs": k, "mac_kind": "add"})
+    return rows
+
+
+def hybrid_export_sizes(model, native_path=None) -> dict:
+    from ..models.hybrid import save_hybrid
+
+    sizes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        save_hybrid(model, tmp / "model.npz")
+        sizes["native"] = (tmp / "model.npz").stat().st_size
+        try:
+            from .onnx_export import export_onnx
+            export_onnx(model, tmp / "model.onnx")
+            sizes["onnx"] = (tmp / "model.onnx").stat().st_size
+        except Exception as exc:
+            sizes["onnx"] = None
+            sizes["onnx_error"] = str(exc).splitlines()[0][:200]
+    if native_path is not None and Path(native_path).exists():
+        sizes["this_file"] = Path(native_path).stat().st_size
+    return sizes
+
+
+def account_hybrid(model, path=None, sizes: bool = True) -> dict:
+    body = model.body_
+    rows = hybrid_layer_table(model)
+    binary_bits = sum(r["bits"] for r in rows if r["bits_per_weight"] == 1)
+    float_bits = sum(r["bits"] for r in rows if r["bits_per_weight"] == 32)
+    out = {
+        "family": "hybrid", "input_shape": list(body.input_shape), "threshold": body.threshold,
+        "kernels": len(body.kernels), "features": body.n_features,
+        "hidden": int(rows[-4]["output"][0]), "classes": int(rows[-2]["output"][0]),
+        "layers": rows, "binary_bits": binary_bits, "float_bits": float_bits,
+        "total_kbits": (binary_bits + float_bits) / 1000,
+        "params_bytes": (binary_bits + float_bits) / 8,
+        "macs": sum(r["macs"] for r in rows),
+        "xnor_popcount_macs": sum(r["macs"] for r in rows if r["mac_kind"] == "XNOR-popcount"),
+        "c_head_note": "the C export runs the MLP in fixed point (int8 weights, a 256-entry "
+                       "sigmoid table); the table above is the float model file",
+    }
+    if sizes:
+        out["file_bytes"] = hybrid_export_sizes(model, path)
+    return out
+
+
+def render_hybrid(info: dict):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..memory import human_bytes
+
+    h, w = info["input_shape"][:2]
+    t = Table(title=f"Hybrid: {info['kernels']} fixed +-1 kernels, {info['features']} binary "
+                    f"features, MLP {info['features']}-{info['hidden']}-{info['classes']}, "
+                    f"input {h}x{w}")
+    for col in ("layer", "type", "output", "weights", "bits/w", "kbits", "MACs", "MAC kind"):
+        t.add_column(col, justify="right" if col in ("weights", "bits/w", "kbits", "MACs") else "left")
+    for r in info["layers"]:
+        t.add_row(r["layer"], r["type"], "x".join(map(str, r["output"])), f"{r['weights']:,}",
+                  str(r["bits_per_weight"]), f"{r['bits'] / 1000:.2f}", f"{r['macs']:,}",
+                  r["mac_kind"])
+    lines = [
+        f"total: {info['total_kbits']:.2f} kbits = {human_bytes(info['params_bytes'])} of parameters "
+        f"(binary kernels {info['binary_bits']} bits at 1 bit/weight, MLP "
+        f"{info['float_bits'] / 1000:.2f} kbits at 32 bits/weight (float32))",
+        f"MACs: {info['macs']:,}, of which {info['xnor_popcount_macs']:,} XNOR-popcount",
+        info["c_head_note"],
+    ]
+    lines += _common_lines(info)
     return Group(t, Text("\n".join(lines)))
