@@ -230,8 +230,7 @@ class LBCNN(ClassifierMixin, BaseEstimator):
 
     _OWN_CONFIG_KEYS = ("input_shape", "filters", "nl", "input_scale", "C", "classes", "head")
     _expected_failed_checks = {"check_classifiers_train": PER_CLASS_SCORES,
-                               "check_classifiers_classes": PER_CLASS_SCORES,
-                               "check_decision_proba_consistency": PER_CLASS_SCORES}
+                               "check_classifiers_classes": PER_CLASS_SCORES}
 
     def __init__(self, filters=(40, 4), nl: int = 1, C: float = 1e-3, random_state: int = 0,
                  input_scale: float | None = None, batch_size: int = 2048, device=None,
