@@ -166,7 +166,7 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
                 "storage": "local" if storage is None else "external",
                 "settings": fingerprint, "max_kbits": max_kbits, "minutes": minutes,
                 "workers": workers, "sampler": sampler, "bracket": bracket, "eta": eta})
-        requeued = requeue_stale(study, owner)
+        requeued = requeue_stale(study, owner, every=storage is None)
         if requeued:
             say(f"resume: {requeued} trial(s) in flight when the run stopped are queued again")
 

@@ -95,17 +95,19 @@ def open_study(storage, name: str, directions, sampler, fingerprint: dict, *, cr
     return study
 
 
-def requeue_stale(study, owner: str) -> int:
+def requeue_stale(study, owner: str, every: bool = False) -> int:
     """Trials this run folder left RUNNING (killed mid-bracket): FAIL them and queue
-    their parameters and kernel seeds again. Returns how many."""
+    their parameters and kernel seeds again. ``every``: the study is this folder's
+    own (the run lock proves nobody else runs it), so every RUNNING trial is stale,
+    even one killed before it was stamped with its owner. Returns how many."""
     import optuna
 
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get("owner") != owner:
+        if not every and t.user_attrs.get("owner") != owner:
             continue  # another process's trial in a shared study
         study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        if "kernel_seed" in t.user_attrs and t.params:
+        if "kernel_seed" in t.user_attrs and "config" in t.user_attrs:
             study.enqueue_trial(t.params, user_attrs={"kernel_seed": t.user_attrs["kernel_seed"],
                                                       "requeued_from": t.number})
         n += 1

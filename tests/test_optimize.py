@@ -1,0 +1,246 @@
+"""``lbcnn optimize`` on synthetic 16x16 images: Pareto ranking, the search loop,
+kill -9 + resume, Ray equality and the one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lbcnn.optimize.pareto import (crowding_distance, nondominated_ranks, pareto_front,
+                                   pareto_order, promote)
+
+
+def _synthetic(n=600, classes=10, size=16, seed=0):
+    """Class templates plus noise: learnable, but not trivially."""
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(0, 255, (classes, size, size))
+    y = np.arange(n) % classes
+    x = 0.55 * templates[y] + rng.normal(0, 60, (n, size, size)) + 50
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    x, y = _synthetic(900)
+    path = tmp_path_factory.mktemp("data") / "synth.npz"
+    np.savez(path, x_train=x[:600], y_train=y[:600], x_test=x[600:], y_test=y[600:])
+    return f"npz:{path}"
+
+
+SMALL = ["--train-size", "500", "--rungs", "100,200", "--layers", "1,2", "--nf1", "2,4,8",
+         "--nf2", "1,2", "--nl", "1", "--bits", "float32,8,4", "--C-range", "1e-3,1e-1"]
+
+
+def _space():
+    from lbcnn.optimize import SearchSpace
+    return SearchSpace(layers=(1, 2), multipliers=((2, 4, 8), (1, 2), (1,)), nl=(1,),
+                       C=(1e-3, 1e-1), bits=(32, 8, 4))
+
+
+def cli(*args, capsys=None):
+    from lbcnn.cli import main
+    rc = main(list(args))
+    return rc
+
+
+# -- Pareto ranking against brute force -------------------------------------------
+def _brute_front(p, maximize):
+    s = np.where(maximize, 1.0, -1.0) * np.asarray(p, float)
+    return sorted(i for i in range(len(s))
+                  if not any(np.all(s[j] >= s[i]) and np.any(s[j] > s[i]) for j in range(len(s))))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pareto_front_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    m = 2 + seed % 2
+    p = rng.integers(0, 6, (40, m)).astype(float)  # small integers: many ties and duplicates
+    maximize = [True] + [False] * (m - 1)
+    assert pareto_front(p, maximize).tolist() == _brute_front(p, maximize)
+    ranks = nondominated_ranks(p, maximize)
+    rest = np.flatnonzero(ranks > 0)
+    assert pareto_front(p[rest], maximize).tolist() == \
+        [i for i, r in enumerate(ranks[rest]) if r == 1]
+    order = pareto_order(p, maximize)
+    assert sorted(order.tolist()) == list(range(len(p)))
+    assert np.all(np.diff(ranks[order]) >= 0)  # rank first
+    keep = promote(p, maximize, 1 / 3)
+    assert len(keep) == 14 and keep.tolist() == order[:14].tolist()
+
+
+def test_crowding_prefers_the_spread():
+    p = np.array([[0.9, 10], [0.91, 11], [0.95, 50], [0.99, 100]])
+    d = crowding_distance(p, [True, False])
+    assert np.isinf(d[0]) and np.isinf(d[3]) and d[2] > d[1]
+
+
+# -- the search ---------------------------------------------------------------------
+def test_optimize_api_front_kbits_and_test_once(npz, tmp_path, monkeypatch):
+    from lbcnn.models.lbcnn import LBCNN
+    from lbcnn.optimize import optimize
+
+    calls = []
+    orig = LBCNN.score
+    monkeypatch.setattr(LBCNN, "score", lambda self, x, y: calls.append(len(y)) or orig(self, x, y))
+    res = optimize(npz, train_size=500, rungs=(100, 200), space=_space(), max_configs=9,
+                   out=tmp_path / "run", seed=1)
+    s = res.summary
+    assert s["trials"] == 9 and s["completed"] == 1 and s["pruned"] == 8
+    assert [r["configs"] for r in s["rungs_detail"]] == [9, 3, 1]
+    assert [r["pruned"] for r in s["rungs_detail"]] == [6, 2, 0]
+    assert [r["n_train"] for r in s["rungs_detail"]] == [100, 200, 450]
+    assert len(res.front) == 1 and calls == [300]  # the test set, once per front member
+    m = res.front[0]
+    assert 0 < m["val_accuracy"] <= 1 and 0 < m["test_accuracy"] <= 1 and m["train_size"] == 500
+    for f in ("front.csv", "front.json", "front.png", "trials.csv", "summary.json", "study.db"):
+        assert (tmp_path / "run" / f).exists(), f
+    rows = (tmp_path / "run" / "trials.csv").read_text().splitlines()
+    assert len(rows) >= 10  # header + every trial, pruned ones included
+
+
+def test_front_is_pareto_and_kbits_equal_lbcnn_info(npz, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli("optimize", "--dataset", npz, *SMALL, "--max-configs", "18", "--bracket", "9",
+             "--eta", "2", "--out", str(out), "--json")
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    for key in ("trials", "pruned", "seconds", "front"):
+        assert key in summary
+    front = summary["front"]
+    assert front
+    for m in front:
+        for key in ("val_accuracy", "test_accuracy", "kbits", "macs", "params", "model"):
+            assert key in m
+        assert cli("info", m["model"], "--no-sizes", "--json") == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["total_kbits"] == pytest.approx(m["kbits"], abs=1e-9)
+        assert info["macs"] == m["macs"]
+        if m["config"]["bits"] == 32:  # a float head counts 32 bits per weight
+            assert info["head_bits"] == 32 * (info["features"] + 1) * info["classes"]
+    # no completed trial dominates a front member (validation accuracy, kbits)
+    import optuna
+    study = optuna.load_study(study_name=None if False else _study_name(out),
+                              storage=f"sqlite:///{out / 'study.db'}")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    for m in front:
+        for t in done:
+            acc, kb = t.values
+            assert not (acc >= m["val_accuracy"] and kb <= m["kbits"] and
+                        (acc > m["val_accuracy"] or kb < m["kbits"]))
+    assert {m["trial"] for m in front} <= {t.number for t in done}
+
+
+def _study_name(out):
+    return json.loads((out / "run.json").read_text())["study_name"]
+
+
+def test_sigkill_then_resume_loses_no_completed_trial(npz, tmp_path):
+    import optuna
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "lbcnn", "optimize", "--dataset", npz, *SMALL, "--bracket", "4",
+            "--eta", "2", "--out", str(out), "--minutes", "10", "--json"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage = f"sqlite:///{out / 'study.db'}"
+    finished = []
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if not (out / "run.json").exists():
+                continue
+            try:
+                st = optuna.load_study(study_name=_study_name(out), storage=storage)
+                finished = [t for t in st.trials if t.state.is_finished()]
+            except Exception:
+                continue
+            running = [t for t in st.trials if t.state.name == "RUNNING"]
+            if len(finished) >= 3 and running:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(finished) >= 3, proc.stderr.read().decode()[-2000:]
+    before = {t.number: (t.state.name, t.values, t.user_attrs.get("kernel_seed"))
+              for t in optuna.load_study(study_name=_study_name(out), storage=storage).trials}
+    stale = {n for n, v in before.items() if v[0] == "RUNNING"}
+    assert stale
+    r = subprocess.run([*args[:-5], "--out", str(out), "--max-configs", "4", "--resume",
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    after = {t.number: t for t in optuna.load_study(study_name=_study_name(out),
+                                                      storage=storage).trials}
+    for n, (state, values, seed) in before.items():
+        if state in ("COMPLETE", "PRUNED", "FAIL"):
+            assert after[n].state.name == state and after[n].values == values
+    assert all(after[n].state.name == "FAIL" for n in stale)
+    redone = {t.user_attrs.get("requeued_from"): t for t in after.values()
+              if t.user_attrs.get("requeued_from") is not None}
+    # a trial killed before its kernel seed was stamped never computed anything
+    assert set(redone) == {n for n in stale if before[n][2] is not None}
+    assert redone
+    for n in redone:  # the same parameters and kernel seed, run to an end
+        assert redone[n].params == after[n].params
+        assert redone[n].user_attrs["kernel_seed"] == before[n][2]
+        assert redone[n].state.name in ("COMPLETE", "PRUNED")
+    assert not [t for t in after.values() if t.state.name == "RUNNING"]
+    summary = json.loads(r.stdout)
+    assert summary["front"]
+
+
+# -- Ray ------------------------------------------------------------------------------
+def test_ray_workers_give_in_process_metrics(npz, tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
+    from lbcnn.data import load_dataset
+    from lbcnn.optimize import Config, optimize
+    from lbcnn.optimize.runner import LocalRunner, RayRunner
+    from lbcnn.optimize.trial import evaluate, prepare
+
+    ds = load_dataset(npz)
+    data = prepare(ds, 500, 0.1, 0, (100, 200))
+    tasks = [(Config((4, 2), 1, 1e-2, 8), 11, 0), (Config((8,), 1, 1e-3, 4), 12, 1),
+             (Config((2, 2), 1, 3e-2, 32), 13, 2), (Config((4,), 1, 1e-2, 8), 14, 2)]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = RayRunner(data, workers=2).map(tasks)
+        res = optimize(ds, train_size=500, rungs=(100, 200), space=_space(), max_configs=6,
+                       bracket=6, eta=3, workers=2, out=tmp_path / "ray", seed=3)
+    finally:
+        ray.shutdown()
+    local = LocalRunner(data).map(tasks)
+    for a, b in zip(local, remote):
+        assert (a["val_accuracy"], a["n_train"], a["solver"]) == \
+            (b["val_accuracy"], b["n_train"], b["solver"])
+    assert res.summary["runner"] == "ray"
+    # every rung result the Ray workers stored is what this process computes
+    data3 = prepare(ds, 500, 0.1, 3, (100, 200))
+    for row in res.trials:
+        if row["state"] not in ("COMPLETE", "PRUNED"):
+            continue
+        cfg = Config(tuple(int(f) for f in row["filters"].split(",")), row["nl"], row["C"],
+                     row["bits"])
+        for r in range(row["top_rung"] + 1):
+            assert evaluate(cfg, row["kernel_seed"], data3, r)["val_accuracy"] == \
+                row[f"rung{r}_val_accuracy"]
+
+
+# -- one-line errors --------------------------------------------------------------------
+@pytest.mark.parametrize("extra, message", [
+    (["--objectives", "accuracy,latency"], "unknown objective 'latency'"),
+    (["--max-features", "5"], "search space allows no model"),
+    (["--max-kbits", "0.01"], "below the smallest model"),
+    (["--ray", "127.0.0.1:1"], "cannot reach the Ray cluster"),
+    (["--storage", "redis://localhost:6379"], "--storage must be a database URL"),
+    (["--resume"], "no optimize study to resume"),
+    (["--layers", "1", "--nf1", "0"], "depth multipliers must be >= 1"),
+])
+def test_bad_input_is_one_line(npz, tmp_path, capsys, extra, message):
+    rc = cli("optimize", "--dataset", npz, *SMALL, "--max-configs", "1",
+             "--out", str(tmp_path / "run"), *extra)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("lbcnn: error:") and "\n" not in err, err
+    assert message in err, err
