@@ -7,41 +7,28 @@ Writes are atomic (temporary file, then rename).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+# re-exported: older modules import the atomic writers from here
+from .outputs import atomic_write_bytes, atomic_write_text, atomic_write_with, strict_json  # noqa: F401
 
 FORMAT = "lbcnn-model"
 VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def save_model_file(path, config: dict, arrays: dict[str, np.ndarray]) -> Path:
     path = Path(path)
     config = {"format": FORMAT, "version": VERSION, **config}
     payload = {k: np.asarray(v) for k, v in arrays.items()}
-    payload["__config__"] = np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".npz",
-                                     prefix=f".{path.name}.") as tmp:
-        np.savez(tmp, **payload)
-    os.replace(tmp.name, path)
+    for name, value in payload.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ConfigError(f"refusing to save {path}: array {name!r} holds NaN or inf")
+    payload["__config__"] = np.frombuffer(strict_json(config).encode(), dtype=np.uint8)
+    atomic_write_with(path, lambda fh: np.savez(fh, **payload))
     return path
 
 

@@ -1,13 +1,16 @@
 """Tables and plots for people: rich tables in the terminal, PNGs on disk."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 
-def plot_trials(history: list[dict], path: Path, title: str = "") -> None:
-    """Per-trial validation accuracy with the running best (the paper's Fig. 3)."""
+def plot_trials(history: list[dict], path: Path, title: str = "", chosen: int | None = None,
+                n_val: int | None = None) -> None:
+    """Per-trial validation accuracy with the running best (the paper's Fig. 3).
+
+    ``chosen`` (1-based) marks the selected trial; ``n_val`` draws its +-1
+    standard-error band, so trials inside the band read as tied with it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,6 +21,13 @@ def plot_trials(history: list[dict], path: Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
     ax.plot(range(1, len(acc) + 1), acc, "o-", ms=3, lw=1, label="trial")
     ax.plot(range(1, len(acc) + 1), best, "--", lw=1.2, label="best so far")
+    if chosen is not None:
+        c = acc[chosen - 1]
+        if n_val:
+            se = 100 * (c / 100 * (1 - c / 100) / n_val) ** 0.5
+            ax.axhspan(c - se, c + se, color="tab:orange", alpha=0.15,
+                       label=f"chosen ±1 s.e. (n={n_val:,})")
+        ax.plot([chosen], [c], "*", ms=12, color="tab:red", label=f"chosen: trial {chosen}")
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
@@ -31,11 +41,8 @@ def plot_trials(history: list[dict], path: Path, title: str = "") -> None:
 
 
 def _save_fig(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp, format="png")
-    os.replace(tmp.name, path)
+    from .outputs import atomic_write_with
+    atomic_write_with(path, lambda fh: fig.savefig(fh, format="png"))
 
 
 def summary_table(summary: dict):
@@ -46,7 +53,8 @@ def summary_table(summary: dict):
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
-        ("validation accuracy", f"{100 * summary['val_accuracy']:.2f} %  "
+        ("validation accuracy", f"{100 * summary['val_accuracy']:.2f} % "
+         f"± {100 * summary.get('val_standard_error', 0.0):.2f} "
          + (f"({summary['selection']}, n={summary['train_size']:,})"
             if summary.get("selection", "").endswith("cross-validation")
             else f"(n={summary['val_size']:,})")),
@@ -56,7 +64,7 @@ def summary_table(summary: dict):
                             f"{summary['val_size']:,} val)"),
         ("features", f"{summary['features']:,}"),
         ("conv kbits (1 bit/weight)", f"{summary['kbits_conv']:.2f}"),
-        ("head kbits (8 bits/weight)", f"{summary['kbits_head']:.1f}"),
+        ("head kbits (if stored at 8 bits/weight)", f"{summary['kbits_head']:.1f}"),
         ("s/trial, median", f"{summary['seconds_per_trial']:.2f}"),
         ("  features / solve / scoring", f"{summary['seconds_features_median']:.2f} / "
                                          f"{summary['seconds_solve_median']:.2f} / "

@@ -6,9 +6,8 @@ split. The test set is read once, for the final model, after every choice.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -17,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset, load_dataset
-from .errors import ConfigError
-from .io import atomic_write_text
+from .errors import ConfigError, DataError, LbcnnError
 from .models.lbcnn import LBCNN, LBCNNBody, check_filters, fit_elm, save_lbcnn
-from .settings import default_device
+from .outputs import RunLock, prepare_run_dir, write_csv, write_json
+from .settings import resolve_device
 
 HEAD_BITS_PAPER = 8
 
@@ -49,11 +48,51 @@ def _progress(total: int, enabled: bool):
                     TextColumn("{task.description}"), TimeElapsedColumn(), transient=False)
 
 
+CONFIG_KEYS = ("dataset", "filters", "nl", "C", "seed", "trials", "train_size", "val_fraction",
+               "cv", "refit_on_train_plus_val", "data_path", "split", "test_fraction", "resize",
+               "grayscale", "test_folder")
+
+
+class Interrupted(LbcnnError):
+    """Ctrl-C during a run whose finished work is on disk and can be resumed."""
+
+
+def read_run_config(out) -> dict:
+    """The settings of the search run in ``out``, for ``--resume``."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {out} holds no search run (no config.json)")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"--resume: {path} is corrupt") from None
+    if not isinstance(config, dict) or config.get("kind", "search") != "search":
+        raise ConfigError(f"--resume: {out} is not a search run")
+    return config
+
+
+def _read_history(out_dir: Path, seeds: list[int]) -> list[dict]:
+    path = out_dir / "history.json"
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"--resume: {path} is corrupt") from None
+    if not isinstance(history, list) or len(history) > len(seeds) or any(
+            not isinstance(h, dict) or h.get("trial") != i + 1 or h.get("seed") != seeds[i]
+            for i, h in enumerate(history)):
+        raise DataError(f"--resume: {path} does not belong to this run's trial seeds")
+    return history
+
+
 def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: float = 1e-3,
            trials: int = 20, train_size: int | None = None, val_fraction: float = 0.1,
            seed: int = 0, out: str | Path | None = None, data_path: str | None = None,
            split: str = "default", refit: bool = True, batch_size: int = 2048,
-           device=None, progress: bool = True, cv: int = 0) -> SearchResult:
+           device=None, progress: bool = True, cv: int = 0, resume: bool = False,
+           force: bool = False, test_fraction: float | None = None, resize=None,
+           grayscale: bool = False, test_folder: str | None = None, log=None) -> SearchResult:
     """Search ``trials`` random kernel sets; return the best model and a summary.
 
     ``cv`` >= 2 scores each trial by stratified ``cv``-fold cross-validation
@@ -61,22 +100,56 @@ def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: fl
     one held-out split: ``cv`` ELM fits per trial, worth it when the training
     set is tiny (Olivetti's 250 images leave a 25-image validation split,
     too coarse to rank kernel sets).
+
+    With ``out``, the folder is checked and locked before any compute and
+    each finished trial is written at once, so a killed or interrupted
+    search continues with ``resume=True`` and ends as the uninterrupted run
+    would. Trials are numbered from 1.
     """
     filters = check_filters(filters)
     if int(trials) < 1:
         raise ConfigError(f"trials must be a positive integer, got {trials}")
-    if C <= 0:
-        raise ConfigError(f"C must be positive, got {C}")
-    if nl < 1:
-        raise ConfigError(f"nl must be >= 1, got {nl}")
+    if not (math.isfinite(C) and C > 0):
+        raise ConfigError(f"C must be a positive finite number, got {C}")
+    if int(nl) < 1 or int(nl) > 8:
+        raise ConfigError(f"nl must be between 1 and 8, got {nl}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if not (math.isfinite(val_fraction) and 0 < val_fraction < 1):
+        raise ConfigError(f"validation fraction must lie strictly between 0 and 1, got {val_fraction}")
     if int(cv) == 1 or int(cv) < 0:
         raise ConfigError(f"cv must be 0 (one validation split) or >= 2 folds, got {cv}")
-    device = default_device() if device is None else device
-    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_path, split=split,
-                                                                   seed=seed)
+    trials, nl, cv, batch_size = int(trials), int(nl), int(cv), int(batch_size)
+    device = resolve_device(device)
+    out_dir = None
+    lock = None
+    if out is not None:
+        out_dir = prepare_run_dir(out, force=force, resume=resume)
+        lock = RunLock(out_dir).acquire()
+    elif resume:
+        raise ConfigError("--resume needs --out, the run folder to continue")
+    try:
+        return _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, seed,
+                              out_dir, data_path, split, refit, batch_size, device, progress, cv,
+                              resume, dict(test_fraction=test_fraction, resize=resize,
+                                           grayscale=grayscale, test_folder=test_folder), log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, seed, out_dir,
+                   data_path, split, refit, batch_size, device, progress, cv, resume,
+                   folder_opts, log) -> SearchResult:
+    if isinstance(dataset, Dataset):
+        ds = dataset
+    else:
+        ds = load_dataset(dataset, data_path, split=split, seed=seed, **folder_opts)
     train_idx, val_idx = ds.split(train_size, val_fraction, seed)
     if set(train_idx.tolist()) & set(val_idx.tolist()):  # cheap guard; tests check it too
         raise RuntimeError("train and validation splits overlap")
+    if len(val_idx) == 0 and not cv:
+        raise ConfigError("the validation split is empty; raise --train-size or --val-fraction")
     x_tr, y_tr = ds.x_train[train_idx], ds.y_train[train_idx]
     x_va, y_va = ds.x_train[val_idx], ds.y_train[val_idx]
     n_classes = ds.n_classes
@@ -88,15 +161,42 @@ def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: fl
         folds = kfold_ids(y_pool, cv, seed, groups)
     probe = LBCNNBody.random(ds.input_shape, filters, nl, 0, ds.input_scale)
     d = probe.n_features
+    _plan_memory(d, len(y_pool) if cv else len(train_idx) + len(val_idx))
+    if log is not None:
+        log(f"{ds.name}: {len(train_idx):,} fit + {len(val_idx):,} validation images"
+            f"{f' ({cv}-fold CV over both)' if cv else ''}, {len(ds.y_test):,} test images, "
+            f"{n_classes} classes, {d:,} features")
 
+    config = {"kind": "search", "dataset": ds.name, "filters": list(filters), "nl": nl, "C": C,
+              "seed": seed, "trials": trials, "train_size": int(len(train_idx) + len(val_idx)),
+              "requested_train_size": train_size, "val_fraction": val_fraction, "cv": cv,
+              "refit_on_train_plus_val": bool(refit or cv),
+              "fit_size": int(len(train_idx)), "val_size": int(len(val_idx)),
+              "data_path": None if data_path is None else str(data_path), "split": split,
+              **{k: (list(v) if isinstance(v, tuple) else v) for k, v in folder_opts.items()},
+              "device": str(device)}
+    seeds = trial_seeds(seed, trials)
     history: list[dict] = []
-    best = (-1.0, -1, None, None)
+    if out_dir is not None:
+        if resume and (out_dir / "config.json").exists():
+            saved = read_run_config(out_dir)
+            diff = {k: (saved.get(k), config[k]) for k in CONFIG_KEYS
+                    if k in saved and saved.get(k) != config[k]}
+            if diff:
+                raise ConfigError(f"--resume: settings differ from the run in {out_dir}: "
+                                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+            history = _read_history(out_dir, seeds)
+        write_json(out_dir / "config.json", config)
+
+    best = max(range(len(history)), key=lambda i: (history[i]["val_accuracy"], -i), default=None)
+    best_w = None  # the trial head of a trial run in this process, for --no-refit
     bar = _progress(trials, progress)
-    task = bar.add_task("", total=trials) if bar else None
+    task = bar.add_task("", total=trials, completed=len(history)) if bar else None
     if bar:
         bar.start()
     try:
-        for t, tseed in enumerate(trial_seeds(seed, trials)):
+        for t in range(len(history), trials):
+            tseed = seeds[t]
             timer: dict = {}
             start = time.perf_counter()
             body = LBCNNBody.random(ds.input_shape, filters, nl, tseed, ds.input_scale)
@@ -108,25 +208,40 @@ def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: fl
                                         device, timer)
                     correct += held.sum() * _score(body, w, x_pool[held], y_pool[held],
                                                    batch_size, device, timer)
-                val_acc = correct / len(y_pool)
+                val_acc = float(correct / len(y_pool))
             else:
                 w, solver = fit_elm(body, x_tr, y_tr, n_classes, C, batch_size, device, timer)
                 val_acc = _score(body, w, x_va, y_va, batch_size, device, timer)
+            if not np.all(np.isfinite(w)):
+                raise ConfigError(f"trial {t + 1}: the ELM head is not finite; raise C's "
+                                  f"regularization (smaller --C) or check the images")
             total = time.perf_counter() - start
-            rec = {"trial": t, "seed": tseed, "val_accuracy": val_acc, "solver": solver,
+            rec = {"trial": t + 1, "seed": tseed, "val_accuracy": val_acc, "solver": solver,
                    "seconds": total, "seconds_features": timer["features"],
                    "seconds_solve": timer["solve"], "seconds_scoring": timer["scoring"]}
             history.append(rec)
-            if val_acc > best[0]:
-                best = (val_acc, t, body, w)
+            if best is None or val_acc > history[best]["val_accuracy"]:
+                best, best_w = t, w
+            if out_dir is not None:
+                write_json(out_dir / "history.json", history)
             if bar:
-                bar.update(task, advance=1, description=f"trial {100 * val_acc:.2f}%  best "
-                           f"{100 * best[0]:.2f}% (#{best[1]})  {total:.1f}s/trial")
+                bar.update(task, advance=1, description=f"trial {t + 1}: {100 * val_acc:.2f}%  best "
+                           f"{100 * history[best]['val_accuracy']:.2f}% (trial {best + 1})  "
+                           f"{total:.1f}s/trial")
+    except KeyboardInterrupt:
+        if out_dir is None:
+            raise Interrupted(f"interrupted after {len(history)} of {trials} trials; nothing was "
+                              f"saved (no --out)") from None
+        raise Interrupted(f"interrupted after {len(history)} of {trials} trials, all saved in "
+                          f"{out_dir}; continue with: lbcnn search --resume --out {out_dir}") from None
     finally:
         if bar:
             bar.stop()
 
-    val_acc, best_t, body, w = best
+    best_t = best
+    val_acc = history[best_t]["val_accuracy"]
+    # kernels are a pure function of the trial seed, so a resumed run rebuilds the same body
+    body = LBCNNBody.random(ds.input_shape, filters, nl, history[best_t]["seed"], ds.input_scale)
     model = LBCNN(filters=filters, nl=nl, C=C, random_state=history[best_t]["seed"],
                   input_scale=ds.input_scale, batch_size=batch_size, device=device)
     t0 = time.perf_counter()
@@ -136,8 +251,10 @@ def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: fl
         x_fit = np.concatenate([x_tr, x_va])
         y_fit = np.concatenate([y_tr, y_va])
         model.coef_, model.solver_ = fit_elm(body, x_fit, y_fit, n_classes, C, batch_size, device)
-    else:
-        model.coef_, model.solver_ = w, history[best_t]["solver"]
+    elif best_w is not None:
+        model.coef_, model.solver_ = best_w, history[best_t]["solver"]
+    else:  # the best trial ran before a resume: re-solve its head, the same closed form
+        model.coef_, model.solver_ = fit_elm(body, x_tr, y_tr, n_classes, C, batch_size, device)
     refit_seconds = time.perf_counter() - t0
     # The one and only look at the test set.
     test_acc = model.score(ds.x_test, ds.y_test)
@@ -145,12 +262,13 @@ def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: fl
     per_trial = [h["seconds"] for h in history]
     summary = {
         "dataset": ds.name, "filters": list(filters), "nl": nl, "C": C, "seed": seed,
-        "trials": trials, "best_trial": best_t, "best_trial_seed": history[best_t]["seed"],
-        "train_size": int(len(train_idx) + len(val_idx)), "fit_size": int(len(train_idx)),
+        "trials": trials, "best_trial": best_t + 1, "best_trial_seed": history[best_t]["seed"],
+        "train_size": config["train_size"], "fit_size": int(len(train_idx)),
         "val_size": int(len(val_idx)), "test_size": int(len(ds.y_test)),
         "test_split": ds.test_split, "refit_on_train_plus_val": bool(refit or cv),
         "selection": f"{cv}-fold cross-validation" if cv else "held-out validation split",
         "features": d, "val_accuracy": val_acc, "test_accuracy": test_acc,
+        "val_standard_error": _standard_error(val_acc, len(y_pool) if cv else len(y_va)),
         "kbits_conv": body.conv_bits / 1000.0,
         "kbits_head": d * n_classes * HEAD_BITS_PAPER / 1000.0,
         "seconds_per_trial": statistics.median(per_trial),
@@ -158,12 +276,26 @@ def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: fl
         "seconds_solve_median": statistics.median(h["seconds_solve"] for h in history),
         "seconds_scoring_median": statistics.median(h["seconds_scoring"] for h in history),
         "seconds_search_total": sum(per_trial), "seconds_refit": refit_seconds,
-        "device": str(device),
+        "device": str(device), "class_names": list(ds.class_names),
     }
-    out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        write_run(out_dir, summary, history, model)
-    return SearchResult(model, history, best_t, summary, out_dir)
+        write_run(out_dir, summary, history, model, ds, val_fraction)
+    return SearchResult(model, history, best_t + 1, summary, out_dir)
+
+
+def _plan_memory(d: int, n: int) -> None:
+    """Refuse before the first trial what the ELM solve would refuse at the first fit."""
+    from .memory import require
+    if d < n:  # the same primal/dual choice fit_elm makes
+        require(2 * 4 * d * d, f"the {d:,}² Gram matrix", "use fewer filters or layers "
+                "(fewer features), or the dual with a smaller --train-size")
+    else:
+        require(2 * 8 * n * n, f"the {n:,}² dual kernel matrix", "use a smaller --train-size")
+
+
+def _standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` images."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else 0.0
 
 
 def _score(body, w, x, y, batch_size, device, timer) -> float:
@@ -182,22 +314,16 @@ def _score(body, w, x, y, batch_size, device, timer) -> float:
     return correct / max(len(y), 1)
 
 
-def write_run(out_dir: Path, summary: dict, history: list[dict], model: LBCNN) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.json", json.dumps(
-        {k: summary[k] for k in ("dataset", "filters", "nl", "C", "seed", "trials", "train_size",
-                                 "fit_size", "val_size", "refit_on_train_plus_val", "device")},
-        indent=2) + "\n")
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2) + "\n")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(out_dir / "history.csv", buf.getvalue())
-    save_lbcnn(model, out_dir / "model.npz", dataset=summary["dataset"],
+def write_run(out_dir: Path, summary: dict, history: list[dict], model: LBCNN, ds: Dataset,
+              val_fraction: float) -> None:
+    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "history.json", history)
+    write_csv(out_dir / "history.csv", history)
+    save_lbcnn(model, out_dir / "model.npz", **ds.provenance(),
                val_accuracy=summary["val_accuracy"], test_accuracy=summary["test_accuracy"],
-               train_size=summary["train_size"], seed=summary["seed"])
+               train_size=summary["train_size"], val_fraction=val_fraction, seed=summary["seed"])
     from .report import plot_trials
     plot_trials(history, out_dir / "trials.png", title=f"{summary['dataset']} "
-                f"filters {','.join(map(str, summary['filters']))}: validation accuracy per trial")
+                f"filters {','.join(map(str, summary['filters']))}: validation accuracy per trial",
+                chosen=summary["best_trial"], n_val=summary["train_size"]
+                if summary["selection"].endswith("cross-validation") else summary["val_size"])

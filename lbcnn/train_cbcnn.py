@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
+from .outputs import atomic_write_with
 from .models.cbcnn import CBCNN, save_cbcnn
 from .preprocess import Preprocess
 
@@ -45,14 +44,40 @@ def lr_at(epoch: int, epochs: int, lr_start: float, lr_end: float) -> float:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
-        torch.save(obj, tmp)
-    os.replace(tmp.name, path)
+    atomic_write_with(path, lambda fh: torch.save(obj, fh))
+
+
+CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "torch_rng", "history",
+                   "best_val_accuracy", "best_epoch", "best_model")
 
 
 def load_checkpoint(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A training checkpoint, or one line saying why it cannot be used.
+
+    ``weights_only=True`` never runs pickled code; its own refusal message
+    suggests ``weights_only=False``, which must not reach a user.
+    """
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise DataError(f"checkpoint {path} is missing or empty; start again without --resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(f"checkpoint {path} holds Python objects other than tensors and plain "
+                        f"values; lbcnn refuses to load it") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"checkpoint {path} is corrupt or truncated ({first[:120]})") from None
+    if not isinstance(ckpt, dict):
+        raise DataError(f"checkpoint {path} is not an lbcnn training checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise DataError(f"checkpoint {path} lacks {', '.join(missing)}; it is not an lbcnn "
+                        f"training checkpoint or it is damaged")
+    return ckpt
 
 
 def _cpu_state(sd: dict) -> dict:
@@ -140,7 +165,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not (lr_start > 0 and lr_end > 0):
+    if not (math.isfinite(lr_start) and math.isfinite(lr_end) and lr_start > 0 and lr_end > 0):
         raise ConfigError(f"learning rates must be positive, got {lr_start} and {lr_end}")
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
@@ -183,6 +208,10 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         raise DataError(f"{dataset.name} has {dataset.n_classes} classes but the model has {n_classes}")
 
     tr_idx, val_idx = dataset.split(train_size, val_fraction, seed)
+    if len(tr_idx) < 2 or len(val_idx) < 1:
+        raise ConfigError(f"{len(tr_idx)} training and {len(val_idx)} validation images: CBCNN's "
+                          f"batch norm needs at least 2 to train on and 1 to validate; "
+                          f"raise --train-size")
     x_tr = model.to_tensor(dataset.x_train[tr_idx]).cpu()
     y_tr = torch.as_tensor(dataset.y_train[tr_idx])
     x_val = model.to_tensor(dataset.x_train[val_idx]).cpu()
@@ -195,7 +224,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                   "preprocess": json.dumps(pre.to_dict()), "dataset": dataset.name,
                   "precision": precision, "shift": float(shift), "rotate": float(rotate),
                   "zoom": float(zoom)}
-    history, start_epoch = [], 0
+    history, start_epoch, wall_before = [], 0, 0.0
     best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT if out else None
@@ -206,9 +235,14 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         if saved != run_config:
             diff = {k: (saved.get(k), v) for k, v in run_config.items() if saved.get(k) != v}
             raise ConfigError(f"cannot resume {ckpt_path}: the run's settings differ {diff}")
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["torch_rng"])
+        try:
+            net.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            torch.set_rng_state(ck["torch_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"checkpoint {ckpt_path} does not fit this network ({first})") from None
+        wall_before = float(ck.get("wall_seconds", 0.0))
         history = list(ck["history"])
         best = {"val_accuracy": ck["best_val_accuracy"], "epoch": ck["best_epoch"],
                 "state": ck["best_model"]}
@@ -262,7 +296,9 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 _atomic_torch_save({"config": run_config, "epoch": epoch, "model": _cpu_state(net.state_dict()),
                                     "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                                     "history": history, "best_val_accuracy": best["val_accuracy"],
-                                    "best_epoch": best["epoch"], "best_model": best["state"]}, ckpt_path)
+                                    "best_epoch": best["epoch"], "best_model": best["state"],
+                                    "wall_seconds": wall_before + time.perf_counter() - t0},
+                                   ckpt_path)
                 plot_curves(history, out / "curves.png", f"CBCNN {dataset.name}")
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val {100 * val_acc:.2f} %")
             if on_epoch_end is not None:
@@ -273,7 +309,8 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 if now - t0 + max(epoch_seconds) > max_seconds:
                     stopped_early = epoch + 1 < epochs
                     break
-    wall = time.perf_counter() - t0
+    # a resumed run reports the whole run's training time, not only the resumed part
+    wall = wall_before + time.perf_counter() - t0
 
     net.to(memory_format=torch.contiguous_format)
     final_state = _cpu_state(net.state_dict())
@@ -289,11 +326,12 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
               "epochs_run": len(history), "stopped_by_time_budget": stopped_early}
     if out is not None:
         save_cbcnn(model, out / "model.npz", dataset=dataset.name, seed=seed, epochs=epochs,
-                   best_epoch=best["epoch"], test_accuracy=test_acc)
+                   best_epoch=best["epoch"], test_accuracy=test_acc,
+                   val_accuracy=best["val_accuracy"], **dataset.provenance())
         summary = {k: v for k, v in result.items() if k not in ("model", "final_state")}
         summary.update(run_config)
-        from .io import atomic_write_text
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        from .outputs import write_json
+        write_json(out / "summary.json", summary)
         result.update(checkpoint=str(ckpt_path), model_path=str(out / "model.npz"),
                       curves=str(out / "curves.png"))
     return result

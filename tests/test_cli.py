@@ -63,8 +63,8 @@ def test_model_file_round_trip(mnist, tmp_path):
 
 @pytest.mark.parametrize("args,env,message", [
     (["search", "--dataset", "imagenet"], {}, "unknown dataset"),
-    (["search", "--dataset", "mnist", "--trials", "0"], {}, "trials must be a positive"),
-    (["search", "--dataset", "mnist", "--trials", "-3"], {}, "trials must be a positive"),
+    (["search", "--dataset", "mnist", "--trials", "0"], {}, "--trials: expected a whole number >= 1"),
+    (["search", "--dataset", "mnist", "--trials", "-3"], {}, "--trials: expected a whole number >= 1"),
     (["search", "--dataset", "mnist", "--filters", "4,0"], {}, "depth multiplier"),
     (["search", "--dataset", "mnist", "--filters", "2,2,2,2"], {}, "1 to 3 conv layers"),
     (["search", "--dataset", "mnist"], {"LBCNN_DATA": "/nonexistent/dir"}, "not a folder"),

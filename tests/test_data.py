@@ -91,8 +91,15 @@ def test_folder_source(tmp_path):
     with pytest.raises(DataError, match="empty"):
         load_dataset(f"folder:{tmp_path}")
     (tmp_path / "eel" / "0.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match="cannot read image"):
+    with pytest.raises(DataError, match="eel holds no image that Pillow can read"):
         load_dataset(f"folder:{tmp_path}")
+    # a stray text file among real images is skipped, counted in one note
+    (tmp_path / "eel" / "0.png").unlink()
+    (tmp_path / "eel").rmdir()
+    (tmp_path / "cat" / "readme.txt").write_text("labels by folder")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert len(ds.y_train) + len(ds.y_test) == 12
+    assert ds.notes and "skipped 1 file" in ds.notes[0]
 
 
 def test_unknown_dataset_and_bad_data_dir(monkeypatch, tmp_path):

@@ -35,14 +35,22 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown})".lstrip()
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other lbcnn error (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="lbcnn", formatter_class=_Formatter,
+    parser = _OneLineParser(prog="lbcnn", formatter_class=_Formatter,
                                      description="Light binary CNNs for TinyML: search, optimize, "
                                                  "train, evaluate and deploy.")
     parser.add_argument("--version", action="version", version=f"lbcnn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_OneLineParser)
     _inherit_formatter(sub)
     for name in _command_modules():
         module = importlib.import_module(f".{name}", __name__)
@@ -69,8 +77,12 @@ def _inherit_formatter(sub) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..search import Interrupted
     try:
         return args.func(args)
+    except Interrupted as exc:
+        print(f"lbcnn: {exc}", file=sys.stderr)
+        return 130
     except LbcnnError as exc:
         print(f"lbcnn: error: {exc}", file=sys.stderr)
         return 2

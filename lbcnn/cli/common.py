@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -11,10 +13,108 @@ def ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def add_data_args(p, required: bool = True):
+def finite_float(text: str) -> float:
+    """A float option that refuses NaN and infinity at parse time."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def add_data_args(p, required: bool = True, folder_options: bool = True):
+    """``required=False`` for commands that read a model: its file records the dataset."""
     p.add_argument("--dataset", required=required,
-                   help="mnist, fashion_mnist, gtsrb, olivetti, cifar10, npz:PATH or folder:PATH")
+                   help="mnist, fashion_mnist, gtsrb, olivetti, cifar10, npz:PATH, folder:PATH, "
+                        "or a path to a folder (one sub-folder per class) or an .npz"
+                        + ("" if required else "; default: the dataset recorded in the model file"))
     p.add_argument("--data-path", help="explicit file or folder for a named dataset "
                    "(otherwise LBCNN_DATA, the cache, then a download)")
     p.add_argument("--split", default="default", choices=["default", "paper"],
                    help="for sources without a test set: 'paper' is Olivetti's 250/150 split")
+    if not folder_options:
+        return
+    g = p.add_argument_group("image folders and .npz files without a test split")
+    g.add_argument("--resize", type=ints, metavar="H,W",
+                   help="resize every image of a folder: dataset to H x W (bilinear)")
+    g.add_argument("--grayscale", action="store_true",
+                   help="convert a folder: dataset's images to one gray channel")
+    g.add_argument("--test-fraction", type=fraction, metavar="F",
+                   help="share of the images held out as the test split (default 0.2; "
+                        "Olivetti 0.5)")
+    g.add_argument("--test-folder", metavar="PATH",
+                   help="a separate folder of test images, laid out like the training folder")
+
+
+def say(args, message: str) -> None:
+    """A note for people: on stderr, so ``--json`` output stays one parseable object."""
+    print(message, file=sys.stderr)
+
+
+def load_data(args, model_meta: dict | None = None, quiet: bool = False):
+    """The dataset the options name, or the one a model file records.
+
+    Prints the dataset's notes (skipped files, remapped labels) and, for
+    commands that read a model, warns when the dataset differs from the
+    recorded one. Folder options recorded in the model are reused.
+    """
+    from ..data import load_dataset, normalize_name
+
+    recorded = (model_meta or {}).get("dataset")
+    name = args.dataset or recorded
+    if not name:
+        from ..errors import ConfigError
+        raise ConfigError("--dataset is required: the model file records no dataset")
+    prep = (model_meta or {}).get("preprocessing") or {}
+    resize = args.resize if getattr(args, "resize", None) else prep.get("resize")
+    grayscale = bool(getattr(args, "grayscale", False) or prep.get("grayscale"))
+    ds = load_dataset(name, args.data_path, split=args.split, seed=getattr(args, "seed", 0),
+                      test_fraction=getattr(args, "test_fraction", None), resize=resize,
+                      grayscale=grayscale, test_folder=getattr(args, "test_folder", None))
+    if not quiet:
+        for note in ds.notes or []:
+            say(args, f"note: {note}")
+        if args.dataset and recorded and normalize_name(args.dataset) != recorded:
+            say(args, f"warning: the model was trained on {recorded} but is run on {ds.name}")
+    return ds
+
+
+def add_output_args(p, what: str = "run folder", resumable: bool = True) -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"write into a non-empty {what}, replacing the files this command writes")
+    if resumable:
+        p.add_argument("--resume", action="store_true",
+                       help=f"continue the interrupted run in the {what} given by --out")

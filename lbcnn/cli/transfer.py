@@ -8,7 +8,7 @@ def add_parser(sub) -> None:
     t = sub.add_parser("transfer", help="freeze a trained CBCNN/LB-CNN body and train a new last "
                        "layer for another dataset")
     t.add_argument("--backbone", required=True, metavar="MODEL", help="model file or run folder")
-    add_data_args(t)
+    add_data_args(t, folder_options=False)
     t.add_argument("--head", default="float", choices=["float", "binary"])
     t.add_argument("--per-class", type=int, default=10, help="labelled images per class")
     t.add_argument("--epochs", type=int, default=50)

@@ -38,10 +38,34 @@ class Dataset:
     groups_train: np.ndarray | None = None  # e.g. GTSRB tracks, held out whole
     class_names: list[str] | None = None
     test_split: str = "official"
+    # what a model must record to be fed the same images again
+    preprocessing: dict | None = None
+    # original label values when labels were remapped to 0..K-1
+    label_values: list | None = None
+    # things the user should be told once (skipped files, remapped labels)
+    notes: list[str] | None = None
+
+    def __post_init__(self):
+        if self.class_names is None:
+            self.class_names = _DEFAULT_CLASS_NAMES.get(self.name) or [
+                str(v) for v in (self.label_values or range(self.n_classes))]
+
+    def provenance(self) -> dict:
+        """What a model file records about its data (the model file is the source of truth)."""
+        return {"dataset": self.name, "class_names": list(self.class_names),
+                "preprocessing": self.preprocessing or {}, "label_values": self.label_values}
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.x_train.shape[1:])
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(v) for v in self.input_shape)
+        names = list(self.class_names or [])
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        return (f"Dataset({self.name!r}: {len(self.y_train):,} train + {len(self.y_test):,} test "
+                f"images {shape} {self.x_train.dtype}, {self.n_classes} classes [{shown}], "
+                f"test split {self.test_split})")
 
     def split(self, train_size=None, val_fraction=0.1, seed=0):
         """(train_idx, val_idx) into x_train; see ``splits.train_val_split``."""
@@ -55,6 +79,15 @@ _BUILTIN = {
     "gtsrb": "gtsrb32.npz",
     "olivetti": "olivetti_faces.npz",
     "cifar10": "cifar10.npz",
+}
+
+
+_DEFAULT_CLASS_NAMES = {
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+    "olivetti": [f"s{i}" for i in range(1, 41)],  # the AT&T archive's folder names
 }
 
 
@@ -128,8 +161,37 @@ def _from_arrays(name: str, arrays: dict, test_fraction: float, seed: int,
                         f"found {sorted(arrays)}")
     if xtr.shape[1:] != xte.shape[1:]:
         raise DataError(f"{name}: train images {xtr.shape[1:]} and test images {xte.shape[1:]} differ")
-    n_classes = int(max(ytr.max(initial=0), yte.max(initial=0)) + 1)
-    return Dataset(name, xtr, ytr, xte, yte, n_classes, input_scale, groups, test_split=split)
+    ytr, yte, values, notes = check_labels(name, ytr, yte)
+    n_classes = len(values) if values is not None else int(ytr.max(initial=0) + 1)
+    return Dataset(name, xtr, ytr, xte, yte, n_classes, input_scale, groups, test_split=split,
+                   label_values=values, notes=notes)
+
+
+def check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray):
+    """Class ids must be 0..K-1, each present in training; gaps are remapped with a note.
+
+    Returns (y_train, y_test, original label values or None, notes).
+    """
+    if len(y_train) == 0:
+        raise DataError(f"{name}: the training split is empty")
+    if len(y_test) == 0:
+        raise DataError(f"{name}: the test split is empty; add test images or raise the test "
+                        f"fraction")
+    seen = np.unique(y_train)
+    if len(seen) < 2:
+        raise DataError(f"{name}: every training image has label {int(seen[0])}; a classifier "
+                        f"needs at least 2 classes")
+    unseen = np.setdiff1d(np.unique(y_test), seen)
+    if len(unseen):
+        shown = ", ".join(str(int(v)) for v in unseen[:5]) + (" ..." if len(unseen) > 5 else "")
+        raise DataError(f"{name}: test labels {shown} never occur in training")
+    if seen[-1] == len(seen) - 1:
+        return y_train, y_test, None, []
+    note = (f"{name}: labels {', '.join(str(int(v)) for v in seen[:6])}"
+            f"{' ...' if len(seen) > 6 else ''} are not 0..{len(seen) - 1}; remapped to "
+            f"0..{len(seen) - 1} (the model file stores the original values)")
+    return (np.searchsorted(seen, y_train), np.searchsorted(seen, y_test),
+            [int(v) for v in seen], [note])
 
 
 def _builtin_arrays(name: str, path: str | None) -> dict:
@@ -188,29 +250,70 @@ def _gtsrb_tracks(y: np.ndarray) -> np.ndarray:
     return groups
 
 
+def normalize_name(name: str) -> str:
+    """``PATH`` to an existing folder or ``.npz`` means ``folder:PATH`` / ``npz:PATH``."""
+    name = str(name)
+    if name in _BUILTIN or name.startswith(("npz:", "folder:")):
+        return name
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return f"folder:{name}"
+    if p.suffix.lower() == ".npz" and p.is_file():
+        return f"npz:{name}"
+    return name
+
+
 def load_dataset(name: str, path: str | None = None, *, split: str = "default",
-                 test_fraction: float = 0.5, seed: int = 0, resize=None,
-                 grayscale: bool = False) -> Dataset:
+                 test_fraction: float | None = None, seed: int = 0, resize=None,
+                 grayscale: bool = False, test_folder: str | None = None) -> Dataset:
     """Load a dataset by registry name, ``npz:PATH`` or ``folder:PATH``.
 
     ``split`` matters only for sources without an official test set:
     ``"paper"`` (Olivetti's 250/150) or ``"default"`` (seeded stratified split
-    with ``test_fraction``).
+    with ``test_fraction``: 0.5 for Olivetti, 5 of 10 faces a person, else 0.2).
+    ``resize`` (H, W) and ``grayscale`` apply to ``folder:`` images, and
+    ``test_folder`` gives a folder source its own test images.
     """
+    name = normalize_name(name)
+    if test_fraction is not None and not (0.0 < float(test_fraction) < 1.0):
+        raise DataError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
+    if split not in ("default", "paper"):
+        raise DataError(f"unknown split {split!r}; choose default or paper")
+    if split == "paper" and name != "olivetti":
+        raise DataError(f"--split paper is Olivetti's 250/150 split; {name} has no paper split")
+    if test_folder is not None and not name.startswith("folder:"):
+        raise DataError("--test-folder goes with a folder: dataset")
+    if (resize is not None or grayscale) and not name.startswith("folder:"):
+        raise DataError("--resize and --grayscale apply to folder: datasets")
+    frac = 0.2 if test_fraction is None else float(test_fraction)
     if name.startswith("npz:"):
-        ds = _from_arrays(name, _read_npz(Path(name[4:])), test_fraction, seed)
+        ds = _from_arrays(name, _read_npz(Path(name[4:])), frac, seed)
         return ds
     if name.startswith("folder:"):
         from .folder import read_folder
-        x, y, classes = read_folder(Path(name[7:]), resize=resize, grayscale=grayscale)
-        ds = _from_arrays(name, {"x": x, "y": y}, test_fraction, seed)
-        ds.class_names = classes
+        x, y, classes, notes = read_folder(Path(name[7:]), resize=resize, grayscale=grayscale)
+        if test_folder is not None:
+            if test_fraction is not None:
+                raise DataError("give --test-folder or --test-fraction, not both")
+            xt, yt, tclasses, tnotes = read_folder(Path(test_folder), resize=resize,
+                                                   grayscale=grayscale, shape=x.shape[1:],
+                                                   classes=classes)
+            ds = _from_arrays(name, {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt},
+                              frac, seed)
+            ds.test_split = f"folder {test_folder}"
+            notes += tnotes
+        else:
+            ds = _from_arrays(name, {"x": x, "y": y}, frac, seed)
+        ds.class_names = classes if ds.label_values is None else [classes[v] for v in ds.label_values]
+        ds.notes = notes + (ds.notes or [])
+        ds.preprocessing = {"resize": list(resize) if resize is not None else None,
+                            "grayscale": bool(grayscale)}
         return ds
     if name not in _BUILTIN:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(list_datasets())}")
     arrays = _builtin_arrays(name, path)
     if name == "olivetti":
-        return _olivetti(arrays, split, test_fraction, seed)
+        return _olivetti(arrays, split, 0.5 if test_fraction is None else frac, seed)
     groups = _gtsrb_tracks(np.asarray(arrays["y_train"])) if name == "gtsrb" else None
     ds = _from_arrays(name, arrays, test_fraction, seed, groups=groups)
     if name == "gtsrb":

@@ -151,8 +151,5 @@ def export_onnx(model, path, input_channels=None) -> Path:
     CBCNN with ``y_channel`` preprocessing (3 = RGB input, the default; 1 = gray)."""
     path = Path(path)
     om = build_any(model, input_channels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(om.SerializeToString())
-    os.replace(tmp, path)
-    return path
+    from ..outputs import atomic_write_bytes
+    return atomic_write_bytes(path, om.SerializeToString())
