@@ -72,7 +72,7 @@ def load_any(path):
     kind = sniff(path)
     if kind == "run folder":
         path, kind = path / "model.npz", sniff(path / "model.npz")
-    if kind == "HDF5":
+    if kind == "HDF5" or (kind == "zip" and path.suffix.lower() == ".keras"):
         from .deploy.keras_import import import_keras_h5
         return import_keras_h5(path)
     if kind == "zip":

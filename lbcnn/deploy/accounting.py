@@ -148,8 +148,7 @@ def account_lbcnn(model, path=None, sizes: bool = True) -> dict:
     d, k = model.coef_.shape
     total_bits = conv_bits + head_bits
     float_bits = conv_bits + 32 * (d * k + k)
-    out = {
-        "family": "lbcnn",
+    out = {  # no "family" key: LB-CNN is the default layout (render dispatches on it)
         "filters": list(model.body_.filters), "nl": model.body_.nl,
         "input_shape": list(model.body_.input_shape), "features": d, "classes": k,
         "head": getattr(model, "head_meta_", {"kind": "float32"}),
