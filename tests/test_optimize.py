@@ -207,8 +207,8 @@ def test_ray_workers_give_in_process_metrics(npz, tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = RayRunner(data, workers=2).map(tasks)
-        res = optimize(ds, train_size=500, rungs=(100, 200), space=_space(), max_configs=6,
-                       bracket=6, eta=3, workers=2, out=tmp_path / "ray", seed=3)
+        res = optimize(ds, train_size=500, rungs=(100, 200), space=_space(), max_configs=3,
+                       bracket=3, eta=3, workers=2, out=tmp_path / "ray", seed=3)
     finally:
         ray.shutdown()
     local = LocalRunner(data).map(tasks)
