@@ -13,8 +13,9 @@ def add_parser(sub) -> None:
                    help="a run folder, native .npz model, Keras .h5, .onnx file (run with "
                         "onnxruntime) or exported C folder (compiled with the system C compiler)")
     add_data_args(e, required=False)
-    e.add_argument("--seed", type=int, default=0,
-                   help="seed of the test split for sources without one (use the training run's)")
+    e.add_argument("--seed", type=int, default=None,
+                   help="seed of the test split for sources without one; default: the seed "
+                        "recorded in the model file, else 0")
     e.add_argument("--out", metavar="DIR",
                    help="write evaluation.json and confusion.png (per-class accuracy and the "
                         "confusion matrix) into DIR; nothing is written without it")
@@ -34,6 +35,9 @@ def run(args) -> int:
     if not args.dataset and not pred.dataset:
         from ..errors import ConfigError
         raise ConfigError(f"{args.model} records no dataset ({pred.kind} model); pass --dataset")
+    if args.seed is None:
+        recorded = pred.config.get("seed")
+        args.seed = recorded if isinstance(recorded, int) else 0
     ds = load_data(args, pred.config)
     result = evaluate(pred, ds)
     if args.out:
