@@ -114,6 +114,21 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
                           f"start without --resume")
     say = log or (lambda msg: None)
     with (RunLock(run_dir) if run_dir is not None else contextlib.nullcontext()):
+        state = {}
+        if resume:
+            import json
+            state = json.loads((run_dir / "run.json").read_text())
+            if storage is None and state.get("storage") != "local":
+                raise ConfigError("this run used --storage; pass the same --storage to resume it")
+        owner = state.get("owner") or uuid.uuid4().hex
+        if storage is None and run_dir is not None:
+            if force and not resume:
+                for suffix in ("", "-journal", "-wal", "-shm"):
+                    (run_dir / f"study.db{suffix}").unlink(missing_ok=True)
+            url = local_url(run_dir)
+        else:
+            url = storage
+        store = open_storage(url) if url is not None else None
         ds = _load(dataset, data_path, split, seed)
         data = prepare(ds, train_size, val_fraction, seed, rungs, cv, space.colors(3))
         shape, k = ds.input_shape, ds.n_classes
@@ -132,28 +147,13 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
             return None
 
         _check_space(space, shape, k, max_kbits, infeasible)
-
         fingerprint = {"dataset": ds.name, "split": split, "train_size": budget_n,
                        "val_fraction": val_fraction, "seed": seed, "cv": int(cv),
                        "rungs": data.rung_sizes, "objectives": list(objectives),
                        "space": space.to_dict()}
-        state = {}
-        if resume:
-            import json
-            state = json.loads((run_dir / "run.json").read_text())
-            if storage is None and state.get("storage") != "local":
-                raise ConfigError("this run used --storage; pass the same --storage to resume it")
-        owner = state.get("owner") or uuid.uuid4().hex
         name = study_name or state.get("study_name") or \
             f"lbcnn-{ds.name.replace(':', '-')}-{budget_n}-seed{seed}"
-        if storage is None and run_dir is not None:
-            if force and not resume:
-                for suffix in ("", "-journal", "-wal", "-shm"):
-                    (run_dir / f"study.db{suffix}").unlink(missing_ok=True)
-            url = local_url(run_dir)
-        else:
-            url = storage
-        store = open_storage(url) if url is not None else None
+
         n_rungs = len(data.rungs)
         bracket = int(bracket or (3 * int(eta) ** (n_rungs - 1) if n_rungs > 1
                                   else max(4, 2 * n_workers)))
