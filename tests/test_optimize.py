@@ -41,10 +41,9 @@ def _space():
                        C=(1e-3, 1e-1), bits=(32, 8, 4))
 
 
-def cli(*args, capsys=None):
+def cli(*args):
     from lbcnn.cli import main
-    rc = main(list(args))
-    return rc
+    return main(list(args))
 
 
 # -- Pareto ranking against brute force -------------------------------------------
@@ -123,7 +122,7 @@ def test_front_is_pareto_and_kbits_equal_lbcnn_info(npz, tmp_path, capsys):
             assert info["head_bits"] == 32 * (info["features"] + 1) * info["classes"]
     # no completed trial dominates a front member (validation accuracy, kbits)
     import optuna
-    study = optuna.load_study(study_name=None if False else _study_name(out),
+    study = optuna.load_study(study_name=_study_name(out),
                               storage=f"sqlite:///{out / 'study.db'}")
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     for m in front:
@@ -239,6 +238,8 @@ def test_ray_workers_give_in_process_metrics(npz, tmp_path):
     (["--layers", "1", "--nf1", "0"], "depth multipliers must be >= 1"),
 ])
 def test_bad_input_is_one_line(npz, tmp_path, capsys, extra, message):
+    if extra == ["--resume"]:
+        (tmp_path / "run").mkdir()  # a folder, but no study in it
     rc = cli("optimize", "--dataset", npz, *SMALL, "--max-configs", "1",
              "--out", str(tmp_path / "run"), *extra)
     err = capsys.readouterr().err.strip()
