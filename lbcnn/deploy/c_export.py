@@ -100,16 +100,35 @@ typedef int32_t lbcnn_pair_t __attribute__((may_alias));
 
 /* scratch: 4-byte aligned (two int16 lanes per word) */
 #define LBCNN_BUF(name, n) static union { int32_t align_; act_t v[n]; } name
+#if defined(__GNUC__) || defined(__clang__)
+#define LBCNN_NOINLINE __attribute__((noinline))
+#else
+#define LBCNN_NOINLINE
+#endif
+#if defined(__clang__) && defined(__arm__)
+/* short rows on a small core: no unrolled copies (flash, and no remainder loops) */
+#define LBCNN_NOUNROLL _Pragma("clang loop unroll(disable)")
+#else
+#define LBCNN_NOUNROLL
+#endif
 
 @WEIGHTS@
 @BUFFERS@
 static const hw_t *g_hw;           /* next head weights (consumed in order) */
 static int64_t g_acc[@K@];          /* class accumulators */
+static part_t g_part[@K@];          /* class partial sums of the current final channel */
+
+/* the partial sums of one final channel into the accumulators */
+static void flush_head(void)
+{
+    int c;
+    for (c = 0; c < @K@; c++) { g_acc[c] += g_part[c]; g_part[c] = 0; }
+}
 
 /* channel co's nine signs (bit t*nco + co of kb set = tap t is -1). Returns neg and
  * the (at most four) taps to sum: the -1 taps (out = S - 2T), or, when more than four
  * are -1, the +1 taps (out = -(S - 2T)); each as dy << 2 | dx, unused = 0xFF. */
-static int decode_taps(const uint8_t *kb, int co, int nco, unsigned char *taps)
+static LBCNN_NOINLINE int decode_taps(const uint8_t *kb, int co, int nco, unsigned char *taps)
 {
     unsigned negm = 0, sel;
     int t, n = 0, k = co, dy, dx;
@@ -127,263 +146,320 @@ static int decode_taps(const uint8_t *kb, int co, int nco, unsigned char *taps)
     return n > 4;
 }
 
-/* a padded row: e[0] = 0, e[1..w] = the row, zeros after; o[k] = e[k + 1] */
-static void fill_u8(const uint8_t *src, int step, int w, act_t *e, act_t *o, int wp)
+/* a padded image row: e[0] = 0, e[1..w] = the row, zeros after; o[k] = e[k + 1] */
+static LBCNN_NOINLINE void fill_u8(const uint8_t *src, int step, int w, act_t *e, act_t *o)
 {
-    int x;
-    e[0] = 0;
-    for (x = 0; x < w; x++, src += step) {
+    int x = 0;
+#if LBCNN_SIMD
+    if (step == 1 && !((uintptr_t)src & 3u) && w >= 4) {   /* four pixels a word */
+        const uint32_t *ps = (const uint32_t *)(const void *)src;
+        lbcnn_pair_t *pe = (lbcnn_pair_t *)(void *)e, *po = (lbcnn_pair_t *)(void *)o;
+        uint32_t prev = 0;
+        int n = w >> 2;
+        LBCNN_NOUNROLL
+        while (n--) {
+            const uint32_t v = *ps++;
+            const uint32_t lo = __uxtb16(v), hi = __uxtb16(__ror(v, 8));  /* (p0, p2), (p1, p3) */
+            *po++ = (int32_t)((lo & 0xFFFFu) | (hi << 16));               /* (p0, p1) */
+            *po++ = (int32_t)((hi & 0xFFFF0000u) | (lo >> 16));           /* (p2, p3) */
+            *pe++ = (int32_t)((prev >> 16) | (lo << 16));                 /* (p-1, p0) */
+            *pe++ = (int32_t)((hi & 0xFFFFu) | (lo & 0xFFFF0000u));       /* (p1, p2) */
+            prev = hi;
+        }
+        x = w & ~3;
+        e[x] = (act_t)src[x - 1];
+        src += x;
+    }
+#endif
+    for (; x < w; x++, src += step) {
         const act_t v = (act_t)*src;
         e[x + 1] = v;
 #if LBCNN_SIMD
         o[x] = v;
 #endif
     }
-    for (x = w + 1; x < wp; x++) e[x] = 0;
-#if LBCNN_SIMD
-    for (x = w; x < wp; x++) o[x] = 0;
-#else
+#if !LBCNN_SIMD
     (void)o;
 #endif
 }
 
-static void fill_act(const act_t *src, int w, int relu, act_t *e, act_t *o, int wp)
-{
-    int x;
-    e[0] = 0;
-    for (x = 0; x < w; x++) {
-        act_t v = src[x];
-        if (relu && v < 0) v = 0;
-        e[x + 1] = v;
-#if LBCNN_SIMD
-        o[x] = v;
-#endif
-    }
-    for (x = w + 1; x < wp; x++) e[x] = 0;
-#if LBCNN_SIMD
-    for (x = w; x < wp; x++) o[x] = 0;
-#else
-    (void)o;
-#endif
-}
-
-/* S[x] = 3x3 box sum over the padded rows e[0..2] (n even) */
-static void s_row(act_t *const *e, act_t *const *o, act_t *restrict s, int n)
+/* S[x] = 3x3 box sum over three padded rows (n even) */
+static LBCNN_NOINLINE void s_row(act_t *const *rows, act_t *restrict s, int n)
 {
     int x;
 #if LBCNN_SIMD
-    const lbcnn_pair_t *a0 = PAIRS(e[0]), *a1 = PAIRS(e[1]), *a2 = PAIRS(e[2]);
-    const lbcnn_pair_t *b0 = PAIRS(o[0]), *b1 = PAIRS(o[1]), *b2 = PAIRS(o[2]);
+    const lbcnn_pair_t *a0 = PAIRS(rows[0]), *a1 = PAIRS(rows[1]), *a2 = PAIRS(rows[2]);
+    const lbcnn_pair_t *b0 = PAIRS(rows[3]), *b1 = PAIRS(rows[4]), *b2 = PAIRS(rows[5]);
     lbcnn_pair_t *ps = (lbcnn_pair_t *)(void *)s;
+    int32_t c = __sadd16(__sadd16(a0[0], a1[0]), a2[0]);
+    LBCNN_NOUNROLL
     for (x = 0; x < n >> 1; x++) {
-        int32_t c = __sadd16(__sadd16(a0[x], a1[x]), a2[x]);
-        int32_t d = __sadd16(__sadd16(b0[x], b1[x]), b2[x]);
-        int32_t f = __sadd16(__sadd16(a0[x + 1], a1[x + 1]), a2[x + 1]);
+        const int32_t d = __sadd16(__sadd16(b0[x], b1[x]), b2[x]);
+        const int32_t f = __sadd16(__sadd16(a0[x + 1], a1[x + 1]), a2[x + 1]);
         ps[x] = __sadd16(__sadd16(c, d), f);
+        c = f;
     }
 #else
-    const act_t *a0 = e[0], *a1 = e[1], *a2 = e[2];
-    (void)o;
+    const act_t *a0 = rows[0], *a1 = rows[1], *a2 = rows[2];
     for (x = 0; x < n; x++)
         s[x] = (act_t)((calc_t)a0[x] + a0[x + 1] + a0[x + 2] + a1[x] + a1[x + 1] + a1[x + 2]
                        + a2[x] + a2[x + 1] + a2[x + 2]);
 #endif
 }
 
-/* out[x] (or max(out[x], .) when maxin) = sign * (S[x] - 2 * (t0 + t1 + t2 + t3)[x]) */
-static void conv_row(const act_t *restrict s, const act_t *t0, const act_t *t1,
-                     const act_t *t2, const act_t *t3, act_t *restrict out, int n, int neg,
-                     int maxin)
-{
-    int x;
+/* out[x] = sign * (S[x] - 2 * (t0 + t1 + t2 + t3)[x]) for x < n (n even), in four
+ * variants: sign +1 / -1, and storing or keeping max(out[x], .) (the second row of a
+ * pooling pair). Two int16 lanes per word on SIMD32. */
 #if LBCNN_SIMD
-    const lbcnn_pair_t *ps = PAIRS(s), *p0 = PAIRS(t0), *p1 = PAIRS(t1), *p2 = PAIRS(t2),
-                       *p3 = PAIRS(t3);
-    lbcnn_pair_t *po = (lbcnn_pair_t *)(void *)out;
-    const int32_t m = neg ? -1 : 0;   /* both lanes: (v ^ m) - m = -v */
-    if (maxin)
-        for (x = 0; x < n >> 1; x++) {
-            const int32_t t = __sadd16(__sadd16(p0[x], p1[x]), __sadd16(p2[x], p3[x]));
-            int32_t v = __ssub16(__ssub16(ps[x], t), t), b = po[x];
-            v = __ssub16(v ^ m, m);
-            (void)__ssub16(v, b);     /* GE flags per lane: v >= b */
-            po[x] = __sel(v, b);
-        }
-    else
-        for (x = 0; x < n >> 1; x++) {
-            const int32_t t = __sadd16(__sadd16(p0[x], p1[x]), __sadd16(p2[x], p3[x]));
-            const int32_t v = __ssub16(__ssub16(ps[x], t), t);
-            po[x] = __ssub16(v ^ m, m);
-        }
+#define CONV_FN(name, EXPR, MAXIN) \
+static LBCNN_NOINLINE void name(const act_t *s, const act_t *const *tp, act_t *out, int n) \
+{ \
+    const lbcnn_pair_t *ps = PAIRS(s), *p0 = PAIRS(tp[0]), *p1 = PAIRS(tp[1]), \
+                       *p2 = PAIRS(tp[2]), *p3 = PAIRS(tp[3]); \
+    lbcnn_pair_t *po = (lbcnn_pair_t *)(void *)out; \
+    n >>= 1; \
+    LBCNN_NOUNROLL \
+    while (n--) { \
+        const int32_t u = __sadd16(__sadd16(*p0++, *p1++), __sadd16(*p2++, *p3++)); \
+        const int32_t t = __sadd16(u, u), sv = *ps++; \
+        int32_t v = EXPR; \
+        if (MAXIN) { const int32_t b = *po; (void)__ssub16(v, b); v = __sel(v, b); } \
+        *po++ = v; \
+    } \
+}
+CONV_FN(conv_pos, __ssub16(sv, t), 0)
+CONV_FN(conv_neg, __ssub16(t, sv), 0)
+CONV_FN(conv_pos_max, __ssub16(sv, t), 1)
+CONV_FN(conv_neg_max, __ssub16(t, sv), 1)
 #else
-    const calc_t m = neg ? -1 : 0;
-    if (maxin)
-        for (x = 0; x < n; x++) {
-            calc_t v = (calc_t)s[x] - 2 * ((calc_t)t0[x] + t1[x] + t2[x] + t3[x]);
-            v = (v ^ m) - m;
-            out[x] = v > out[x] ? (act_t)v : out[x];
-        }
-    else
-        for (x = 0; x < n; x++) {
-            const calc_t v = (calc_t)s[x] - 2 * ((calc_t)t0[x] + t1[x] + t2[x] + t3[x]);
-            out[x] = (act_t)((v ^ m) - m);
-        }
+#define CONV_FN(name, EXPR, MAXIN) \
+static LBCNN_NOINLINE void name(const act_t *s, const act_t *const *tp, act_t *out, int n) \
+{ \
+    const act_t *t0 = tp[0], *t1 = tp[1], *t2 = tp[2], *t3 = tp[3]; \
+    int x; \
+    LBCNN_NOUNROLL \
+    for (x = 0; x < n; x++) { \
+        const calc_t t = 2 * ((calc_t)t0[x] + t1[x] + t2[x] + t3[x]), sv = s[x]; \
+        const calc_t v = EXPR; \
+        if (!MAXIN || v > out[x]) out[x] = (act_t)v; \
+    } \
+}
+CONV_FN(conv_pos, sv - t, 0)
+CONV_FN(conv_neg, t - sv, 0)
+CONV_FN(conv_pos_max, sv - t, 1)
+CONV_FN(conv_neg_max, t - sv, 1)
+#endif
+typedef void (*conv_fn)(const act_t *, const act_t *const *, act_t *, int);
+static conv_fn const CONV[4] = { conv_pos, conv_neg, conv_pos_max, conv_neg_max };
+
+/* one output row of w values (ReLU'd when relu): into plane row off as both copies
+ * (de[off + x + 1] and dof[off + x]), or into the head when de is 0 */
+static void head_row(const act_t *v);
+
+static LBCNN_NOINLINE void put(const act_t *v, int w, act_t *de, act_t *dof, int off,
+                               int relu)
+{
+    act_t *e;
+#if LBCNN_SIMD
+    act_t *o = dof + off;
+#endif
+    int x;
+    if (!de) {
+        head_row(v);
+        return;
+    }
+    e = de + off + 1;
+    for (x = 0; x < w; x++) {
+        act_t a = v[x];
+        if (relu && a < 0) a = 0;
+        e[x] = a;
+#if LBCNN_SIMD
+        o[x] = a;
+#endif
+    }
+#if !LBCNN_SIMD
+    (void)dof;
 #endif
 }
 
-/* out[x] = max(a[x], b[x]), n even */
-static void vmax_row(const act_t *a, const act_t *b, act_t *restrict out, int n)
+/* one pooled row: out[j] = max of rows a and b (b = a for a single row) over the
+ * columns 2j-1 .. 2j+2 within [0, w): the 4x4/2 'same' max pool, vertical and
+ * horizontal in one pass (q_j = max of columns 2j-1, 2j; out_j = max(q_j, q_j+1)) */
+static LBCNN_NOINLINE void pool_row(act_t *a, act_t *b, int w, act_t *out)
 {
-    int x;
+    const int wr = w + (w & 1);
+    int j = (w + 1) >> 1;
+    a[w] = b[w] = ACT_MIN;          /* the garbage lane of odd widths, and the right edge */
+    a[wr] = b[wr] = ACT_MIN;
+    a[wr + 1] = b[wr + 1] = ACT_MIN;
 #if LBCNN_SIMD
-    const lbcnn_pair_t *pa = PAIRS(a), *pb = PAIRS(b);
-    lbcnn_pair_t *po = (lbcnn_pair_t *)(void *)out;
-    for (x = 0; x < n >> 1; x++) {
-        const int32_t u = pa[x], v = pb[x];
-        (void)__ssub16(u, v);
-        po[x] = __sel(u, v);
+    {
+        const lbcnn_pair_t *pa = PAIRS(a), *pb = PAIRS(b);
+        uint32_t m, mn, x, q, qn;
+        m = (uint32_t)*pa++;
+        mn = (uint32_t)*pb++;
+        (void)__ssub16((int32_t)m, (int32_t)mn);
+        m = (uint32_t)__sel((int32_t)m, (int32_t)mn);            /* columns 0, 1 */
+        x = (m << 16) | 0x8000u;                                 /* (-inf, column 0) */
+        q = (x >> 16) | (x << 16);
+        (void)__ssub16((int32_t)x, (int32_t)q);
+        q = (uint32_t)__sel((int32_t)x, (int32_t)q);             /* q_0, both lanes */
+        LBCNN_NOUNROLL
+        while (j--) {
+            const uint32_t u = (uint32_t)*pa++, v = (uint32_t)*pb++;
+            (void)__ssub16((int32_t)u, (int32_t)v);
+            mn = (uint32_t)__sel((int32_t)u, (int32_t)v);         /* columns 2j+2, 2j+3 */
+            x = (m >> 16) | (mn << 16);                          /* columns 2j+1, 2j+2 */
+            qn = (x >> 16) | (x << 16);
+            (void)__ssub16((int32_t)x, (int32_t)qn);
+            qn = (uint32_t)__sel((int32_t)x, (int32_t)qn);        /* q_j+1, both lanes */
+            (void)__ssub16((int32_t)q, (int32_t)qn);
+            *out++ = (act_t)__sel((int32_t)q, (int32_t)qn);
+            q = qn;
+            m = mn;
+        }
     }
 #else
-    for (x = 0; x < n; x++) out[x] = a[x] > b[x] ? a[x] : b[x];
+    {
+        act_t q = a[0] > b[0] ? a[0] : b[0];
+        const act_t *pa = a + 1, *pb = b + 1;
+        LBCNN_NOUNROLL
+        while (j--) {
+            act_t r = pa[0], t;
+            t = pa[1]; if (t > r) r = t;
+            t = pb[0]; if (t > r) r = t;
+            t = pb[1]; if (t > r) r = t;
+            *out++ = q > r ? q : r;
+            q = r;
+            pa += 2;
+            pb += 2;
+        }
+    }
 #endif
 }
 
-/* horizontal 4-wide stride-2 'same' max: out[j] = max v[2j-1 .. 2j+2] within [0, w) */
-static void hpool(act_t *v, int w, act_t *out)
-{
-    const int wo = (w + 1) >> 1;
-    act_t q = v[0];
-    int j;
-    v[w] = ACT_MIN;
-    v[w + 1] = ACT_MIN;
-    for (j = 0; j < wo; j++) {
-        const act_t a = v[2 * j + 1], b = v[2 * j + 2];
-        const act_t r = a > b ? a : b;
-        out[j] = q > r ? q : r;
-        q = r;
-    }
-}
-
-/* one pooled row of a final channel into the class accumulators (weights in order) */
-static void head_row(const act_t *v, int n)
+/* one pooled row of a final channel into the class partial sums (weights in order) */
+static LBCNN_NOINLINE void head_row(const act_t *v)
 {
     const hw_t *w = g_hw;
-    int c, j;
-    for (c = 0; c < @K@; c++, w += n) {
-        part_t p = 0;
-        for (j = 0; j < n; j++) p += (part_t)v[j] * w[j];
-        g_acc[c] += p;
-    }
+    int c;
+@HEADV@
+    for (c = 0; c < @K@; c++, w += @WO@)
+        g_part[c] += @HEADSUM@;
     g_hw = w;
 }
 
-static void emit(act_t *v, int w, act_t *dst, int dstride, int i)
-{
-    if (dst) {
-        hpool(v, w, dst + i * dstride);
-    } else {
-        hpool(v, w, g_prow.v);
-        head_row(g_prow.v, (w + 1) >> 1);
-    }
-}
+/* One conv stage: its parent map (h x w) is a channel of the image (rows streamed
+ * through a ring of three padded rows) or the planes of the level above (pe / po:
+ * (h + 2) zero-padded rows of stride w + (w & 1) + 2, po = pe shifted by one element,
+ * so that every tap is an aligned pair). Output rows go to the next level's planes
+ * (de / dof, ReLU'd when drelu) or into the head (de = 0). */
+struct stage {
+    const uint8_t *k;            /* packed -1 bits, bit t*nco + co */
+    act_t *s;                    /* the parent's box sums, h x (w + (w & 1)) */
+    act_t *pe, *po;              /* the parent planes (0: the image) */
+    act_t *de, *dof;             /* the output planes (0: the head) */
+    int16_t h, w, nco, dstride;
+    int8_t pool, drelu;
+};
 
-/* Output channel co of one conv stage over one parent map (h x w): a channel of the
- * image (src8, element step8) or a map of the level above (srca, row stride sstride,
- * ReLU first when relu). Rows stream through a ring of three padded rows. first: the
- * parent's first child, which also writes the parent's box sums S into sbuf (reused
- * by later children). pool: fused 4x4/2 'same' max pool (vertical max of row pairs,
- * then horizontal); pooled rows go to dst (stride dstride), or into the head when dst
- * is 0. No pool: the conv rows go to dst. */
-static void run_stage(const uint8_t *src8, int step8, const act_t *srca, int sstride,
-                      int h, int w, int relu, const uint8_t *kb, int nco, int co, int first,
-                      act_t *sbuf, int pool, act_t *dst, int dstride)
+/* Output channel co of stage st. first: the parent's first child, which also writes
+ * the parent's box sums (later children reuse them). pool: the fused 4x4/2 'same' max
+ * pool (vertical max of row pairs, then horizontal). */
+static void run_stage(const struct stage *st, const uint8_t *src8, int step8, int co,
+                      int first)
 {
-    const int wr = w + (w & 1), wp = wr + 2;
+    const int h = st->h, w = st->w, wr = w + (w & 1), wp = wr + 2, pool = st->pool;
     unsigned char taps[4];
-    const int neg = decode_taps(kb, co, nco, taps);
-    act_t *re[3], *ro[3], *spare_e, *spare_o, *prev = g_pa.v, *cur = g_pb.v;
-    int y, k, next;
-    re[0] = ro[0] = g_zero.v;
-    for (k = 1; k < 3; k++) {
-        re[k] = g_ring.v + (k - 1) * @WPMAX@;
-        ro[k] = g_ring.v + (k + 2) * @WPMAX@;
-    }
-    spare_e = g_ring.v + 2 * @WPMAX@;
-    spare_o = g_ring.v + 5 * @WPMAX@;
-    for (k = 0; k < 2; k++) {
-        if (k >= h) {
-            re[k + 1] = ro[k + 1] = g_zero.v;
-        } else if (src8) {
-            fill_u8(src8 + k * w * step8, step8, w, re[k + 1], ro[k + 1], wp);
-        } else {
-            fill_act(srca + k * sstride, w, relu, re[k + 1], ro[k + 1], wp);
-        }
-    }
-    next = 2;
-    for (y = 0; y < h; y++) {
-        const act_t *tp[4];
-        act_t *s = sbuf + y * wr;
-        for (k = 0; k < 4; k++) {
-            const int t = taps[k], dy = t >> 2, dx = t & 3;
-            if (t == 0xFF) tp[k] = g_zero.v;
+    const int neg = decode_taps(st->k, co, st->nco, taps);
+    conv_fn const conv = CONV[neg], conv_max = CONV[neg | 2];
+    act_t *rows[7];                 /* E rows y..y+2, O rows y..y+2, the zero row */
+    const act_t *tp[4];
+    act_t *prev = g_pa.v, *cur = g_pb.v, *t, *s = st->s;
+    int y, k, sel[4], off[4];
+    rows[6] = g_zero.v;
+    for (k = 0; k < 4; k++) {       /* tap k = rows[sel] + off */
+        const int dy = taps[k] >> 2, dx = taps[k] & 3;
+        if (taps[k] == 0xFF) { sel[k] = 6; off[k] = 0; }
 #if LBCNN_SIMD
-            else if (dx == 1) tp[k] = ro[dy];
+        else if (dx == 1) { sel[k] = 3 + dy; off[k] = 0; }
 #endif
-            else tp[k] = re[dy] + dx;
+        else { sel[k] = dy; off[k] = dx; }
+    }
+    if (src8) {
+        rows[0] = rows[3] = g_zero.v;
+        for (k = 1; k < 3; k++) {
+            rows[k] = g_ring.v + (k - 1) * @WPMAX@;
+            rows[k + 3] = g_ring.v + (k + 2) * @WPMAX@;
+            if (k <= h) fill_u8(src8 + (k - 1) * w * step8, step8, w, rows[k], rows[k + 3]);
+            else rows[k] = rows[k + 3] = g_zero.v;
         }
-        if (first) s_row(re, ro, s, wr);
+    } else {
+        for (k = 0; k < 3; k++) {
+            rows[k] = st->pe + k * wp;
+#if LBCNN_SIMD
+            rows[k + 3] = st->po + k * wp;
+#else
+            rows[k + 3] = rows[k];
+#endif
+        }
+    }
+    for (k = 0; k < 4; k++) tp[k] = rows[sel[k]] + off[k];
+    for (y = 0; y < h; y++, s += wr) {
+        if (first) s_row(rows, s, wr);
         if (!pool) {
-            conv_row(s, tp[0], tp[1], tp[2], tp[3], dst + y * dstride, wr, neg, 0);
+            conv(s, tp, cur, wr);
+            put(cur, w, st->de, st->dof, (y + 1) * st->dstride, st->drelu);
         } else if ((y & 1) || y == 0) {
-            conv_row(s, tp[0], tp[1], tp[2], tp[3], cur, wr, neg, 0);
-        } else {
-            conv_row(s, tp[0], tp[1], tp[2], tp[3], cur, wr, neg, 1);
+            conv(s, tp, cur, wr);
+        } else {                           /* the row pair y-1, y is complete */
+            conv_max(s, tp, cur, wr);
+            pool_row(prev, cur, w, g_prow.v);
+            put(g_prow.v, (w + 1) >> 1, st->de, st->dof, (y >> 1) * st->dstride, st->drelu);
         }
-        if (pool && !(y & 1)) {            /* row pair y-1, y complete */
-            act_t *t;
-            if (y > 0) {
-                vmax_row(prev, cur, g_v.v, wr);
-                emit(g_v.v, w, dst, dstride, (y >> 1) - 1);
-            }
-            t = prev; prev = cur; cur = t;
-        }
-        /* advance the ring: padded rows y+1, y+2, y+3 */
-        {
-            act_t *fe = re[0], *fo = ro[0];
-            if (fe == g_zero.v) { fe = spare_e; fo = spare_o; }
-            re[0] = re[1]; ro[0] = ro[1];
-            re[1] = re[2]; ro[1] = ro[2];
-            if (next < h) {
-                if (src8) fill_u8(src8 + next * w * step8, step8, w, fe, fo, wp);
-                else fill_act(srca + next * sstride, w, relu, fe, fo, wp);
-                re[2] = fe; ro[2] = fo;
-                next++;
+        if (pool && !(y & 1)) { t = prev; prev = cur; cur = t; }
+        if (src8) {                        /* rotate the ring: padded rows y+1, y+2, y+3 */
+            act_t *fe = rows[0] == g_zero.v ? g_ring.v + 2 * @WPMAX@ : rows[0];
+            act_t *fo = rows[3] == g_zero.v ? g_ring.v + 5 * @WPMAX@ : rows[3];
+            rows[0] = rows[1]; rows[3] = rows[4];
+            rows[1] = rows[2]; rows[4] = rows[5];
+            if (y + 2 < h) {
+                fill_u8(src8 + (y + 2) * w * step8, step8, w, fe, fo);
+                rows[2] = fe; rows[5] = fo;
             } else {
-                re[2] = ro[2] = g_zero.v;
+                rows[2] = rows[5] = g_zero.v;
             }
+            for (k = 0; k < 4; k++) tp[k] = rows[sel[k]] + off[k];
+        } else {
+            if (first)
+                for (k = 0; k < 6; k++) rows[k] += wp;
+            for (k = 0; k < 4; k++) if (sel[k] != 6) tp[k] += wp;
         }
     }
     if (pool) {
-        if (!(h & 1)) {                    /* last pair: row h-1 alone */
-            vmax_row(prev, cur, g_v.v, wr);
-            emit(g_v.v, w, dst, dstride, (h >> 1) - 1);
-        } else {
-            emit(prev, w, dst, dstride, h >> 1);
-        }
+        pool_row(prev, (h & 1) ? prev : cur, w, g_prow.v);   /* the last pair */
+        put(g_prow.v, (w + 1) >> 1, st->de, st->dof, ((h + 1) >> 1) * st->dstride, st->drelu);
     }
 }
 
-/* the class index (argmax of the scores, first maximum wins) */
-static int scores(const uint8_t *image, int64_t *logits)
+static const struct stage ST[@NS@] = {
+@STAGES@
+};
+
+/* the class index (argmax of the scores, first maximum wins); the scores into logits
+ * when it is not 0 */
+static LBCNN_NOINLINE int scores(const uint8_t *image, int64_t *logits)
 {
 @DECLS@
     int c, best = 0;
-    for (c = 0; c < @K@; c++) g_acc[c] = HEAD_B[c];
+    int64_t bestv = 0;
+    for (c = 0; c < @K@; c++) { g_acc[c] = HEAD_B[c]; g_part[c] = 0; }
     g_hw = HEAD_W;
 @LOOPS@
     for (c = 0; c < @K@; c++) {
-        logits[c] = g_acc[c]@RESCALE@;
-        if (logits[c] > logits[best]) best = c;
+        const int64_t v = g_acc[c]@RESCALE@;
+        if (logits) logits[c] = v;
+        if (c == 0 || v > bestv) { best = c; bestv = v; }
     }
     return best;
 }
@@ -395,8 +471,7 @@ int lbcnn_predict_logits(const uint8_t *image, int64_t *logits)
 
 int lbcnn_predict(const uint8_t *image)
 {
-    int64_t logits[@K@];
-    return LABELS[scores(image, logits)];
+    return LABELS[scores(image, 0)];
 }
 """
 
@@ -423,27 +498,29 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                     "oh": (h + 1) // 2 if pool else h, "ow": (w + 1) // 2 if pool else w})
     wo_last = geo[-1]["ow"]
     ho_last = geo[-1]["oh"]
-    if hd["partial_dtype"] == "int32" and hd["chunk"] >= wo_last:
-        part = "int32_t"
+    if hd["partial_dtype"] == "int32" and hd["chunk"] >= wo_last * ho_last:
+        part = "int32_t"       # one final channel's partial sums fit int32
     else:
         part = "int64_t"
-    wpmax = max(g["wr"] + 2 for g in geo)
+    for g in geo:
+        g["wp"] = g["wr"] + 2
+    wpmax = geo[0]["wp"]
     wrmax = max(g["wr"] for g in geo)
-    # buffers: S per level, one map per level >= 1, ring, zero row, pool rows
+    # buffers: S per level, the planes of each level >= 1, the image ring, pool rows
     bufs = []
     for s, g in enumerate(geo):
         bufs.append(f"LBCNN_BUF(g_s{s}, {g['h'] * g['wr']});   /* box sums of a level-{s} map "
                     f"({g['h']}x{g['w']}) */")
-    for s, g in enumerate(geo[:-1]):
-        nxt = geo[s + 1]
-        bufs.append(f"LBCNN_BUF(g_map{s + 1}, {nxt['h'] * nxt['wr']});   /* one level-{s + 1} "
-                    f"map ({nxt['h']}x{nxt['w']}, row stride {nxt['wr']}) */")
-    bufs += [f"LBCNN_BUF(g_ring, {6 * wpmax});   /* 3 padded rows + the copies shifted by one */",
-             f"LBCNN_BUF(g_zero, {wpmax});   /* the zero padding row, never written */",
-             f"LBCNN_BUF(g_pa, {wrmax + 2});   /* vertical max of conv row pairs */",
+    for s, g in enumerate(geo[1:], start=1):
+        n = (g["h"] + 2) * g["wp"]
+        bufs.append(f"LBCNN_BUF(g_pe{s}, {n});   /* a level-{s} map, zero-padded "
+                    f"({g['h'] + 2}x{g['wp']}) */")
+        bufs.append(f"LBCNN_BUF(g_po{s}, LBCNN_SIMD ? {n} : 1);   /* the same shifted by one */")
+    bufs += [f"LBCNN_BUF(g_ring, {6 * wpmax});   /* 3 padded image rows + copies shifted by one */",
+             f"LBCNN_BUF(g_zero, {max(g['wp'] for g in geo)});   /* a zero row, never written */",
+             f"LBCNN_BUF(g_pa, {wrmax + 2});   /* conv rows / vertical max of row pairs */",
              f"LBCNN_BUF(g_pb, {wrmax + 2});",
-             f"LBCNN_BUF(g_v, {wrmax + 2});    /* max of two pairs: one pooled row, pre-horizontal */",
-             f"LBCNN_BUF(g_prow, {_even(wo_last)});  /* one pooled row of a final channel */"]
+             f"LBCNN_BUF(g_prow, {_even(max(g['ow'] for g in geo))});  /* one pooled row */"]
     weights = []
     for s, (op, _) in enumerate(stages):
         weights.append(f"/* stage {s}: layer {op['layer']}, {tuple(op['in_shape'])} -> "
@@ -471,13 +548,25 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
         parent = "c_in" if s == 0 else f"ch{s - 1}"
         loops.append(f"{ind2}for (j{s} = 0; j{s} < {g['m']}; j{s}++) {{")
         loops.append(f"{ind2}    ch{s} = {parent} * {g['m']} + j{s};")
-        src = f"image + c_in, {c0}, 0, 0" if s == 0 else f"0, 0, g_map{s}.v, {g['wr']}"
-        dst = (f"g_map{s + 1}.v, {geo[s + 1]['wr']}" if s + 1 < ns else "0, 0")
-        loops.append(f"{ind2}    run_stage({src}, {g['h']}, {g['w']}, {g['relu']}, K{s}, "
-                     f"{g['co']}, ch{s}, j{s} == 0, g_s{s}.v, {int(g['pool'])}, {dst});")
+        src = f"image + c_in, {c0}" if s == 0 else "0, 0"
+        loops.append(f"{ind2}    run_stage(&ST[{s}], {src}, ch{s}, j{s} == 0);")
+        if s + 1 == ns:
+            loops.append(f"{ind2}    flush_head();")
     for s in reversed(range(ns)):
         loops.append(ind + "    " * (s + 1) + "}")
     loops.append(ind + "}")
+    st_rows = []
+    for s, g in enumerate(geo):
+        pe = "0, 0" if s == 0 else f"g_pe{s}.v, g_po{s}.v"
+        if s + 1 < ns:
+            nx = geo[s + 1]
+            dst = f"g_pe{s + 1}.v, g_po{s + 1}.v", nx["wp"], nx["relu"]
+        else:
+            dst = "0, 0", 0, 0
+        st_rows.append(f"    {{ K{s}, g_s{s}.v, {pe}, {dst[0]}, {g['h']}, {g['w']}, {g['co']}, "
+                       f"{dst[1]}, {int(g['pool'])}, {dst[2]} }}")
+    headv = "    const part_t " + ", ".join(f"v{j} = v[{j}]" for j in range(wo_last)) + ";"
+    headsum = " + ".join(f"v{j} * w[{j}]" for j in range(wo_last))
     calc = "int64_t" if act == "int64_t" else "int32_t"
     simd_ok = 1 if act == "int16_t" else 0
     text = MODEL_C
@@ -487,7 +576,8 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                      "@ACCB@": hd["acc_bound"], "@WEIGHTS@": "".join(weights),
                      "@BUFFERS@": "\n".join(bufs), "@K@": k, "@WPMAX@": wpmax,
                      "@DECLS@": decls, "@LOOPS@": "\n".join(loops),
-                     "@RESCALE@": rescale}.items():
+                     "@RESCALE@": rescale, "@HEADV@": headv, "@HEADSUM@": headsum,
+                     "@WO@": wo_last, "@NS@": ns, "@STAGES@": ",\n".join(st_rows)}.items():
         text = text.replace(key, str(val))
     defines = {"LBCNN_HEIGHT": h0, "LBCNN_WIDTH": w0, "LBCNN_CHANNELS": c0,
                "LBCNN_INPUT_BYTES": h0 * w0 * c0, "LBCNN_N_CLASSES": k, "LBCNN_N_FEATURES": d}
