@@ -32,25 +32,62 @@ def save_model_file(path, config: dict, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def sniff_file_type(path: Path) -> str | None:
+    """What a non-model file looks like, for an error that helps: 'HDF5', 'ONNX', ..."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 (.h5) file"
+    if head.startswith(b"PK"):
+        return "a zip archive that is not an lbcnn model"
+    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return "a Python pickle (lbcnn never loads pickles)"
+    if head.startswith(b"\x08") and b"onnx" in head.lower() or path.suffix.lower() == ".onnx":
+        return "an ONNX model"
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return None
+
+
 def load_model_file(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and validate a native model file; every failure is one ``DataError`` line."""
+    from .validate import validate_model
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"model file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a model file or a run folder holding model.npz")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read model file {path}: corrupt or not an lbcnn model ({exc})") from None
-    if "__config__" not in arrays:
-        raise DataError(f"{path} is not an lbcnn model file (no config)")
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as exc:
+        kind = sniff_file_type(path)
+        if kind is not None:
+            raise DataError(f"not an lbcnn model file: {path} looks like {kind}") from None
+        raise DataError(f"cannot read model file {path}: corrupt or truncated "
+                        f"({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})") from None
+    if not isinstance(arrays, dict) or "__config__" not in arrays:
+        raise DataError(f"not an lbcnn model file: {path} has no lbcnn config")
     try:
         config = json.loads(arrays.pop("__config__").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError):
         raise DataError(f"{path}: model config is corrupt") from None
-    if config.get("format") != FORMAT:
-        raise DataError(f"{path} is not an lbcnn model file")
-    if int(config.get("version", 0)) > VERSION:
-        raise DataError(f"{path} was written by a newer lbcnn (format version {config['version']})")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise DataError(f"not an lbcnn model file: {path} has no lbcnn config")
+    version = config.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise DataError(f"{path}: config 'version' must be an integer, got {version!r}")
+    if version > VERSION:
+        raise DataError(f"{path} was written by a newer lbcnn (format version {version})")
+    validate_model(config, arrays, str(path))
     return config, arrays
 
 

@@ -40,6 +40,38 @@ def plot_trials(history: list[dict], path: Path, title: str = "", chosen: int | 
     plt.close(fig)
 
 
+def plot_finetune(history: list[dict], path: Path, title: str = "") -> None:
+    """Validation accuracy (and training loss) per fine-tuning epoch; 0 = the starting head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history if h.get("val_accuracy") is not None]
+    acc = [100 * h["val_accuracy"] for h in history if h.get("val_accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    ax.plot(ep, acc, "o-", ms=3, lw=1, label="validation accuracy")
+    if acc:
+        best = max(range(len(acc)), key=lambda i: (acc[i], -i))
+        ax.plot([ep[best]], [acc[best]], "*", ms=12, color="tab:red",
+                label=f"chosen: epoch {ep[best]}" + (" (start)" if ep[best] == 0 else ""))
+    ax.set_xlabel("epoch (0 = starting ELM head)")
+    ax.set_ylabel("validation accuracy (%)")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    losses = [(h["epoch"], h["loss"]) for h in history if h.get("loss") is not None]
+    if losses:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*losses), "--", lw=1, color="tab:gray", label="training loss")
+        ax2.set_ylabel("training loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
 def _save_fig(fig, path: Path) -> None:
     from .outputs import atomic_write_with
     atomic_write_with(path, lambda fh: fig.savefig(fh, format="png"))

@@ -325,9 +325,9 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
               "wall_seconds": wall, "final_state": final_state,
               "epochs_run": len(history), "stopped_by_time_budget": stopped_early}
     if out is not None:
-        save_cbcnn(model, out / "model.npz", dataset=dataset.name, seed=seed, epochs=epochs,
+        save_cbcnn(model, out / "model.npz", **dataset.provenance(), seed=seed, epochs=epochs,
                    best_epoch=best["epoch"], test_accuracy=test_acc,
-                   val_accuracy=best["val_accuracy"], **dataset.provenance())
+                   val_accuracy=best["val_accuracy"])
         summary = {k: v for k, v in result.items() if k not in ("model", "final_state")}
         summary.update(run_config)
         from .outputs import write_json

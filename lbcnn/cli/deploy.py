@@ -1,7 +1,6 @@
 """The deployment subcommands: ``finetune``, ``quantize``, ``export``, ``info``."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -9,70 +8,101 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .common import add_data_args
+from ..outputs import strict_json
+from .common import (add_data_args, finite_float, fraction, load_data, nonneg_float,
+                     positive_float, positive_int, say)
 
 # config keys that save_lbcnn writes itself; everything else is carried over
 _OWN_KEYS = {"format", "version", "family", "input_shape", "filters", "nl", "input_scale", "C",
              "classes", "head"}
 
 
+def _nonneg_int(text: str) -> int:
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _bits(text: str) -> int:
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 2 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"expected a bit width from 2 to 16, got {text!r}")
+    return value
+
+
 def add_parser(sub) -> None:
     f = sub.add_parser("finetune", help="fine-tune the output layer (kernels frozen) with Adam")
     f.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder holding model.npz, or a model file")
-    add_data_args(f)
-    f.add_argument("--epochs", type=int, default=20)
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=1e-4,
+    add_data_args(f, required=False)
+    f.add_argument("--epochs", type=positive_int, default=20, help="most epochs to run")
+    f.add_argument("--batch-size", type=positive_int, default=128, help="images per Adam step")
+    f.add_argument("--lr", type=positive_float, default=1e-4,
                    help="Adam learning rate (on standardized features)")
-    f.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
-    f.add_argument("--weight-decay", type=float, default=0.0,
+    f.add_argument("--patience", type=positive_int, default=3,
+                   help="epochs without validation gain before stopping")
+    f.add_argument("--weight-decay", type=nonneg_float, default=0.0,
                    help="decoupled weight decay (AdamW) on the standardized head; 0 = Adam")
     f.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
                    help="cosine anneals the rate towards 0 over --epochs")
     f.add_argument("--refit-full", action="store_true",
                    help="after choosing the epoch on validation, retrain that many epochs from "
                         "the same start on train + validation (the saved head has then seen it)")
-    f.add_argument("--shift", type=int, default=0,
+    f.add_argument("--shift", type=_nonneg_int, default=0,
                    help="augment: move each training image by up to N pixels, fresh each epoch "
                         "(features recomputed per epoch); 0 = off")
-    f.add_argument("--rotate", type=float, default=0.0,
+    f.add_argument("--rotate", type=nonneg_float, default=0.0,
                    help="augment: random rotations up to this many degrees (with --shift/--zoom)")
-    f.add_argument("--zoom", type=float, default=0.0,
+    f.add_argument("--zoom", type=nonneg_float, default=0.0,
                    help="augment: random zoom factor in [1 - Z, 1 + Z]")
-    f.add_argument("--elastic", type=float, default=0.0, metavar="ALPHA",
+    f.add_argument("--elastic", type=nonneg_float, default=0.0, metavar="ALPHA",
                    help="augment: elastic distortion of up to ALPHA pixels before smoothing "
                         "(Simard et al.; 34 with --elastic-sigma 4 for MNIST)")
-    f.add_argument("--elastic-sigma", type=float, default=4.0,
+    f.add_argument("--elastic-sigma", type=positive_float, default=4.0,
                    help="smoothing of the elastic field, pixels")
-    f.add_argument("--val-fraction", type=float, default=0.1)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--val-fraction", type=fraction, default=0.1,
+                   help="share of the training images held out to choose the epoch")
+    f.add_argument("--seed", type=int, default=0, help="seed for the split and the batches")
     f.add_argument("--elm-full", action="store_true",
                    help="re-solve the ELM head on the full training split before fine-tuning")
     f.add_argument("--stream", action="store_true", help="never hold features in memory")
-    f.add_argument("--out", required=True, help="output model file")
-    f.add_argument("--json", action="store_true")
+    f.add_argument("--out", required=True, help="output model file; its history (.json/.csv) "
+                   "and curves (.png) are written beside it")
+    f.add_argument("--json", action="store_true", help="print one JSON object at the end")
     f.set_defaults(func=cmd_finetune)
 
     q = sub.add_parser("quantize", help="signed n-bit fixed-point head")
-    q.add_argument("model", metavar="RUN_OR_MODEL")
-    add_data_args(q)
-    q.add_argument("--bits", type=int, default=8)
+    q.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder or a model file")
+    add_data_args(q, required=False)
+    q.add_argument("--bits", type=_bits, default=8, help="bits per head weight (2..16)")
     q.add_argument("--per-class", action="store_true", help="one scale per output class")
     q.add_argument("--pow2", action="store_true", help="power-of-two scales (shifts in hardware)")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="do not fold the weights' mean rounding error (over the training "
                         "images' features) into the bias")
-    q.add_argument("--val-fraction", type=float, default=0.1)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", required=True)
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--val-fraction", type=fraction, default=0.1,
+                   help="validation share, the same split finetune held out")
+    q.add_argument("--seed", type=int, default=0, help="seed of that split")
+    q.add_argument("--out", required=True, help="output model file")
+    q.add_argument("--json", action="store_true", help="print one JSON object at the end")
     q.set_defaults(func=cmd_quantize)
 
     x = sub.add_parser("export", help="write a model as Keras .h5, ONNX or integer-only C99")
-    x.add_argument("model", metavar="RUN_OR_MODEL")
-    x.add_argument("--format", required=True, choices=["h5", "onnx", "c"])
-    x.add_argument("--out", required=True)
-    x.add_argument("--json", action="store_true")
+    x.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder or a model file")
+    x.add_argument("--format", required=True, choices=["h5", "onnx", "c"],
+                   help="h5 (Keras 3, the paper's layout), onnx, or c (integer-only C99 folder)")
+    x.add_argument("--out", required=True, help="output file (h5, onnx) or folder (c)")
+    x.add_argument("--bits", type=_bits, default=8,
+                   help="c: head bits used when the model's head is still float")
+    x.add_argument("--json", action="store_true", help="print one JSON object at the end")
     x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="bit accounting: per-layer bits, MACs, file sizes")
@@ -93,9 +123,14 @@ def _carried_meta(model) -> dict:
     return {k: v for k, v in getattr(model, "meta_", {}).items() if k not in _OWN_KEYS}
 
 
-def _dataset_for(model, args):
-    from ..data import load_dataset
-    ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
+def _dataset_for(model, args, strict: bool = False):
+    """The recorded dataset unless --dataset names another; ``strict`` refuses another."""
+    meta = getattr(model, "meta_", {}) or {}
+    ds = load_data(args, meta)
+    recorded = meta.get("dataset")
+    if strict and recorded and ds.name != recorded:
+        raise DataError(f"the model was trained on {recorded}; quantizing it with {ds.name}'s "
+                        f"images would fit the head to another dataset")
     shape = tuple(model.body_.input_shape)
     if tuple(ds.input_shape) != shape:
         raise DataError(f"model expects images {shape} but {ds.name} has {tuple(ds.input_shape)}")
@@ -114,12 +149,22 @@ def cmd_finetune(args) -> int:
     from ..heads.finetune import finetune_head
     from ..models.lbcnn import save_lbcnn
 
+    from ..outputs import check_out_file
+    out = check_out_file(args.out)
     model, src = load_model_arg(args.model)
+    _require_lbcnn(model, "finetune")
     if getattr(model, "head_meta_", {}).get("kind") == "fixed":
         raise ConfigError("fine-tune the float model, then quantize it")
     ds = _dataset_for(model, args)
     log = None if args.json else (lambda m: print(m, file=sys.stderr))
     tr, va, disjoint = finetune_split(ds, model, args.val_fraction, args.seed, log)
+    used = getattr(model, "meta_", {}).get("train_size")
+    if used and int(used) < len(tr):
+        say(args, f"note: the search fitted {int(used):,} images; fine-tuning trains on "
+                  f"{len(tr):,} and validates on {len(va):,} images it never used")
+    if disjoint == "no":
+        say(args, "warning: validation overlaps the images the search used, so the chosen "
+                  "epoch is optimistic")
     res = finetune_head(model, ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va],
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         patience=args.patience, seed=args.seed, elm_full=args.elm_full,
@@ -129,7 +174,7 @@ def cmd_finetune(args) -> int:
                         elastic_sigma=args.elastic_sigma,
                         in_memory=False if args.stream else None, progress=not args.json, log=log)
     test_acc = _acc(model, ds.x_test, ds.y_test)
-    summary = {"dataset": ds.name, "source": str(src), "out": args.out,
+    summary = {"dataset": ds.name, "source": str(src), "out": str(out),
                "train_size": int(len(tr)), "val_size": int(len(va)), "epochs": args.epochs,
                "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
                "weight_decay": args.weight_decay, "shift": args.shift, "rotate": args.rotate, "zoom": args.zoom,
@@ -141,19 +186,42 @@ def cmd_finetune(args) -> int:
     meta = _carried_meta(model)
     meta.update(dataset=ds.name, val_accuracy=res.val_accuracy, test_accuracy=test_acc,
                 finetune={k: v for k, v in summary.items() if k not in ("history", "out")})
-    save_lbcnn(model, args.out, **meta)
+    save_lbcnn(model, out, **meta)
+    _write_finetune_history(out, res.history, ds.name)
     if args.json:
-        print(json.dumps(summary))
+        print(strict_json(summary))
     else:
-        print(f"fine-tuned {summary['train_size']:,} images, best epoch {res.best_epoch} of "
-              f"{res.epochs_run}: val {100 * res.val_accuracy_start:.2f} % -> "
+        chosen = (f"best epoch {res.best_epoch} of {res.epochs_run}" if res.best_epoch else
+                  f"no epoch of {res.epochs_run} beat the starting head on validation, so the "
+                  f"head is unchanged")
+        print(f"fine-tuned {summary['train_size']:,} images, {chosen}: val "
+              f"{100 * res.val_accuracy_start:.2f} % -> "
               f"{100 * res.val_accuracy:.2f} %, test {100 * test_acc:.2f} % "
               f"({res.seconds:.1f} s, features {res.feature_mode})")
         if res.refit_full:
             print(f"refit: {res.best_epoch} epochs on train + validation "
                   f"({summary['train_size'] + summary['val_size']:,} images); test is of the refit head")
-        print(f"model: {args.out}")
+        stem = out.with_suffix("")
+        print(f"model: {out}; history {stem}.history.json/.csv, curves {stem}.curves.png")
     return 0
+
+
+def _require_lbcnn(model, command: str) -> None:
+    from ..models.lbcnn import LBCNN
+    if not isinstance(model, LBCNN):
+        raise ConfigError(f"{command} works on LB-CNN models (an ELM head); this is a "
+                          f"{type(model).__name__}")
+
+
+def _write_finetune_history(out: Path, history: list[dict], dataset: str) -> None:
+    """Epoch 0 is the starting (ELM) head; epochs 1.. are Adam epochs."""
+    from ..outputs import write_csv, write_json
+    from ..report import plot_finetune
+    stem = out.with_suffix("")
+    write_json(stem.with_name(stem.name + ".history.json"), history)
+    write_csv(stem.with_name(stem.name + ".history.csv"), history)
+    plot_finetune(history, stem.with_name(stem.name + ".curves.png"),
+                  f"head fine-tuning on {dataset}: validation accuracy per epoch")
 
 
 def cmd_quantize(args) -> int:
@@ -161,8 +229,11 @@ def cmd_quantize(args) -> int:
     from ..heads.quantize import apply_quantization, training_feature_mean
     from ..models.lbcnn import save_lbcnn
 
+    from ..outputs import check_out_file
+    out = check_out_file(args.out)
     model, src = load_model_arg(args.model)
-    ds = _dataset_for(model, args)
+    _require_lbcnn(model, "quantize")
+    ds = _dataset_for(model, args, strict=True)
     # the same validation split ``finetune`` held out (disjoint from the search's images)
     tr, va, _ = finetune_split(ds, model, args.val_fraction, args.seed)
     xv, yv = ds.x_train[va], ds.y_train[va]
@@ -179,12 +250,13 @@ def cmd_quantize(args) -> int:
                           "bias_correction_images": 0 if mu is None else int(len(tr)),
                           "source": str(src), "before": before, "after": after,
                           "val_size": int(len(va)), "seed": args.seed})
-    save_lbcnn(model, args.out, **meta)
-    summary = {"dataset": ds.name, "source": str(src), "out": args.out, "head": model.head_meta_,
+    save_lbcnn(model, out, **meta)
+    summary = {"dataset": ds.name, "source": str(src), "out": str(out), "head": model.head_meta_,
                "before": before, "after": after, "val_size": int(len(va)),
-               "val_seen_in_training": val_seen, "n_test": int(len(ds.y_test)), "file_bytes": Path(args.out).stat().st_size}
+               "val_seen_in_training": val_seen, "n_test": int(len(ds.y_test)),
+               "file_bytes": out.stat().st_size}
     if args.json:
-        print(json.dumps(summary))
+        print(strict_json(summary))
     else:
         print(f"{args.bits}-bit head ({model.head_meta_['scale']}"
               f"{', pow2' if args.pow2 else ''}): val {100 * before['val_accuracy']:.2f} % -> "
@@ -213,10 +285,16 @@ def _raw_channels(model, path):
 
 
 def cmd_export(args) -> int:
+    from ..outputs import check_out_file, prepare_run_dir
+    if args.format == "c":
+        prepare_run_dir(args.out, force=True)  # regenerating a C folder in place is expected
+    else:
+        check_out_file(args.out)
+    model, src = load_model_arg(args.model)
     if args.format == "c":  # integer-only C99
+        _note_c_quantization(model, args)
         from ..deploy.c_export import cli_export_c
         return cli_export_c(args)
-    model, src = load_model_arg(args.model)
     t0 = time.perf_counter()
     if args.format == "h5":
         from ..deploy.keras_export import export_h5
@@ -230,8 +308,37 @@ def cmd_export(args) -> int:
         path = export_onnx(model, args.out, _raw_channels(model, src))
     out = {"format": args.format, "source": str(src), "out": str(path),
            "bytes": path.stat().st_size, "seconds": time.perf_counter() - t0}
-    print(json.dumps(out) if args.json else f"wrote {path} ({out['bytes']:,} bytes)")
+    print(strict_json(out) if args.json else f"wrote {path} ({out['bytes']:,} bytes)")
     return 0
+
+
+def _note_c_quantization(model, args) -> None:
+    """A float LB-CNN head becomes n-bit integers in C: say so, with what it costs on validation."""
+    from ..models.lbcnn import LBCNN
+    if not isinstance(model, LBCNN) or getattr(model, "head_meta_", {}).get("kind") == "fixed":
+        return
+    bits = getattr(args, "bits", 8)
+    say(args, f"note: the model's head is float32; the C engine stores it as {bits}-bit "
+              f"integers (per-tensor scale, no bias correction). `lbcnn quantize` first gives "
+              f"a bias-corrected head")
+    meta = getattr(model, "meta_", {}) or {}
+    if not meta.get("dataset"):
+        return
+    from ..data.splits import finetune_split
+    from ..engine.plan import compile_plan, dequantized_model
+    from ..errors import LbcnnError
+    try:
+        args.dataset, args.data_path, args.split = None, None, "default"
+        args.seed = int(meta.get("seed", 0))
+        ds = _dataset_for(model, args)
+    except LbcnnError as exc:
+        say(args, f"note: validation accuracy not measured ({exc})")
+        return
+    _, va, _ = finetune_split(ds, model, float(meta.get("val_fraction", 0.1)), args.seed)
+    ref = dequantized_model(model, compile_plan(model, bits=bits))
+    xv, yv = ds.x_train[va], ds.y_train[va]
+    say(args, f"validation accuracy ({ds.name}, n={len(va):,}): float "
+              f"{100 * _acc(model, xv, yv):.2f} %, {bits}-bit C head {100 * _acc(ref, xv, yv):.2f} %")
 
 
 def cmd_info(args) -> int:
@@ -241,7 +348,7 @@ def cmd_info(args) -> int:
     info = account(model, src, sizes=not args.no_sizes)
     info["model"] = str(src)
     if args.json:
-        print(json.dumps(info))
+        print(strict_json(info))
     else:
         from rich.console import Console
         Console().print(render(info))

@@ -30,12 +30,20 @@ def load_model(path):
     """Load any native model file, dispatching on its family."""
     from ..io import load_model_file
 
+    from ..errors import DataError, LbcnnError
+
     config, arrays = load_model_file(path)
+    loaders = {"lbcnn": _lbcnn.load_lbcnn, "cbcnn": _cbcnn.load_cbcnn,
+               "hybrid": _hybrid.load_hybrid}
     family = config.get("family")
-    if family == "lbcnn":
-        return _lbcnn.load_lbcnn(config, arrays)
-    if family == "cbcnn":
-        return _cbcnn.load_cbcnn(config, arrays)
-    if family == "hybrid":
-        return _hybrid.load_hybrid(config, arrays)
-    raise ConfigError(f"{path}: unknown model family {family!r}")
+    if family not in loaders:
+        raise ConfigError(f"{path}: unknown model family {family!r}")
+    try:
+        return loaders[family](config, arrays)
+    except LbcnnError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+        # the validator checks what it knows; anything it missed still gets one line
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise DataError(f"{path}: damaged {family} model file ({type(exc).__name__}"
+                        f"{': ' + detail if detail else ''})") from None

@@ -1,0 +1,173 @@
+"""One validator for model files: nothing a file says is trusted until checked.
+
+Every loader (native ``.npz``, ``.h5`` import, transfer backbones) goes
+through ``validate_model``: the config's types and ranges, the members each
+family needs with their dtypes and shapes against the config, and finite
+weights. A failure is a ``DataError`` that names the member.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import DataError
+
+MAX_SIDE = 4096  # pixels per image side; larger is a damaged config, not an image
+MAX_LAYERS = 3
+MAX_NL = 8
+MAX_CLASSES = 100_000
+
+
+def _fail(where: str, message: str):
+    raise DataError(f"{where}: {message}")
+
+
+def _int(config: dict, key: str, where: str, lo: int, hi: int) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(where, f"config {key!r} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        _fail(where, f"config {key!r} = {value} is outside {lo}..{hi}")
+    return value
+
+
+def _float(config: dict, key: str, where: str, positive: bool = True) -> float:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(where, f"config {key!r} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        _fail(where, f"config {key!r} must be positive, got {value}")
+    return float(value)
+
+
+def _int_list(config: dict, key: str, where: str, lo: int, hi: int, min_len=1,
+              max_len=64) -> list[int]:
+    value = config.get(key)
+    if not isinstance(value, list) or not min_len <= len(value) <= max_len or any(
+            isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi for v in value):
+        _fail(where, f"config {key!r} must be a list of {min_len}..{max_len} integers in "
+                     f"{lo}..{hi}, got {value!r}")
+    return value
+
+
+def _input_shape(config: dict, where: str, key: str = "input_shape") -> tuple[int, int, int]:
+    shape = _int_list(config, key, where, 1, MAX_SIDE, 3, 3)
+    if shape[2] not in (1, 3):
+        _fail(where, f"config {key!r} must have 1 or 3 channels, got {shape[2]}")
+    return tuple(shape)
+
+
+def _array(arrays: dict, name: str, where: str, shape=None, kinds="fiub") -> np.ndarray:
+    if name not in arrays:
+        _fail(where, f"array {name!r} is missing")
+    a = arrays[name]
+    if a.dtype.kind not in kinds:
+        _fail(where, f"array {name!r} has dtype {a.dtype}, expected a numeric array")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        _fail(where, f"array {name!r} has shape {tuple(a.shape)}, the config implies {tuple(shape)}")
+    return a
+
+
+def check_finite_arrays(arrays: dict, where: str) -> None:
+    for name, a in arrays.items():
+        if a.dtype.kind == "O":
+            _fail(where, f"array {name!r} holds Python objects")
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            _fail(where, f"array {name!r} holds NaN or infinite values")
+
+
+def _pooled(n: int) -> int:
+    return (n + 1) // 2  # 4x4/2 'same' max pool
+
+
+def _check_classes(config: dict, where: str) -> int:
+    classes = config.get("classes")
+    if classes is None:
+        return -1
+    if not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES or any(
+            isinstance(c, bool) or not isinstance(c, int) for c in classes):
+        _fail(where, f"config 'classes' must be a list of integers, got {str(classes)[:60]}")
+    names = config.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != len(classes)
+                              or not all(isinstance(n, str) for n in names)):
+        _fail(where, f"config 'class_names' must be {len(classes)} strings")
+    return len(classes)
+
+
+def _validate_lbcnn(config: dict, arrays: dict, where: str) -> None:
+    h, w, c = _input_shape(config, where)
+    filters = _int_list(config, "filters", where, 1, 4096, 1, MAX_LAYERS)
+    nl = _int(config, "nl", where, 1, MAX_NL)
+    _float(config, "input_scale", where)
+    if "C" in config:
+        _float(config, "C", where)
+    k = _check_classes(config, where)
+    if k < 1:
+        _fail(where, "config 'classes' is missing")
+    channels = c
+    for i, m in enumerate(filters):
+        _array(arrays, f"body/{i}/conv", where, (3, 3, channels, m), "iuf")
+        channels *= m
+        for j in range(nl - 1):
+            _array(arrays, f"body/{i}/extra/{j}", where, (3, 3, channels, 1), "iuf")
+        h, w = _pooled(h), _pooled(w)
+    d = h * w * channels
+    head = config.get("head", {"kind": "float32"})
+    if not isinstance(head, dict) or head.get("kind") not in ("float32", "fixed"):
+        _fail(where, f"config 'head' must be a dict with kind float32 or fixed, got {head!r}")
+    if head["kind"] == "float32":
+        _array(arrays, "head/weight", where, (d, k), "f")
+        _array(arrays, "head/bias", where, (k,), "f")
+    else:
+        _int(head, "bits", where + " head", 2, 16)
+        weight = [n for n in arrays if n.startswith("head/")]
+        if not weight:
+            _fail(where, "the quantized head's arrays are missing")
+
+
+def _validate_cbcnn(config: dict, arrays: dict, where: str) -> None:
+    net = config.get("net")
+    if not isinstance(net, dict):
+        _fail(where, "config 'net' (the CBCNN layout) is missing or not a dict")
+    _input_shape(net, where + " net")
+    _int_list(net, "blocks", where + " net", 1, 65536, 1, 16)
+    _int_list(net, "dense", where + " net", 1, 65536, 0, 16)
+    _int(net, "n_classes", where + " net", 2, MAX_CLASSES)
+    pre = config.get("preprocess")
+    if pre is not None and not isinstance(pre, (dict, str)):
+        _fail(where, f"config 'preprocess' must be a dict, got {type(pre).__name__}")
+    _check_classes(config, where)
+
+
+def _validate_hybrid(config: dict, arrays: dict, where: str) -> None:
+    _input_shape(config, where)
+    n = _int(config, "n_kernels", where, 1, 64)
+    _int(config, "hidden", where, 1, 1 << 20)
+    th = config.get("threshold")
+    if not (th == "otsu" or (isinstance(th, (int, float)) and not isinstance(th, bool)
+                             and math.isfinite(th) and 0 <= th <= 1)):
+        _fail(where, f"config 'threshold' must be 'otsu' or a number in [0, 1], got {th!r}")
+    if _check_classes(config, where) < 2:
+        _fail(where, "config 'classes' must list at least 2 classes")
+    for i in range(n):
+        _array(arrays, f"body/kernel/{i}", where, (3, 3), "iuf")
+    if not any(name.startswith("mlp/") for name in arrays):
+        _fail(where, "the MLP's arrays (mlp/...) are missing")
+
+
+VALIDATORS = {"lbcnn": _validate_lbcnn, "cbcnn": _validate_cbcnn, "hybrid": _validate_hybrid}
+
+
+def validate_model(config, arrays: dict, where: str) -> None:
+    """Raise ``DataError`` naming the first thing wrong with a model file."""
+    if not isinstance(config, dict):
+        _fail(where, f"the model config must be a JSON object, got {type(config).__name__}")
+    version = config.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        _fail(where, f"config 'version' must be an integer, got {version!r}")
+    family = config.get("family")
+    if family not in VALIDATORS:
+        _fail(where, f"unknown model family {family!r}; expected one of {', '.join(VALIDATORS)}")
+    check_finite_arrays(arrays, where)
+    VALIDATORS[family](config, arrays, where)
