@@ -201,7 +201,7 @@ def _onnx_predictor(path: Path) -> Predictor:
     if meta.get("lbcnn_classes"):
         classes = np.array([int(v) for v in meta["lbcnn_classes"].split(",")])
     names = _meta_list(meta.get("lbcnn_class_names"))
-    config = {"dataset": meta.get("lbcnn_dataset"), "class_names": names,
+    config = {"dataset": _meta_str(meta.get("lbcnn_dataset")), "class_names": names,
               **{k2[6:]: v for k2, v in meta.items() if k2.startswith("lbcnn_")
                  and k2 not in ("lbcnn_classes", "lbcnn_class_names", "lbcnn_dataset")}}
     if not config["dataset"]:
@@ -214,6 +214,17 @@ def _onnx_predictor(path: Path) -> Predictor:
 
     return Predictor("onnx", path, tuple(int(s) for s in shape[1:]), classes, names, config,
                      _scores=scores)
+
+
+def _meta_str(text):
+    """A metadata string, JSON-encoded or plain."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, str) else text
 
 
 def _meta_list(text):
