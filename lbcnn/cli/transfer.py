@@ -1,7 +1,7 @@
 """``lbcnn transfer``: the CLI shell over ``lbcnn.transfer`` (imports torch lazily)."""
 from __future__ import annotations
 
-from .common import add_data_args
+from .common import add_data_args, fraction, positive_float, positive_int
 
 
 def add_parser(sub) -> None:
@@ -10,16 +10,17 @@ def add_parser(sub) -> None:
     t.add_argument("--backbone", required=True, metavar="MODEL", help="model file or run folder")
     add_data_args(t, folder_options=False)
     t.add_argument("--head", default="float", choices=["float", "binary"])
-    t.add_argument("--per-class", type=int, default=10, help="labelled images per class")
-    t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--val-fraction", type=float, default=0.2,
+    t.add_argument("--per-class", type=positive_int, default=10, help="labelled images per class")
+    t.add_argument("--epochs", type=positive_int, default=50, help="most epochs for the new layer")
+    t.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    t.add_argument("--val-fraction", type=fraction, default=0.2,
                    help="of the labelled budget, for epoch selection (none below 2 per class)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed for the labelled subset and training")
     t.add_argument("--layer", default="features", choices=["features", "pre_logits"],
                    help="CBCNN: conv features (forward_features) or the last hidden dense layer")
-    t.add_argument("--resize", default="auto", choices=["auto", "none"])
+    t.add_argument("--resize", default="auto", choices=["auto", "none"],
+                   help="auto: resize target images to the backbone's input")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--to-gray", action="store_true", help="convert RGB targets to grayscale")
     g.add_argument("--no-convert", action="store_true",
@@ -27,7 +28,8 @@ def add_parser(sub) -> None:
     t.add_argument("--compare-scratch", action="store_true",
                    help="also train the architecture from scratch, same data and wall-clock")
     t.add_argument("--out", help="folder for summary.json and head.npz")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    t.add_argument("--json", action="store_true", help="print one JSON object at the end")
     t.set_defaults(func=run)
 
 
@@ -38,6 +40,9 @@ def run(args) -> int:
     from ..data import load_dataset
     from ..transfer import summary, transfer
 
+    if args.out:
+        from ..outputs import prepare_run_dir
+        prepare_run_dir(args.out, force=args.force)
     ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
     channels = "none" if args.no_convert else ("gray" if args.to_gray else "auto")
     resize = "none" if args.no_convert else args.resize

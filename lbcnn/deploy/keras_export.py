@@ -16,12 +16,15 @@ is exported dequantized.
 """
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
+from .onnx_export import class_names
 
 
 def import_keras():
@@ -80,5 +83,9 @@ def export_h5(model, path) -> Path:
     with h5py.File(tmp, "a") as f:
         f.attrs["lbcnn_input_scale"] = float(model.body_.input_scale)
         f.attrs["lbcnn_classes"] = np.asarray(model.classes_, dtype=np.int64)
+        meta = getattr(model, "meta_", {}) or {}
+        f.attrs["lbcnn_class_names"] = json.dumps(class_names(model))
+        if meta.get("dataset"):
+            f.attrs["lbcnn_dataset"] = json.dumps(meta["dataset"])
     os.replace(tmp, path)
     return path

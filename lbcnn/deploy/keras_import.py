@@ -84,7 +84,26 @@ def _weights(f, name: str) -> dict[str, np.ndarray]:
 
 
 def import_keras_h5(path, input_scale: float | None = None, classes=None):
-    """Return an ``LBCNN`` (``body_``, ``coef_``, ``intercept_``, ``classes_``)."""
+    """Return an ``LBCNN`` (``body_``, ``coef_``, ``intercept_``, ``classes_``).
+
+    Anything the checks below do not foresee in a damaged file still ends as
+    one ``DataError`` line, and non-finite weights are refused.
+    """
+    try:
+        model = _import_keras_h5(path, input_scale, classes)
+    except DataError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError,
+            RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise DataError(f"{path}: damaged or unsupported .h5 model ({type(exc).__name__}"
+                        f"{': ' + detail if detail else ''})") from None
+    from ..validate import check_finite_arrays
+    check_finite_arrays({"dense/kernel": model.coef_, "dense/bias": model.intercept_}, str(path))
+    return model
+
+
+def _import_keras_h5(path, input_scale: float | None = None, classes=None):
     try:
         import h5py
     except ImportError as exc:
@@ -110,6 +129,13 @@ def import_keras_h5(path, input_scale: float | None = None, classes=None):
             input_scale = float(f.attrs["lbcnn_input_scale"])
         if classes is None and "lbcnn_classes" in f.attrs:
             classes = np.asarray(f.attrs["lbcnn_classes"])
+        extra_meta = {}
+        for key in ("lbcnn_class_names", "lbcnn_dataset"):
+            if key in f.attrs:
+                try:
+                    extra_meta[key[6:]] = json.loads(_decode(f.attrs[key]))
+                except (json.JSONDecodeError, TypeError, ValueError):
+                    raise DataError(f"{path}: attribute {key} is not valid JSON") from None
         layers = _layers_in_order(cfg, path)
 
         input_shape = None
@@ -242,5 +268,5 @@ def import_keras_h5(path, input_scale: float | None = None, classes=None):
     if len(model.classes_) != kern.shape[1]:
         raise DataError(f"{path}: {len(model.classes_)} class labels for {kern.shape[1]} outputs")
     model.head_meta_ = {"kind": "float32"}
-    model.meta_ = {"source": str(path), "keras_version": None}
+    model.meta_ = {"source": str(path), "keras_version": None, **extra_meta}
     return model

@@ -33,11 +33,13 @@ Only ``scale=False`` networks (pure +-1 weights) are exported.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .onnx_export import OPSET, import_onnx
+from .onnx_export import OPSET, class_names, import_onnx
 
 
 def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
@@ -227,6 +229,7 @@ def build_cbcnn_onnx(model, input_channels: int | None = None):
     for key, value in (("lbcnn_family", "cbcnn"),
                        ("lbcnn_preprocess", pre.to_json()),
                        ("lbcnn_classes", ",".join(str(c) for c in range(k))),
+                       ("lbcnn_class_names", json.dumps(class_names(model))),
                        ("lbcnn_input", "uint8 NHWC raw pixels; preprocessing inside")):
         entry = om.metadata_props.add()
         entry.key, entry.value = key, value

@@ -20,7 +20,8 @@ index into ``lbcnn_classes`` in the metadata).
 """
 from __future__ import annotations
 
-import os
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,7 @@ def build_onnx_model(model):
     om.ir_version = 8
     for key, value in (("lbcnn_input_scale", repr(float(body.input_scale))),
                        ("lbcnn_classes", ",".join(str(int(c)) for c in model.classes_)),
+                       ("lbcnn_class_names", json.dumps(class_names(model))),
                        ("lbcnn_input", "uint8 NHWC raw pixels; scale applied inside")):
         entry = om.metadata_props.add()
         entry.key, entry.value = key, value
@@ -144,6 +146,16 @@ def build_any(model, input_channels=None):
         raise ConfigError(f"ONNX export supports the lbcnn and cbcnn families, "
                           f"not {type(model).__name__}")
     return build_onnx_model(model)
+
+
+def class_names(model) -> list[str]:
+    """The model file's class names, else the class ids as strings."""
+    names = (getattr(model, "meta_", {}) or {}).get("class_names")
+    classes = getattr(model, "classes_", None)
+    k = len(classes) if classes is not None else len(names or [])
+    if isinstance(names, list) and len(names) == k:
+        return [str(n) for n in names]
+    return [str(int(c)) for c in classes] if classes is not None else []
 
 
 def export_onnx(model, path, input_channels=None) -> Path:
