@@ -245,7 +245,7 @@ class LBCNN(ClassifierMixin, BaseEstimator):
         self.input_shape = input_shape
 
     def __sklearn_tags__(self):
-        return classifier_tags(super().__sklearn_tags__(), poor_score=True)
+        return classifier_tags(super().__sklearn_tags__(), poor_score=False)
 
     def _device(self):
         from ..settings import default_device
