@@ -84,7 +84,8 @@ def say(args, message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def load_data(args, model_meta: dict | None = None, quiet: bool = False):
+def load_data(args, model_meta: dict | None = None, quiet: bool = False,
+              warn_mismatch: bool = True):
     """The dataset the options name, or the one a model file records.
 
     Prints the dataset's notes (skipped files, remapped labels) and, for
@@ -107,7 +108,7 @@ def load_data(args, model_meta: dict | None = None, quiet: bool = False):
     if not quiet:
         for note in ds.notes or []:
             say(args, f"note: {note}")
-        if args.dataset and recorded and normalize_name(args.dataset) != recorded:
+        if warn_mismatch and args.dataset and recorded and normalize_name(args.dataset) != recorded:
             say(args, f"warning: the model was trained on {recorded} but is run on {ds.name}")
     return ds
 

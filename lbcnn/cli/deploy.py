@@ -126,7 +126,7 @@ def _carried_meta(model) -> dict:
 def _dataset_for(model, args, strict: bool = False):
     """The recorded dataset unless --dataset names another; ``strict`` refuses another."""
     meta = getattr(model, "meta_", {}) or {}
-    ds = load_data(args, meta)
+    ds = load_data(args, meta, warn_mismatch=not strict)
     recorded = meta.get("dataset")
     if strict and recorded and ds.name != recorded:
         raise DataError(f"the model was trained on {recorded}; quantizing it with {ds.name}'s "
