@@ -147,7 +147,7 @@ def run_mcu(model, cpu: str = "cortex-m4", dataset: str | None = None, n: int = 
             "sections": {k2: sz[k2] for k2 in ("text", "rodata", "data", "bss")},
             "harness_buffers_bytes": sz["harness_buffers"],
             "armv6m_violations": len(bad_isa) if cpu == "cortex-m0plus" else None,
-            "family": type(plan).__name__, "n_classes": int(k),
+            "family": getattr(plan, "family", None) or "lbcnn", "n_classes": int(k),
             "build_seconds": round(build_s, 2), "emulation_seconds": round(emu_s, 2),
             "build": command_line(cpu, opt),
         }

@@ -1,0 +1,92 @@
+"""``lbcnn mcu``: the model's generated C on Cortex-M4 / Cortex-M0+: built with the clang in
+PyPI ``ziglang``, sized from the ELF, run on real test images in PyPI ``unicorn`` and
+checked against the NumPy integer engine (:func:`lbcnn.deploy.mcu.run_mcu`)."""
+from __future__ import annotations
+
+import json
+
+from .common import add_data_args, load_data, positive_int, say
+
+
+def _mhz(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a clock in MHz > 0, got {text!r}")
+    return value
+
+
+def add_parser(sub) -> None:
+    from ..deploy.mcu.toolchain import CPUS
+    m = sub.add_parser("mcu", help="build the C for Cortex-M4 / M0+, size it and run real test "
+                                    "images in an emulator, checked against the integer engine")
+    m.add_argument("model", metavar="MODEL",
+                   help="a model file (.npz) or a run folder holding model.npz "
+                        "(LB-CNN, CBCNN or hybrid)")
+    m.add_argument("--cpu", choices=sorted(CPUS), default="cortex-m4",
+                   help="target core: cortex-m4 (Thumb-2 + DSP SIMD32, FPU unused) or "
+                        "cortex-m0plus (ARMv6-M)")
+    add_data_args(m, required=False, folder_options=False)
+    m.add_argument("--n", type=positive_int, default=200,
+                   help="test images to run in the emulator (the first N of the test split)")
+    m.add_argument("--opt", choices=["O2", "Os", "O3", "O1"], default="O2",
+                   help="clang optimisation level")
+    m.add_argument("--mhz", type=_mhz, default=168.0,
+                   help="clock for the time estimate (instructions / MHz: an estimate, not a "
+                        "cycle count)")
+    m.add_argument("--workdir", metavar="DIR",
+                   help="keep the generated C, the ELFs and the linker script here "
+                        "(default: a temporary folder, removed afterwards)")
+    m.add_argument("--no-align-check", action="store_true",
+                   help="skip the alignment-trap build and run")
+    m.add_argument("--json", action="store_true", help="print one JSON object")
+    m.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..deploy.mcu import run_mcu
+    from ..engine.plan import compile_plan
+    from ..io import load_model_file, resolve_model_path
+
+    path = resolve_model_path(args.model)
+    config = {}
+    if path.suffix.lower() == ".npz":
+        config, _ = load_model_file(path)
+    ds = load_data(args, config, quiet=args.json)
+    plan = compile_plan(path)
+    x = ds.x_test[:args.n]
+    if not args.json:
+        say(args, f"building for {args.cpu} -{args.opt} and running {len(x)} {ds.name} test "
+                  "images in the emulator ...")
+    res = run_mcu(plan, cpu=args.cpu, n=args.n, opt=args.opt, mhz=args.mhz, images=x,
+                  workdir=args.workdir, check_alignment=not args.no_align_check)
+    res["dataset"] = ds.name
+    res["model"] = str(path)
+    if args.json:
+        print(json.dumps(res))
+        return 0 if res["all_equal"] else 1
+    ok = "all equal" if res["all_equal"] else f"MISMATCH (first at image {res['first_mismatch']})"
+    lines = [
+        f"{res['cpu']} -{res['opt']}, {res['family']}, {res['n']} {ds.name} test images",
+        f"  predictions == NumPy integer engine: {res['agree']}/{res['n']}; logits: "
+        f"{res['logits_agree']}/{res['n']} ({ok})",
+        f"  instructions per image: mean {res['instructions_mean']:,.0f}, max "
+        f"{res['instructions_max']:,} (counted per executed block, IT blocks included)",
+        f"  estimated time at {res['mhz']:g} MHz: {res['est_ms_at_mhz']:.2f} ms "
+        "(an estimate from instruction counts, one per cycle)",
+        f"  flash {res['flash_bytes']:,} B (text {res['sections']['text']:,} + rodata "
+        f"{res['sections']['rodata']:,} + data {res['sections']['data']:,})",
+        f"  RAM: static {res['ram_bytes']:,} B + peak stack {res['stack_bytes']:,} B = "
+        f"{res['ram_plus_stack_bytes']:,} B (not counting the caller's image and logits, "
+        f"{res['harness_buffers_bytes']:,} B)",
+    ]
+    if res["unaligned_accesses"] is not None:
+        lines.append(f"  unaligned accesses: {res['unaligned_accesses']} (alignment-trap build, "
+                     f"{res['unaligned_checked_images']} images)")
+    if res["armv6m_violations"] is not None:
+        lines.append(f"  instructions outside ARMv6-M in the ELF: {res['armv6m_violations']}")
+    print("\n".join(lines))
+    return 0 if res["all_equal"] else 1

@@ -1,0 +1,174 @@
+"""Issue 13: the generated C on Cortex-M4 / Cortex-M0+ (zig cc + unicorn), checked against
+the NumPy integer engine on real MNIST test images; test vectors and the self test."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from lbcnn.deploy.c_export import CFLAGS, export_c, find_cc
+from lbcnn.engine import NumpyEngine, compile_plan
+
+N_IMAGES = 20
+CC = find_cc()
+
+
+def _have(mod):
+    try:
+        __import__(mod)
+    except ImportError:
+        return False
+    return True
+
+
+needs_mcu = pytest.mark.skipif(not all(_have(m) for m in ("ziglang", "unicorn", "elftools")),
+                               reason="pip install -e '.[mcu]'")
+
+
+@pytest.fixture(scope="module")
+def plans(mnist):
+    """Small models of the three families that export C (trained briefly on real images)."""
+    torch.set_num_threads(1)
+    from lbcnn.models.hybrid import Hybrid
+    from lbcnn.models.lbcnn import LBCNN
+    from lbcnn.train_cbcnn import train_cbcnn
+
+    x, y = mnist.x_train, mnist.y_train
+    lb = LBCNN(filters=(4, 2), random_state=0, device="cpu").fit(x[:1000], y[:1000])
+    lb2 = LBCNN(filters=(3, 2), nl=2, random_state=1, device="cpu").fit(x[:1000], y[:1000])
+    cb = train_cbcnn(mnist, preset=None, blocks=(8, 8), dense=(16,), epochs=1, train_size=1000,
+                     batch_size=50, lr_start=1e-2, lr_end=1e-3, progress=False, seed=0,
+                     device="cpu")["model"]
+    cb.net.eval()
+    hy = Hybrid(epochs=1).fit(x[:500], y[:500], x[500:700], y[500:700])
+    return {"lbcnn": compile_plan(lb), "lbcnn_nl2": compile_plan(lb2),
+            "cbcnn": compile_plan(cb), "hybrid": compile_plan(hy)}
+
+
+CASES = [("lbcnn", "cortex-m4"), ("lbcnn", "cortex-m0plus"), ("lbcnn_nl2", "cortex-m4"),
+         ("cbcnn", "cortex-m4"), ("cbcnn", "cortex-m0plus"),
+         ("hybrid", "cortex-m4"), ("hybrid", "cortex-m0plus")]
+
+
+@needs_mcu
+@pytest.mark.parametrize("family,cpu", CASES)
+def test_emulated_equals_integer_engine(plans, mnist, family, cpu, tmp_path):
+    from lbcnn.deploy.mcu import run_mcu
+
+    plan = plans[family]
+    x = mnist.x_test[:N_IMAGES]
+    res = run_mcu(plan, cpu=cpu, images=x, n=N_IMAGES, workdir=tmp_path,
+                  check_alignment=cpu == "cortex-m4")
+    # every class and every logit equals the NumPy integer engine
+    assert res["n"] == N_IMAGES
+    assert res["agree"] == res["logits_agree"] == N_IMAGES, res
+    assert res["all_equal"]
+    assert res["flash_bytes"] > plan.weight_bytes()["total"]
+    assert 0 < res["stack_bytes"] < 4096
+    assert res["instructions_min"] > 1000
+    if cpu == "cortex-m4":
+        assert res["unaligned_accesses"] == 0 and res["unaligned_checked_images"] == N_IMAGES
+    else:
+        assert res["armv6m_violations"] == 0      # only ARMv6-M instructions in the M0+ ELF
+    if family == "lbcnn":
+        # one channel path at a time: static RAM is a few maps, not the layers' channels
+        # (nl = 2 stores one full-resolution map per extra conv level: more)
+        assert res["ram_bytes"] + res["stack_bytes"] < 4096
+
+
+@needs_mcu
+def test_emulator_catches_a_wrong_answer(plans, mnist, tmp_path):
+    """The comparison is not vacuous: a generated C with one head weight changed disagrees."""
+    from lbcnn.deploy.mcu import elf
+    from lbcnn.deploy.mcu.emulator import Emulator
+    from lbcnn.deploy.mcu.toolchain import build_elf
+
+    plan = plans["lbcnn"]
+    export_c(plan, tmp_path, measure=False)
+    src = (tmp_path / "model.c").read_text()
+    i = src.index("HEAD_B[10] = {") + len("HEAD_B[10] = {")
+    j = src.index(")", i)
+    (tmp_path / "model.c").write_text(src[:i] + "\n    INT64_C(999999999999" + src[j:])
+    emu = Emulator(build_elf(tmp_path, "cortex-m4"), "cortex-m4")
+    x = mnist.x_test[:5]
+    got = [emu.predict_logits(im.reshape(-1), 10)[0] for im in x]
+    assert got == [0] * 5 != list(NumpyEngine(plan).predict(x))
+    # the M4 build has Thumb-2 instructions, which the ARMv6-M check must flag
+    assert len(elf.armv6m_violations(tmp_path / "lbcnn_cortex_m4_O2.elf")) > 0
+
+
+def test_thumb_instruction_lengths():
+    from lbcnn.deploy.mcu.elf import thumb_count
+    # movs r0, #1 (16-bit); bl (32-bit: f000 f800); adds (16-bit); ldr.w (f8d0 0000)
+    code = bytes.fromhex("0120" "00f000f8" "0818" "d0f80000")
+    assert thumb_count(code) == 4
+    assert thumb_count(bytes.fromhex("00f000f8")) == 1
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler found")
+def test_test_vectors_selftest_and_class_names(plans, mnist, tmp_path):
+    plan = plans["lbcnn"]
+    x = mnist.x_test[:6]
+    names = [f"digit {i}" for i in range(10)]
+    summary = export_c(plan, tmp_path, measure=False, test_images=x, class_names=names)
+    assert summary["test_vectors"] == 6
+    exe = tmp_path / "selftest"
+    subprocess.run([CC, *CFLAGS, str(tmp_path / "model.c"), str(tmp_path / "test_vectors.c"),
+                    str(tmp_path / "selftest.c"), "-o", str(exe)], check=True,
+                   capture_output=True, text=True)
+    res = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert res.returncode == 0 and "6/6" in res.stdout
+    header = (tmp_path / "model.h").read_text()
+    assert 'LBCNN_CLASS_NAMES[10] = { "digit 0", "digit 1"' in header
+    # a wrong expectation makes the self test fail
+    tv = (tmp_path / "test_vectors.c").read_text()
+    marker = "LBCNN_TEST_EXPECTED[LBCNN_N_TEST_VECTORS] = { "
+    k = tv.index(marker) + len(marker)
+    bad = str((int(tv[k]) + 1) % 10)
+    (tmp_path / "test_vectors.c").write_text(tv[:k] + bad + tv[k + 1:])
+    subprocess.run([CC, *CFLAGS, str(tmp_path / "model.c"), str(tmp_path / "test_vectors.c"),
+                    str(tmp_path / "selftest.c"), "-o", str(exe)], check=True,
+                   capture_output=True, text=True)
+    res = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert res.returncode == 1 and "5/6" in res.stdout
+    # the Makefile target
+    assert "selftest:" in (tmp_path / "Makefile").read_text()
+    assert "link_cortexm.ld" in (tmp_path / "README.md").read_text()
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler found")
+def test_predict_logits_on_host_equals_engine_scores(plans, mnist, tmp_path):
+    """lbcnn_predict_logits writes the engine's exact scores, for every family."""
+    main = r"""
+#include <stdio.h>
+#include "model.h"
+int main(void)
+{
+    static uint8_t image[LBCNN_INPUT_BYTES];
+    int64_t logits[LBCNN_N_CLASSES];
+    int k;
+    while (fread(image, 1, sizeof image, stdin) == sizeof image) {
+        printf("%d", lbcnn_predict_logits(image, logits));
+        for (k = 0; k < LBCNN_N_CLASSES; k++) printf(" %lld", (long long)logits[k]);
+        printf("\n");
+    }
+    return 0;
+}
+"""
+    x = mnist.x_test[:50]
+    for fam in ("lbcnn", "lbcnn_nl2", "cbcnn", "hybrid"):
+        plan = plans[fam]
+        d = tmp_path / fam
+        export_c(plan, d, measure=False)
+        (d / "logits_main.c").write_text(main)
+        subprocess.run([CC, *CFLAGS, str(d / "model.c"), str(d / "logits_main.c"), "-o",
+                        str(d / "lg")], check=True, capture_output=True, text=True)
+        out = subprocess.run([str(d / "lg")], input=np.ascontiguousarray(x).tobytes(),
+                             capture_output=True, check=True).stdout.decode().split("\n")
+        rows = np.array([[int(v) for v in line.split()] for line in out if line.strip()])
+        eng = NumpyEngine(plan)
+        assert np.array_equal(rows[:, 1:], eng.scores(x)), fam
+        want = eng.predict(x) if fam.startswith("lbcnn") else eng.predict_index(x)
+        assert np.array_equal(rows[:, 0], want), fam
