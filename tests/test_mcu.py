@@ -158,12 +158,14 @@ int main(void)
 }
 """
     x = mnist.x_test[:50]
-    for fam in ("lbcnn", "lbcnn_nl2", "cbcnn", "hybrid"):
+    for fam, flag in [("lbcnn", "-DLBCNN_STREAM"), ("lbcnn", "-DLBCNN_FULL_MAPS"),
+                      ("lbcnn_nl2", "-DLBCNN_STREAM"), ("lbcnn_nl2", "-DLBCNN_FULL_MAPS"),
+                      ("cbcnn", "-DX"), ("hybrid", "-DX")]:
         plan = plans[fam]
-        d = tmp_path / fam
+        d = tmp_path / (fam + flag)
         export_c(plan, d, measure=False)
         (d / "logits_main.c").write_text(main)
-        subprocess.run([CC, *CFLAGS, str(d / "model.c"), str(d / "logits_main.c"), "-o",
+        subprocess.run([CC, *CFLAGS, flag, str(d / "model.c"), str(d / "logits_main.c"), "-o",
                         str(d / "lg")], check=True, capture_output=True, text=True)
         out = subprocess.run([str(d / "lg")], input=np.ascontiguousarray(x).tobytes(),
                              capture_output=True, check=True).stdout.decode().split("\n")
@@ -172,3 +174,32 @@ int main(void)
         assert np.array_equal(rows[:, 1:], eng.scores(x)), fam
         want = eng.predict(x) if fam.startswith("lbcnn") else eng.predict_index(x)
         assert np.array_equal(rows[:, 0], want), fam
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler found")
+@pytest.mark.parametrize("filters,nl,shape,k,per_class", [((5,), 1, (13, 11, 2), 3, True),
+                                                          ((3, 2), 2, (15, 12, 1), 4, False),
+                                                          ((2, 3, 2), 1, (17, 9, 3), 5, True)])
+def test_streaming_c_on_odd_shapes(tmp_path, filters, nl, shape, k, per_class):
+    """The streaming path (odd widths and heights, several input channels, ReLU extras,
+    per-class rescale, odd class counts) equals the engine, and so does the full-map path."""
+    from lbcnn.models.lbcnn import LBCNN
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, size=(120, *shape), dtype=np.uint8)
+    y = rng.integers(0, k, size=120)
+    model = LBCNN(filters=filters, nl=nl, random_state=1, device="cpu").fit(x[:80], y[:80])
+    plan = compile_plan(model)
+    if per_class:
+        head = {"weight_q": plan.head["weight_q"], "bias_q": rng.integers(-9, 9, size=k),
+                "scale": float(plan.head["scale"]) * rng.uniform(0.5, 2.0, size=k), "bits": 8}
+        plan = compile_plan(model, head=head)
+    export_c(plan, tmp_path, measure=False)
+    want = NumpyEngine(plan).predict(x)
+    for flag in ("-DLBCNN_STREAM", "-DLBCNN_FULL_MAPS"):
+        exe = tmp_path / "lbcnn"
+        subprocess.run([CC, *CFLAGS, flag, str(tmp_path / "model.c"), str(tmp_path / "main.c"),
+                        "-o", str(exe)], check=True, capture_output=True, text=True)
+        res = subprocess.run([str(exe)], input=np.ascontiguousarray(x).tobytes(),
+                             capture_output=True, check=True)
+        assert np.array_equal(np.array([int(v) for v in res.stdout.split()]), want), flag

@@ -225,7 +225,8 @@ def measure_sizes(out_dir: Path, cc: str | None = None, opt: str = "-O2") -> dic
         return None
     out_dir = Path(out_dir)
     obj = out_dir / "model.o"
-    flags = [f for f in CFLAGS if f != "-O2"] + [opt]
+    # LBCNN_STREAM: an LB-CNN's small-target layout (what a microcontroller build gets)
+    flags = [f for f in CFLAGS if f != "-O2"] + [opt, "-DLBCNN_STREAM"]
     subprocess.run([cc, *flags, "-fstack-usage", "-c", str(out_dir / "model.c"), "-o", str(obj)],
                    check=True, capture_output=True, text=True)
     res = subprocess.run([size_tool, str(obj)], check=True, capture_output=True, text=True)

@@ -135,6 +135,19 @@ static inline int32_t lbcnn_max2(int32_t u, int32_t v)
 #endif
 
 @WEIGHTS@
+/* Two implementations of the same integer arithmetic (bit-exact with each other and with
+ * the NumPy engine): LBCNN_STREAM, one channel path at a time in a few KB of RAM (the
+ * default on ARM and other small targets), and the full-map path (channel-innermost maps,
+ * which a host compiler vectorizes across channels; the default elsewhere). Define
+ * LBCNN_STREAM or LBCNN_FULL_MAPS to choose. */
+#if !defined(LBCNN_STREAM) && !defined(LBCNN_FULL_MAPS)
+#if defined(__arm__) || defined(__thumb__) || defined(__riscv) || defined(__AVR__) || \
+    defined(__XTENSA__) || defined(__MSP430__)
+#define LBCNN_STREAM 1
+#endif
+#endif
+
+#if defined(LBCNN_STREAM)
 @BUFFERS@
 static const uint32_t *g_hw;       /* next head weights, column pairs (consumed in order) */
 static const hw_t *g_hw1;          /* next head weights, last column of an odd width */
@@ -566,6 +579,10 @@ static LBCNN_NOINLINE int scores(const uint8_t *image, int64_t *logits)
     return best;
 }
 
+#else
+@FULL@
+#endif
+
 int lbcnn_predict_logits(const uint8_t *image, int64_t *logits)
 {
     return LABELS[scores(image, logits)];
@@ -575,6 +592,221 @@ int lbcnn_predict(const uint8_t *image)
 {
     return LABELS[scores(image, 0)];
 }
+"""
+
+
+# ---- the full-map path (hosts): channel-innermost maps, conv rows over all channels ----
+FULL_STAGE_TEMPLATE = r"""
+/* ---- stage @S@: @DESC@ ---- */
+/* one input row (W x Cin) -> (W+2) x Cin*M, each channel repeated M times */
+static void expand_row_@S@(const @SRC_T@ *src, act_t *dst)
+{
+    enum { W = @W@, Cin = @CIN@, M = @M@, Co = @CIN@ * @M@ };
+    act_t *o = dst + Co;
+    int k, r;
+    for (k = 0; k < Co; k++) { dst[k] = 0; dst[(W + 1) * Co + k] = 0; }
+    for (k = 0; k < W * Cin; k++) {
+        act_t v = (act_t)src[k];
+@RELU@        for (r = 0; r < M; r++) o[k * M + r] = v;
+    }
+}
+
+/* out[x][co] = sum over 9 taps of +-in: (v ^ m) - m with m = 0 or -1 */
+static void conv_row_@S@(const act_t *a, const act_t *b, const act_t *c, act_t *out)
+{
+    enum { W = @W@, Co = @CIN@ * @M@ };
+    const act_t *m0 = g_mask, *m1 = g_mask + Co, *m2 = g_mask + 2 * Co,
+                *m3 = g_mask + 3 * Co, *m4 = g_mask + 4 * Co, *m5 = g_mask + 5 * Co,
+                *m6 = g_mask + 6 * Co, *m7 = g_mask + 7 * Co, *m8 = g_mask + 8 * Co;
+    int x, co;
+    for (x = 0; x < W; x++) {
+        const act_t *pa = a + x * Co, *pb = b + x * Co, *pc = c + x * Co;
+        act_t *o = out + x * Co;
+        for (co = 0; co < Co; co++)
+            o[co] = (act_t)(g_nneg[co]
+                + (pa[co] ^ m0[co]) + (pa[co + Co] ^ m1[co]) + (pa[co + 2 * Co] ^ m2[co])
+                + (pb[co] ^ m3[co]) + (pb[co + Co] ^ m4[co]) + (pb[co + 2 * Co] ^ m5[co])
+                + (pc[co] ^ m6[co]) + (pc[co + Co] ^ m7[co]) + (pc[co + 2 * Co] ^ m8[co]));
+    }
+}
+
+/* the conv over the H x W x Cin map; @POOLDESC@ */
+static void conv_stage_@S@(const @SRC_T@ *src, act_t *dst)
+{
+    enum { H = @H@, W = @W@, Cin = @CIN@, M = @M@, Co = @CIN@ * @M@, Wp = @W@ + 2,
+           Wo = (@W@ + 1) / 2, Ho = (@H@ + 1) / 2 };
+    int t, co, y, j, q, k, next = 0;
+    (void)next; (void)j; (void)q;
+    for (co = 0; co < Co; co++) g_nneg[co] = 0;
+    for (t = 0; t < 9; t++)
+        for (co = 0; co < Co; co++) {
+            int neg;
+            k = t * Co + co;
+            neg = (K@S@[k >> 3] >> (k & 7)) & 1;
+            g_mask[k] = (act_t)(-neg);
+            g_nneg[co] = (act_t)(g_nneg[co] + neg);
+        }
+    expand_row_@S@(src, g_ring);
+    for (y = 0; y < H; y++) {
+        const act_t *a, *b, *c;
+        if (y + 1 < H)
+            expand_row_@S@(src + (y + 1) * W * Cin, g_ring + ((y + 1) % 3) * Wp * Co);
+        a = y > 0 ? g_ring + ((y - 1) % 3) * Wp * Co : g_zero;
+        b = g_ring + (y % 3) * Wp * Co;
+        c = y + 1 < H ? g_ring + ((y + 1) % 3) * Wp * Co : g_zero;
+@BODY@
+    }
+}
+"""
+
+FULL_POOL_BODY = r"""        conv_row_@S@(a, b, c, g_row);
+        /* horizontal pool: column window [2j-1, 2j+2] clipped */
+        for (j = 0; j < Wo; j++) {
+            int lo = 2 * j - 1 < 0 ? 0 : 2 * j - 1;
+            int hi = 2 * j + 2 > W - 1 ? W - 1 : 2 * j + 2;
+            act_t *o = g_hp + ((y & 3) * Wo + j) * Co;
+            const act_t *s0 = g_row + lo * Co;
+            for (k = 0; k < Co; k++) o[k] = s0[k];
+            for (q = lo + 1; q <= hi; q++) {
+                const act_t *s = g_row + q * Co;
+                for (k = 0; k < Co; k++) o[k] = s[k] > o[k] ? s[k] : o[k];
+            }
+        }
+        /* vertical pool: output row i is complete once row min(2i+2, H-1) is in */
+        while (next < Ho && (2 * next + 2 > H - 1 ? H - 1 : 2 * next + 2) <= y) {
+            int lo = 2 * next - 1 < 0 ? 0 : 2 * next - 1;
+            int hi = 2 * next + 2 > H - 1 ? H - 1 : 2 * next + 2;
+            act_t *o = dst + next * Wo * Co;
+            const act_t *s0 = g_hp + (lo & 3) * Wo * Co;
+            for (k = 0; k < Wo * Co; k++) o[k] = s0[k];
+            for (q = lo + 1; q <= hi; q++) {
+                const act_t *s = g_hp + (q & 3) * Wo * Co;
+                for (k = 0; k < Wo * Co; k++) o[k] = s[k] > o[k] ? s[k] : o[k];
+            }
+            next++;
+        }"""
+
+
+def _full_stage_c(si: int, op: dict, pool: bool) -> str:
+    h, w, c = op["in_shape"]
+    src_t = "uint8_t" if si == 0 else "act_t"
+    relu = "        if (v < 0) v = 0;\n" if op["relu_in"] else ""
+    body = FULL_POOL_BODY if pool else "        conv_row_@S@(a, b, c, dst + y * W * Co);"
+    desc = (f"layer {op['layer']}, {tuple(op['in_shape'])} -> {tuple(op['out_shape'])}"
+            f"{', ReLU on input' if op['relu_in'] else ''}")
+    pooldesc = ("4x4/2 'same' max pool streamed row by row into dst ((H+1)/2 x (W+1)/2 x Co)"
+                if pool else "the full H x W x Co map into dst")
+    text = FULL_STAGE_TEMPLATE.replace("@BODY@", body)
+    for key, val in {"@S@": si, "@DESC@": desc, "@POOLDESC@": pooldesc, "@SRC_T@": src_t,
+                     "@RELU@": relu, "@H@": h, "@W@": w, "@CIN@": c,
+                     "@M@": op["multiplier"]}.items():
+        text = text.replace(key, str(val))
+    return text
+
+
+
+
+def _full_path(plan, stages, act: str) -> str:
+    """The classic host path: every stage over all channels at once (channel-innermost, so
+    a host compiler vectorizes across channels), full maps ping-ponged, then a class-major
+    head (a RAM copy of the streamed head weights, built on the first call)."""
+    hd = plan.head
+    k, d = plan.n_classes, plan.n_features
+    max_co = max(op["out_shape"][2] for op, _ in stages)
+    ring = max(3 * (op["in_shape"][1] + 2) * op["out_shape"][2] for op, _ in stages)
+    zero = max((op["in_shape"][1] + 2) * op["out_shape"][2] for op, _ in stages)
+    row = max(op["in_shape"][1] * op["out_shape"][2] for op, _ in stages)
+    hp = max(4 * ((op["in_shape"][1] + 1) // 2) * op["out_shape"][2] for op, _ in stages)
+    masks = max(9 * op["out_shape"][2] for op, _ in stages)
+    sizes, calls, code, cur = [0, 0], [], [], None
+    for si, (op, pool) in enumerate(stages):
+        h, w, c = op["in_shape"]
+        co = op["out_shape"][2]
+        out_elems = ((h + 1) // 2) * ((w + 1) // 2) * co if pool else h * w * co
+        dst = 0 if cur != 0 else 1
+        sizes[dst] = max(sizes[dst], out_elems)
+        calls.append(f"    conv_stage_{si}({'image' if cur is None else f'g_map{cur}'}, g_map{dst});")
+        code.append(_full_stage_c(si, op, pool))
+        cur = dst
+    partial = CTYPE[hd["partial_dtype"]]
+    chunk = hd["chunk"] if hd["chunk"] < 16 else hd["chunk"] - hd["chunk"] % 16
+    nfull, rest = d // chunk, d % chunk
+    h, w, _ = stages[-1][0]["in_shape"]
+    cf = stages[-1][0]["out_shape"][2]
+    ho, wo = (h + 1) // 2, (w + 1) // 2
+    eight = hd["bits"] <= 8
+    k2 = k + (k & 1)
+    maps = "".join(f"static act_t g_map{i}[{n}];\n" for i, n in enumerate(sizes) if n)
+    return f"""{maps}static act_t g_ring[{ring}];   /* 3 channel-expanded, zero-bordered input rows */
+static act_t g_zero[{zero}];   /* the zero padding row, never written */
+static act_t g_row[{row}];     /* one conv output row */
+static act_t g_hp[{hp}];       /* 4 horizontally pooled rows */
+static act_t g_mask[{masks}];  /* 0 or -1 per tap and channel */
+static act_t g_nneg[{max_co}];  /* number of -1 taps per channel */
+static hw_t g_headw[{k * d}];   /* the head, class-major (a copy of HEAD_W / HEAD_W1) */
+static int g_headw_ready;
+
+{"".join(code)}
+/* the streamed head weights -> class-major rows (feature (i*WO + j)*CF + ch) */
+static void build_headw(void)
+{{
+    enum {{ CF = {cf}, HO = {ho}, WO = {wo}, K = {k}, K2 = {k2}, D = {d} }};
+    const hw_t *w = HEAD_W.v, *w1 = HEAD_W1;
+    int ch, i, c, j;
+    (void)w1;
+    for (ch = 0; ch < CF; ch++)
+        for (i = 0; i < HO; i++) {{
+            const int f0 = i * WO * CF + ch;
+#if {int(eight)}
+            for (c = 0; c < K2; c += 2)
+                for (j = 0; j + 1 < WO; j += 2, w += 4) {{
+                    g_headw[c * D + f0 + j * CF] = w[0];
+                    g_headw[c * D + f0 + (j + 1) * CF] = w[2];
+                    if (c + 1 < K) {{
+                        g_headw[(c + 1) * D + f0 + j * CF] = w[1];
+                        g_headw[(c + 1) * D + f0 + (j + 1) * CF] = w[3];
+                    }}
+                }}
+#else
+            for (c = 0; c < K; c++)
+                for (j = 0; j + 1 < WO; j += 2, w += 2) {{
+                    g_headw[c * D + f0 + j * CF] = w[0];
+                    g_headw[c * D + f0 + (j + 1) * CF] = w[1];
+                }}
+#endif
+#if {wo} & 1
+            for (c = 0; c < K; c++) g_headw[c * D + f0 + (WO - 1) * CF] = *w1++;
+#endif
+        }}
+    g_headw_ready = 1;
+}}
+
+/* features (d) x class-major weights: exact, {partial} partials then int64 */
+static int scores(const uint8_t *image, int64_t *logits)
+{{
+    const act_t *f = g_map{cur};
+    int j, s, i, best = 0;
+    int64_t bestv = 0;
+    if (!g_headw_ready) build_headw();
+{chr(10).join(calls)}
+    for (j = 0; j < {k}; j++) {{
+        const hw_t *w = g_headw + j * {d};
+        int64_t acc = HEAD_B[j];
+        for (s = 0; s < {nfull}; s++) {{
+            {partial} p = 0;
+            for (i = 0; i < {chunk}; i++) p += ({partial})f[s * {chunk} + i] * ({partial})w[s * {chunk} + i];
+            acc += p;
+        }}
+        {{
+            {partial} p = 0;
+            for (i = 0; i < {rest}; i++) p += ({partial})f[{nfull * chunk} + i] * ({partial})w[{nfull * chunk} + i];
+            acc += p;
+        }}
+{"        acc *= HEAD_M[j];" + chr(10) if hd["rescale"] == "fixed-point" else ""}        if (logits) logits[j] = acc;
+        if (j == 0 || acc > bestv) {{ best = j; bestv = acc; }}
+    }}
+    return best;
+}}
 """
 
 
@@ -681,6 +913,7 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                      "@ACTMIN@": _ACT_MIN[act], "@SIMD_OK@": simd_ok,
                      "@BOUNDS@": plan.bounds["stages"], "@BITS@": bits,
                      "@ACCB@": hd["acc_bound"], "@WEIGHTS@": "".join(weights),
+                     "@FULL@": _full_path(plan, stages, act),
                      "@BUFFERS@": "\n".join(bufs), "@K@": k, "@WPMAX@": wpmax,
                      "@DECLS@": decls, "@LOOPS@": "\n".join(loops),
                      "@RESCALE@": rescale, "@HEADV@": headv, "@HEADSUM@": headsum,
