@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from .plan import _dtype_for, pack_signs_u64
+from .bits import dtype_for as _dtype_for, pack_signs_u64
+from .registry import register_compiler, register_runner
 
 U32 = 2.0 ** -24  # float32 unit roundoff
 
@@ -439,3 +440,12 @@ def cbcnn_agreement(model, plan: CBCNNPlan, x, batch_size: int = 500,
 
 __all__ = ["CBCNNPlan", "compile_cbcnn", "cbcnn_agreement", "cbcnn_scores", "run_cbcnn_ops",
            "unpack_features", "xnor_conv3"]
+
+
+def _is_cbcnn(model) -> bool:
+    from ..models.cbcnn import CBCNN
+    return isinstance(model, CBCNN)
+
+
+register_compiler("cbcnn", _is_cbcnn, lambda model, head=None, bits=8: compile_cbcnn(model))
+register_runner("cbcnn", run_cbcnn_ops, cbcnn_scores, unpack_features)

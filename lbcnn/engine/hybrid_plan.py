@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from .plan import pack_signs_u64
+from .bits import pack_signs_u64
+from .registry import register_compiler, register_runner
 
 LUT_SIZE = 256
 LUT_STEP = 16        # table entries per unit of the pre-activation
@@ -315,3 +316,13 @@ def hybrid_agreement(model, plan: HybridPlan, x, batch_size: int = 1000) -> dict
 __all__ = ["HybridPlan", "binary_stage", "compile_hybrid", "hybrid_agreement",
            "hybrid_feature_bits", "hybrid_scores", "otsu_agreement", "otsu_threshold_int",
            "run_hybrid_ops", "unpack_hybrid_features"]
+
+
+def _is_hybrid(model) -> bool:
+    from ..models.hybrid import Hybrid
+    return isinstance(model, Hybrid)
+
+
+
+register_compiler("hybrid", _is_hybrid, lambda model, head=None, bits=8: compile_hybrid(model))
+register_runner("hybrid", run_hybrid_ops, hybrid_scores, unpack_hybrid_features)

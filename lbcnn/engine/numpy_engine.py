@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .plan import IntegerPlan, unpack_neg_bits
+from .bits import unpack_neg_bits
+from .plan import IntegerPlan
+from .registry import register_runner, runner_for
 
 
 # -- XNOR-popcount ops (for binary-activation layers) -----------------------
@@ -94,13 +96,16 @@ def maxpool4s2(x: np.ndarray, op: dict) -> np.ndarray:
 
 def run_ops(plan: IntegerPlan, x: np.ndarray) -> np.ndarray:
     """uint8 images -> (n, d) integer features (the head's input); for a CBCNN
-    plan, (n, words) packed +-1 features."""
-    if getattr(plan, "family", None) == "cbcnn":
-        from .cbcnn_plan import run_cbcnn_ops
-        return run_cbcnn_ops(plan, x)
-    if getattr(plan, "family", None) == "hybrid":
-        from .hybrid_plan import run_hybrid_ops
-        return run_hybrid_ops(plan, x)
+    or hybrid plan, (n, words) packed +-1 features."""
+    return runner_for(plan).run_ops(plan, x)
+
+
+def head_scores(plan: IntegerPlan, feats: np.ndarray) -> np.ndarray:
+    """Exact integer class scores (int64); argmax is the prediction."""
+    return runner_for(plan).scores(plan, feats)
+
+
+def _run_lbcnn_ops(plan: IntegerPlan, x: np.ndarray) -> np.ndarray:
     dtype = np.int64 if plan.act_dtype == "int64" else np.int32
     h = x.astype(dtype)
     for op in plan.ops:
@@ -114,14 +119,7 @@ def run_ops(plan: IntegerPlan, x: np.ndarray) -> np.ndarray:
     return h.reshape(len(h), -1)
 
 
-def head_scores(plan: IntegerPlan, feats: np.ndarray) -> np.ndarray:
-    """Exact integer class scores (int64); argmax is the prediction."""
-    if getattr(plan, "family", None) == "cbcnn":
-        from .cbcnn_plan import cbcnn_scores
-        return cbcnn_scores(plan, feats)
-    if getattr(plan, "family", None) == "hybrid":
-        from .hybrid_plan import hybrid_scores
-        return hybrid_scores(plan, feats)
+def _lbcnn_scores(plan: IntegerPlan, feats: np.ndarray) -> np.ndarray:
     hd = plan.head
     f = feats.astype(np.int64)
     q = hd["weight_q"].astype(np.int64)
@@ -157,12 +155,9 @@ class NumpyEngine:
         return np.concatenate(parts) if parts else np.zeros((0, 1), np.uint64)
 
     def features(self, x) -> np.ndarray:
-        if getattr(self.plan, "family", None) == "cbcnn":
-            from .cbcnn_plan import unpack_features
-            return unpack_features(self.plan, self.features_packed(x))
-        if getattr(self.plan, "family", None) == "hybrid":
-            from .hybrid_plan import unpack_hybrid_features
-            return unpack_hybrid_features(self.plan, self.features_packed(x))
+        unpack = runner_for(self.plan).features
+        if unpack is not None:
+            return unpack(self.plan, self.features_packed(x))
         x = self._check(x)
         out = np.empty((len(x), self.plan.n_features), dtype=np.int32
                        if self.plan.act_dtype != "int64" else np.int64)
@@ -230,3 +225,6 @@ def agreement(model, plan: IntegerPlan, x, batch_size: int = 1000) -> dict:
     return {"n": n, "agree": n_same, "disagree": n - n_same, "at_risk": n_risk,
             "disagreements_explained_by_bound": n_diff_risk,
             "agreement": n_same / max(n, 1)}
+
+
+register_runner("lbcnn", _run_lbcnn_ops, _lbcnn_scores)

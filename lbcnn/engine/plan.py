@@ -37,44 +37,11 @@ from ..errors import ConfigError
 
 OP_TYPES = ("sign_dwconv3", "maxpool4s2", "xnor_dense")
 
-INT16_MAX = 2 ** 15 - 1
-INT32_MAX = 2 ** 31 - 1
-INT64_MAX = 2 ** 63 - 1
-
-
-def _dtype_for(bound: int) -> str:
-    if bound <= INT16_MAX:
-        return "int16"
-    if bound <= INT32_MAX:
-        return "int32"
-    if bound <= INT64_MAX:
-        return "int64"
-    raise ConfigError(f"an intermediate value can reach {bound:.3e}, beyond int64; "
-                      "the integer engine cannot compile this model (fewer layers or a "
-                      "smaller nl keeps the conv stack bounded)")
-
-
-# -- packing helpers ------------------------------------------------------------
-def pack_neg_bits(taps: np.ndarray) -> np.ndarray:
-    """(9, C_out) +-1 taps -> packed bits, bit k set when tap k (row-major) is -1."""
-    return np.packbits((np.asarray(taps) < 0).ravel(), bitorder="little")
-
-
-def unpack_neg_bits(packed: np.ndarray, n_taps: int, c_out: int) -> np.ndarray:
-    bits = np.unpackbits(packed, count=n_taps * c_out, bitorder="little")
-    return bits.reshape(n_taps, c_out).astype(bool)
-
-
-def pack_signs_u64(x: np.ndarray) -> np.ndarray:
-    """(..., N) +-1 values -> (..., ceil(N/64)) uint64 words, bit 1 = +1, zero padded."""
-    x = np.asarray(x)
-    n = x.shape[-1]
-    words = -(-n // 64)
-    packed = np.packbits(x > 0, axis=-1, bitorder="little")
-    pad = words * 8 - packed.shape[-1]
-    if pad:
-        packed = np.concatenate([packed, np.zeros(packed.shape[:-1] + (pad,), np.uint8)], -1)
-    return np.ascontiguousarray(packed).view("<u8")
+# re-exported: plans and exporters of every family pack bits the same way
+from .bits import (INT16_MAX, INT32_MAX, INT64_MAX, pack_neg_bits, pack_signs_u64,  # noqa: E402,F401
+                   unpack_neg_bits)
+from .bits import dtype_for as _dtype_for  # noqa: E402
+from .registry import compiler_for, register_compiler  # noqa: E402
 
 
 # -- head quantization (a stand-in until the project's quantizer lands) --------
@@ -318,20 +285,19 @@ def compile_plan(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:
         if head is None:
             head = head_from_arrays(arrays, config)
         model = load_model(model)
-    from ..models.cbcnn import CBCNN
-    from ..models.hybrid import Hybrid
-    from ..models.lbcnn import LBCNN
+    return compiler_for(model)(model, head=head, bits=bits)
 
-    if isinstance(model, Hybrid):
-        from .hybrid_plan import compile_hybrid
-        return compile_hybrid(model)
-    if isinstance(model, LBCNN):
-        return compile_lbcnn(model, head, bits)
-    if isinstance(model, CBCNN):
-        from .cbcnn_plan import compile_cbcnn
-        return compile_cbcnn(model)
-    raise ConfigError(f"the integer engine cannot compile a {type(model).__name__}: "
-                      "unsupported model or layer type (supported: LB-CNN, CBCNN, Hybrid)")
+
+def _compile_lbcnn_entry(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:
+    return compile_lbcnn(model, head, bits)
+
+
+def _is_lbcnn(model) -> bool:
+    from ..models.lbcnn import LBCNN
+    return isinstance(model, LBCNN)
+
+
+register_compiler("lbcnn", _is_lbcnn, _compile_lbcnn_entry)
 
 
 def dequantized_model(model, plan: IntegerPlan):
