@@ -1,6 +1,6 @@
 """Issue 5: integer engine (generated C, checked against NumPy on a slice) vs float test accuracy.
 
-    LBCNN_DATA=/work/shared/data python benchmarks/accuracy_engine.py
+    LBCNN_DATA=../shared/data python benchmarks/accuracy_engine.py
 MNIST: runs/mnist404/model.npz; GTSRB: runs/gtsrb202/model.npz (20,2); Olivetti: a
 search on the paper split, filters 5,4, 3 trials, seed 0 (trained here).
 """

@@ -4,7 +4,7 @@ MNIST LB-CNN 40,4 (``runs/mnist404/model.npz`` when present, else a 1-trial
 search on 10k images, seed 0), one thread everywhere, all in one run. Prints
 one JSON object.
 
-    LBCNN_DATA=/work/shared/data python benchmarks/bench_engine.py [--model PATH]
+    LBCNN_DATA=../shared/data python benchmarks/bench_engine.py [--model PATH]
 """
 from __future__ import annotations
 

@@ -230,6 +230,7 @@ def build_cbcnn_onnx(model, input_channels: int | None = None):
                        ("lbcnn_preprocess", pre.to_json()),
                        ("lbcnn_classes", ",".join(str(c) for c in range(k))),
                        ("lbcnn_class_names", json.dumps(class_names(model))),
+                       ("lbcnn_dataset", json.dumps((getattr(model, "meta_", {}) or {}).get("dataset"))),
                        ("lbcnn_input", "uint8 NHWC raw pixels; preprocessing inside")):
         entry = om.metadata_props.add()
         entry.key, entry.value = key, value

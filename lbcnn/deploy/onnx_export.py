@@ -120,6 +120,7 @@ def build_onnx_model(model):
     for key, value in (("lbcnn_input_scale", repr(float(body.input_scale))),
                        ("lbcnn_classes", ",".join(str(int(c)) for c in model.classes_)),
                        ("lbcnn_class_names", json.dumps(class_names(model))),
+                       ("lbcnn_dataset", json.dumps((getattr(model, "meta_", {}) or {}).get("dataset"))),
                        ("lbcnn_input", "uint8 NHWC raw pixels; scale applied inside")):
         entry = om.metadata_props.add()
         entry.key, entry.value = key, value
