@@ -1,11 +1,18 @@
 """Training for the CBCNN family: squared hinge on +-1 targets, Adam with an
-exponential learning-rate decay, a validation split for the best checkpoint,
-an atomic checkpoint each epoch and an exact ``resume``.
+exponential (or one-cycle / cosine) learning-rate schedule, a validation split
+for the best checkpoint, an atomic checkpoint each epoch and an exact ``resume``.
+
+Recipe options (docs/cbcnn_recipe.md): horizontal flips and random erasing
+per image, a warm-up, and knowledge distillation from the float twin of the
+network (``lbcnn.distill``), trained first in the same run (``distill``) or
+read from a file (``teacher``); ``RECIPES`` bundles them.
 
 Determinism: the network is initialised from ``torch.manual_seed(seed)``; the
-epoch-``e`` shuffle comes from ``numpy.random.default_rng([seed, e])``, so a
-resumed run draws the same batches as an uninterrupted one. Checkpoints hold
-only tensors, numbers, strings and containers (``torch.load(weights_only=True)``).
+epoch-``e`` shuffle comes from ``numpy.random.default_rng([seed, e])``, the
+warp / flip / erase draws from ``default_rng([seed, e, 1 / 2 / 3])``, and the
+learning rate is a function of (epoch, step), so a resumed run draws the same
+batches as an uninterrupted one. Checkpoints hold only tensors, numbers,
+strings and containers (``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
@@ -36,16 +43,80 @@ def squared_hinge(out: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.T
     return torch.clamp(1.0 - t * out, min=0.0).pow(2).mean()
 
 
-def lr_at(epoch: int, epochs: int, lr_start: float, lr_end: float) -> float:
-    """Exponential decay, lr_start at epoch 0 and lr_end at the last epoch."""
-    if epochs <= 1:
-        return float(lr_start)
-    return float(lr_start * (lr_end / lr_start) ** (epoch / (epochs - 1)))
+SCHEDULES = ("exp", "onecycle", "cosine")
+ONECYCLE_DIV = 25.0    # one-cycle starts at lr_start / 25 (torch's OneCycleLR default)
+ONECYCLE_RISE = 0.3    # ... and peaks after 30 % of the steps unless warmup says otherwise
+
+
+def lr_at(epoch: int, epochs: int, lr_start: float, lr_end: float, schedule: str = "exp",
+          warmup: float | None = None, step: int = 0, steps: int = 1) -> float:
+    """The learning rate of step ``step`` (of ``steps``) in epoch ``epoch`` (of ``epochs``).
+
+    - ``exp``: exponential decay per epoch, lr_start at epoch 0 and lr_end at the last
+      epoch (constant within an epoch; today's default).
+    - ``cosine``: per step, lr_start at the first step to lr_end at the last,
+      ``lr_end + (lr_start - lr_end) (1 + cos(pi u)) / 2`` with ``u`` = step index / (steps - 1).
+    - ``onecycle``: per step, a cosine rise from lr_start / 25 to lr_start over the first
+      ``warmup`` epochs (default 30 % of the run), then a cosine fall to lr_end.
+
+    ``warmup`` W > 0 (epochs) for ``exp`` and ``cosine`` multiplies the rate by
+    ``min(1, t / W)``, t the epochs done at the end of the step (a linear warm-up).
+    """
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"lr schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    epochs, steps = int(epochs), max(int(steps), 1)
+    i, n = epoch * steps + step, epochs * steps
+    u = i / (n - 1) if n > 1 else 0.0
+    if schedule == "onecycle":
+        rise = (ONECYCLE_RISE if not warmup else float(warmup) / epochs)
+        low = lr_start / ONECYCLE_DIV
+        if u <= rise:
+            return float(low + (lr_start - low) * (1 - math.cos(math.pi * u / rise)) / 2)
+        v = (u - rise) / (1 - rise)
+        return float(lr_end + (lr_start - lr_end) * (1 + math.cos(math.pi * v)) / 2)
+    if schedule == "exp":
+        lr = lr_start if epochs <= 1 else lr_start * (lr_end / lr_start) ** (epoch / (epochs - 1))
+    else:
+        lr = lr_end + (lr_start - lr_end) * (1 + math.cos(math.pi * u)) / 2
+    if warmup:
+        lr = lr * min(1.0, (epoch + (step + 1) / steps) / float(warmup))
+    return float(lr)
+
+
+# --recipe presets: defaults that explicit options override. "paper" is the recipe the
+# CBCNN paper describes and lbcnn ran so far; "fast" is PROVISIONAL: a plausible short-run
+# recipe written before any ablation ran. benchmarks/cbcnn_ablation.py measures each option
+# on validation, and its results will replace these values; no gain is claimed for it yet.
+RECIPES = {
+    "paper": {"lr_schedule": "exp", "lr_start": 1e-3, "lr_end": 1e-4, "warmup": None,
+              "flip": False, "erase": 0.0, "distill": False},
+    "fast": {"lr_schedule": "onecycle", "lr_start": 3e-3, "lr_end": 1e-5, "warmup": None,
+             "flip": True, "erase": 0.25, "distill": False},
+}
+
+
+def recipe_settings(name: str, dataset_name: str) -> dict:
+    """The settings ``--recipe name`` stands for on ``dataset_name``. ``flip`` is dropped
+    where mirroring changes the class (``data.augment.FLIP_SAFE``)."""
+    from .data.augment import FLIP_SAFE
+
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    settings = dict(RECIPES[name])
+    if settings.get("flip") and dataset_name not in FLIP_SAFE:
+        settings["flip"] = False
+    return settings
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
     atomic_write_with(path, lambda fh: torch.save(obj, fh))
 
+
+# what a checkpoint's run config means by a key it lacks (written before the key existed)
+CONFIG_DEFAULTS = {"precision": "fp32", "shift": 0.0, "rotate": 0.0, "zoom": 0.0, "flip": False,
+                   "erase": 0.0, "lr_schedule": "exp", "warmup": None, "float_twin": False,
+                   "distill": False, "teacher_epochs": None, "distill_weight": None,
+                   "temperature": None, "teacher": None}
 
 CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "torch_rng", "history",
                    "best_val_accuracy", "best_epoch", "best_model")
@@ -83,14 +154,19 @@ def _cpu_state(sd: dict) -> dict:
     return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
 
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(out, y)
+
+
 @torch.no_grad()
-def _evaluate(net, x: torch.Tensor, y: torch.Tensor, n_classes, batch_size, device):
+def _evaluate(net, x: torch.Tensor, y: torch.Tensor, n_classes, batch_size, device,
+              loss_fn=squared_hinge):
     net.eval()
     loss, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         out = net(xb.contiguous(memory_format=TRAIN_FORMAT))
-        loss += float(squared_hinge(out, yb, n_classes)) * len(xb)
+        loss += float(loss_fn(out, yb, n_classes)) * len(xb)
         correct += int((out.argmax(1) == yb).sum())
     n = max(len(x), 1)
     return loss / n, correct / n
@@ -136,14 +212,19 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 out_dir=None, resume: bool = False, device=None, progress: bool = True,
                 model: CBCNN | None = None, on_epoch_end=None,
                 max_seconds: float | None = None, precision: str = "fp32",
-                shift: float = 0.0, rotate: float = 0.0, zoom: float = 0.0) -> dict:
+                shift: float = 0.0, rotate: float = 0.0, zoom: float = 0.0,
+                flip: bool = False, erase: float = 0.0, lr_schedule: str = "exp",
+                warmup: float | None = None, teacher=None, distill: bool = False,
+                teacher_epochs: int | None = None, distill_weight: float = 0.5,
+                temperature: float = 4.0, float_twin: bool = False) -> dict:
     """Train a CBCNN on ``dataset`` (a ``Dataset`` or a registry name).
 
     Returns a dict with ``model`` (best-validation weights), ``history``,
     ``test_accuracy`` (None without a test set), ``best_epoch``,
     ``wall_seconds`` and the paths written under ``out_dir`` (checkpoint,
     ``model.npz``, ``curves.png``, ``summary.json``). ``on_epoch_end(epoch, info)``
-    runs after each epoch's checkpoint is written (raise in it to stop).
+    runs after each epoch's checkpoint is written (raise in it to stop);
+    ``info["phase"]`` is ``"teacher"`` or ``"student"``.
     ``max_seconds`` stops before an epoch that would not finish within the
     budget (judged by the slowest epoch so far); the best-validation weights
     are kept as usual. ``precision="bf16"`` runs the training forward pass
@@ -153,8 +234,23 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     (degrees) and ``zoom`` (fraction) draw a random affine warp per training
     image and epoch, after preprocessing; the draws depend only on (seed,
     epoch), so a resumed run sees the same images.
+
+    Recipe options: ``flip`` mirrors half the training images left-right each
+    epoch (refused where that changes the class, see ``data.augment.FLIP_SAFE``);
+    ``erase`` P erases a random box in each image with probability P;
+    ``lr_schedule`` ``exp`` / ``onecycle`` / ``cosine`` with ``warmup`` epochs
+    (``lr_at``). ``teacher`` (a teacher file written with ``float_twin=True``)
+    or ``distill=True`` (train the float twin first, ``teacher_epochs``,
+    default ``epochs``, in ``out_dir/teacher``; its time counts in
+    ``wall_seconds`` and in ``max_seconds``) mixes the loss as
+    ``(1 - distill_weight) * squared_hinge + distill_weight * kd_loss(T=temperature)``.
+    The teacher is trained on this run's training split and chosen on its
+    validation split only; it never sees the test set. ``float_twin=True``
+    trains the float twin itself (cross-entropy, no test evaluation) and
+    writes ``teacher.npz`` instead of ``model.npz``.
     """
     from .data import Dataset, load_dataset
+    from .distill import check_distill_settings, is_float_twin, kd_loss, make_float_twin
 
     if isinstance(dataset, str):
         dataset = load_dataset(dataset)
@@ -171,10 +267,36 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     if min(shift, rotate, zoom) < 0 or zoom >= 1:
         raise ConfigError(f"augmentation needs shift >= 0, rotate >= 0 and 0 <= zoom < 1, "
                           f"got shift={shift}, rotate={rotate}, zoom={zoom}")
+    if not (isinstance(erase, (int, float)) and math.isfinite(erase) and 0.0 <= erase <= 1.0):
+        raise ConfigError(f"erase probability must be in [0, 1], got {erase}")
+    if lr_schedule not in SCHEDULES:
+        raise ConfigError(f"lr schedule must be one of {', '.join(SCHEDULES)}, got {lr_schedule!r}")
+    if warmup is not None and not (isinstance(warmup, (int, float)) and math.isfinite(warmup)
+                                   and 0 <= warmup < int(epochs)):
+        raise ConfigError(f"warmup must be >= 0 epochs and shorter than the run "
+                          f"({int(epochs)} epochs), got {warmup}")
+    if flip:
+        from .data.augment import check_flip_allowed
+        check_flip_allowed(dataset.name)
+    if teacher is not None and distill:
+        raise ConfigError("give a teacher file or distill (train the teacher here), not both")
+    if float_twin and (teacher is not None or distill):
+        raise ConfigError("the float twin is the teacher; it is not distilled itself")
+    if float_twin and (model is not None or scale):
+        raise ConfigError("the float twin is built here, from blocks/dense, without scale")
+    if teacher_epochs is not None and (not distill or int(teacher_epochs) < 1):
+        raise ConfigError(f"teacher epochs go with distill and must be >= 1, got {teacher_epochs}")
+    if distill and warmup and warmup >= int(teacher_epochs or epochs):
+        raise ConfigError(f"warmup ({warmup} epochs) must be shorter than the teacher's "
+                          f"{int(teacher_epochs or epochs)} epochs")
+    use_teacher = teacher is not None or bool(distill)
+    if use_teacher:
+        check_distill_settings(distill_weight, temperature)
     augment = bool(shift or rotate or zoom)
     if resume and out_dir is None:
         raise ConfigError("resume needs out_dir (where the checkpoint lives)")
     epochs, batch_size = int(epochs), int(batch_size)
+    warmup = None if not warmup else float(warmup)
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if model is not None:
         pre = model.preprocess
@@ -182,8 +304,9 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         pre = Preprocess.from_dict(preprocess)
     h, w, c = dataset.input_shape
     net_shape = (h, w, pre.out_channels(c))
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / CHECKPOINT if out else None
 
-    torch.manual_seed(seed)
     if model is None:
         from .models.cbcnn import PRESETS
         if blocks is None or dense is None:
@@ -194,13 +317,74 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 raise ConfigError(f"preset {preset} expects {PRESETS[preset]['input_shape']} inputs "
                                   f"but {dataset.name} gives {net_shape} after preprocessing")
         use = preset if blocks is None and dense is None else None
-        model = CBCNN(use, blocks if blocks is not None else PRESETS[preset]["blocks"],
-                      dense if dense is not None else PRESETS[preset]["dense"],
-                      net_shape, dataset.n_classes, scale, pre, device)
+        arch = (use, blocks if blocks is not None else PRESETS[preset]["blocks"],
+                dense if dense is not None else PRESETS[preset]["dense"])
+
+    # -- the teacher: trained first (distill) or read from a file ------------------------
+    teacher_net, teacher_info, teacher_wall = None, None, 0.0
+    if use_teacher:
+        from .distill import TEACHER_FILE, load_teacher, split_fingerprint, teacher_fingerprint
+        tr_idx, val_idx = dataset.split(train_size, val_fraction, seed)
+        split_fp = split_fingerprint(dataset.name, tr_idx, val_idx)
+        student_shape = tuple(model.net.input_shape) if model is not None else net_shape
+        student_classes = model.net.n_classes if model is not None else dataset.n_classes
+        if distill:
+            t_blocks = list(model.net.blocks) if model is not None else list(arch[1])
+            t_dense = list(model.net.dense) if model is not None else list(arch[2])
+            t_out = out / "teacher" if out is not None else None
+            t_file = t_out / TEACHER_FILE if t_out is not None else None
+            if t_out is not None and not resume:  # nothing of an older run may be reused
+                for stale in (t_file, t_out / CHECKPOINT, ckpt_path):
+                    stale.unlink(missing_ok=True)
+            t_kw = dict(epochs=int(teacher_epochs or epochs), batch_size=batch_size,
+                        lr_start=lr_start, lr_end=lr_end, seed=seed, val_fraction=val_fraction,
+                        train_size=train_size, preprocess=pre.to_dict(), device=device,
+                        progress=progress, precision=precision, shift=shift, rotate=rotate,
+                        zoom=zoom, flip=flip, erase=erase, lr_schedule=lr_schedule,
+                        warmup=warmup, float_twin=True)
+            if t_file is not None and resume and t_file.exists():
+                path = t_file
+            else:
+                t_cb = (None if on_epoch_end is None
+                        else lambda e, r: on_epoch_end(e, {**r, "phase": "teacher"}))
+                t_res = train_cbcnn(dataset, None, t_blocks, t_dense, out_dir=t_out,
+                                    resume=bool(resume and t_out is not None
+                                                and (t_out / CHECKPOINT).exists()),
+                                    on_epoch_end=t_cb, max_seconds=max_seconds, **t_kw)
+                path = t_res.get("teacher_path")
+                if path is None:  # no out_dir: the in-memory best-validation twin
+                    teacher_net = t_res["model"].net.eval()
+                    for p in teacher_net.parameters():
+                        p.requires_grad_(False)
+                    teacher_wall = float(t_res["wall_seconds"])
+                    teacher_info = {"val_accuracy": t_res["best_val_accuracy"],
+                                    "best_epoch": t_res["best_epoch"], "epochs": t_kw["epochs"]}
+        else:
+            path = Path(teacher)
+        if teacher_net is None:
+            teacher_net, tcfg = load_teacher(path, input_shape=student_shape,
+                                             n_classes=student_classes,
+                                             preprocess=pre.to_dict(), split=split_fp,
+                                             device=device)
+            teacher_info = {"path": str(path), "val_accuracy": tcfg.get("val_accuracy"),
+                            "best_epoch": tcfg.get("best_epoch"), "epochs": tcfg.get("epochs")}
+            if distill:
+                teacher_wall = float(tcfg.get("wall_seconds") or 0.0)
+        teacher_info["fingerprint"] = teacher_fingerprint(teacher_net)
+        teacher_info["wall_seconds"] = teacher_wall
+        if max_seconds is not None:
+            max_seconds = max(float(max_seconds) - teacher_wall, 0.0)
+
+    torch.manual_seed(seed)
+    if model is None:
+        model = CBCNN(arch[0], arch[1], arch[2], net_shape, dataset.n_classes, scale, pre, device)
+        if float_twin:
+            make_float_twin(model.net)
     else:
         model.device = device
         model.net.to(device)
     net = model.net
+    twin = is_float_twin(net)
     net.to(memory_format=TRAIN_FORMAT)
     n_classes = net.n_classes
     if dataset.n_classes > n_classes:
@@ -215,6 +399,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     y_tr = torch.as_tensor(dataset.y_train[tr_idx])
     x_val = model.to_tensor(dataset.x_train[val_idx]).cpu()
     y_val = torch.as_tensor(dataset.y_train[val_idx])
+    loss_fn = _cross_entropy if twin else squared_hinge
 
     opt = torch.optim.Adam(net.parameters(), lr=lr_start)
     run_config = {"blocks": list(net.blocks), "dense": list(net.dense), "epochs": epochs,
@@ -222,15 +407,19 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                   "val_fraction": val_fraction, "train_size": train_size, "scale": net.scale,
                   "preprocess": json.dumps(pre.to_dict()), "dataset": dataset.name,
                   "precision": precision, "shift": float(shift), "rotate": float(rotate),
-                  "zoom": float(zoom)}
+                  "zoom": float(zoom), "flip": bool(flip), "erase": float(erase),
+                  "lr_schedule": lr_schedule, "warmup": warmup, "float_twin": twin,
+                  "distill": bool(distill),
+                  "teacher_epochs": int(teacher_epochs or epochs) if distill else None,
+                  "distill_weight": float(distill_weight) if use_teacher else None,
+                  "temperature": float(temperature) if use_teacher else None,
+                  "teacher": teacher_info["fingerprint"] if use_teacher else None}
     history, start_epoch, wall_before = [], 0, 0.0
     best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out / CHECKPOINT if out else None
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        # checkpoints written before bf16 and augmentation existed lack those keys
-        saved = {"precision": "fp32", "shift": 0.0, "rotate": 0.0, "zoom": 0.0, **ck["config"]}
+        # checkpoints written before bf16, augmentation and the recipe options lack those keys
+        saved = {**CONFIG_DEFAULTS, **ck["config"]}
         if saved != run_config:
             diff = {k: (saved.get(k), v) for k, v in run_config.items() if saved.get(k) != v}
             raise ConfigError(f"cannot resume {ckpt_path}: the run's settings differ {diff}")
@@ -247,44 +436,63 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 "state": ck["best_model"]}
         start_epoch = int(ck["epoch"]) + 1
 
+    phase = "teacher" if twin else "student"
     t0 = time.perf_counter()
     stopped_early = False
     steps = math.ceil(len(x_tr) / batch_size)
+    from .data.augment import (affine_params, erase_batch, erase_params, flip_batch,
+                               flip_params, warp_batch)
     with _progress(progress) as bar:
-        task = bar.add_task("cbcnn", total=(epochs - start_epoch) * steps, info="")
+        task = bar.add_task("float twin" if twin else "cbcnn",
+                            total=(epochs - start_epoch) * steps, info="")
         epoch_seconds = []
         for epoch in range(start_epoch, epochs):
             epoch_start = time.perf_counter()
-            lr = lr_at(epoch, epochs, lr_start, lr_end)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            lr = lr_at(epoch, epochs, lr_start, lr_end, lr_schedule, warmup, 0, steps)
             net.train()
             perm = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(x_tr)))
             if augment:
-                from .data.augment import affine_params, warp_batch
                 theta = affine_params(len(x_tr), x_tr.shape[2], x_tr.shape[3], shift, rotate, zoom,
                                       np.random.default_rng([seed, epoch, 1]))
+            if flip:
+                flips = flip_params(len(x_tr), np.random.default_rng([seed, epoch, 2]))
+            if erase:
+                boxes = erase_params(len(x_tr), x_tr.shape[2], x_tr.shape[3], erase,
+                                     np.random.default_rng([seed, epoch, 3]))
             tot_loss, correct, seen = 0.0, 0, 0
             for s in range(steps):
                 idx = perm[s * batch_size:(s + 1) * batch_size]
                 if len(idx) < 2 and seen:  # BatchNorm cannot train on one sample
                     continue
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(epoch, epochs, lr_start, lr_end, lr_schedule, warmup, s, steps)
                 xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
                 if augment:
                     xb = warp_batch(xb, theta[idx.numpy()])
+                if flip:
+                    xb = flip_batch(xb, flips[idx.numpy()])
+                if erase:
+                    xb = erase_batch(xb, boxes[idx.numpy()])
                 xb = xb.contiguous(memory_format=TRAIN_FORMAT)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     outb = net(xb)
-                loss = squared_hinge(outb.float(), yb, n_classes)
+                    if teacher_net is not None:
+                        with torch.no_grad():
+                            tb = teacher_net(xb)
+                loss = loss_fn(outb.float(), yb, n_classes)
+                if teacher_net is not None:
+                    loss = ((1.0 - distill_weight) * loss
+                            + distill_weight * kd_loss(outb.float(), tb.float(), temperature))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                net.clip_latent_()
+                if not twin:
+                    net.clip_latent_()
                 tot_loss += loss.item() * len(idx)
                 correct += int((outb.argmax(1) == yb).sum())
                 seen += len(idx)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {tot_loss / seen:.4f}")
-            val_loss, val_acc = _evaluate(net, x_val, y_val, n_classes, 512, device)
+            val_loss, val_acc = _evaluate(net, x_val, y_val, n_classes, 512, device, loss_fn)
             rec = {"epoch": epoch + 1, "lr": lr, "train_loss": tot_loss / max(seen, 1),
                    "train_accuracy": correct / max(seen, 1), "val_loss": val_loss,
                    "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
@@ -298,18 +506,20 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                                     "best_epoch": best["epoch"], "best_model": best["state"],
                                     "wall_seconds": wall_before + time.perf_counter() - t0},
                                    ckpt_path)
-                plot_curves(history, out / "curves.png", f"CBCNN {dataset.name}")
+                plot_curves(history, out / "curves.png",
+                            f"CBCNN {'float twin ' if twin else ''}{dataset.name}")
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val {100 * val_acc:.2f} %")
             if on_epoch_end is not None:
-                on_epoch_end(epoch, rec)
+                on_epoch_end(epoch, {**rec, "phase": phase})
             if max_seconds is not None:
                 now = time.perf_counter()
                 epoch_seconds.append(now - epoch_start)
                 if now - t0 + max(epoch_seconds) > max_seconds:
                     stopped_early = epoch + 1 < epochs
                     break
-    # a resumed run reports the whole run's training time, not only the resumed part
-    wall = wall_before + time.perf_counter() - t0
+    # a resumed run reports the whole run's training time, not only the resumed part;
+    # a distilled run's includes the teacher's
+    wall = wall_before + time.perf_counter() - t0 + teacher_wall
 
     net.to(memory_format=torch.contiguous_format)
     final_state = _cpu_state(net.state_dict())
@@ -317,20 +527,30 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         net.load_state_dict(best["state"])
     net.eval()
     test_acc = None
-    if len(dataset.x_test):
+    if len(dataset.x_test) and not twin:  # the teacher never looks at the test set
         test_acc = model.score(dataset.x_test, dataset.y_test)
     result = {"model": model, "history": history, "best_epoch": best["epoch"],
               "best_val_accuracy": best["val_accuracy"], "test_accuracy": test_acc,
               "wall_seconds": wall, "final_state": final_state,
-              "epochs_run": len(history), "stopped_by_time_budget": stopped_early}
+              "epochs_run": len(history), "stopped_by_time_budget": stopped_early,
+              "teacher": teacher_info}
     if out is not None:
-        save_cbcnn(model, out / "model.npz", **dataset.provenance(), seed=seed, epochs=epochs,
-                   best_epoch=best["epoch"], test_accuracy=test_acc,
-                   val_accuracy=best["val_accuracy"])
+        if twin:
+            from .distill import TEACHER_FILE, save_teacher, split_fingerprint
+            tpath = out / TEACHER_FILE
+            save_teacher(net, tpath, preprocess=pre.to_dict(), dataset=dataset.name,
+                         split=split_fingerprint(dataset.name, tr_idx, val_idx), seed=seed,
+                         epochs=epochs, best_epoch=best["epoch"],
+                         val_accuracy=best["val_accuracy"], wall_seconds=wall)
+            result["teacher_path"] = str(tpath)
+        else:
+            save_cbcnn(model, out / "model.npz", **dataset.provenance(), seed=seed, epochs=epochs,
+                       best_epoch=best["epoch"], test_accuracy=test_acc,
+                       val_accuracy=best["val_accuracy"])
+            result["model_path"] = str(out / "model.npz")
         summary = {k: v for k, v in result.items() if k not in ("model", "final_state")}
         summary.update(run_config)
         from .outputs import write_json
         write_json(out / "summary.json", summary)
-        result.update(checkpoint=str(ckpt_path), model_path=str(out / "model.npz"),
-                      curves=str(out / "curves.png"))
+        result.update(checkpoint=str(ckpt_path), curves=str(out / "curves.png"))
     return result

@@ -121,3 +121,83 @@ def random_affine(x: np.ndarray, max_shift: float, max_rotate: float, max_zoom: 
             yb = np.clip(np.rint(yb), info.min, info.max)
         out[a:a + 4096] = yb.astype(x.dtype)
     return out
+
+
+# -- horizontal flip and random erasing (CBCNN training recipe) ----------------------
+# Datasets whose classes survive a left-right mirror. Digits (mnist) and traffic signs
+# (gtsrb: "keep left" <-> "keep right", turn signs, mirrored glyphs) change class, and
+# unknown npz:/folder: datasets are refused because nothing says a mirror is harmless.
+FLIP_SAFE = ("fashion_mnist", "cifar10", "olivetti")
+
+
+def check_flip_allowed(dataset_name: str) -> None:
+    """Raise a one-line ``ConfigError`` unless mirroring keeps ``dataset_name``'s classes."""
+    name = str(dataset_name)
+    if name in FLIP_SAFE:
+        return
+    why = {"mnist": "a mirrored digit is no longer the same digit",
+           "gtsrb": "a mirrored sign can be another class (keep left/right, turn left/right) "
+                    "or no sign at all"}.get(name, "lbcnn cannot tell whether a mirror keeps its "
+                                                   "classes")
+    raise ConfigError(f"--flip refused for {name}: {why}; flipping is allowed for "
+                      f"{', '.join(FLIP_SAFE)}")
+
+
+def flip_params(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` coin tosses: True where an image is mirrored left-right (probability 1/2)."""
+    return rng.random(n) < 0.5
+
+
+def flip_batch(x, flips):
+    """Mirror (along the width, the last axis) the NCHW torch images where ``flips`` is True."""
+    import torch
+
+    flips = torch.as_tensor(np.asarray(flips, dtype=bool), device=x.device)
+    if not bool(flips.any()):
+        return x
+    return torch.where(flips.view(-1, 1, 1, 1), torch.flip(x, dims=[3]), x)
+
+
+ERASE_AREA = (0.02, 0.33)   # share of the image erased (Zhong et al. 2017, torchvision)
+ERASE_RATIO = (0.3, 3.3)    # height / width of the erased box, log-uniform
+
+
+def erase_params(n: int, h: int, w: int, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Random-erasing boxes, shape (n, 4) int: (top, left, height, width); height 0 = not erased.
+
+    Each image is erased with probability ``p``; the box covers a uniform
+    ``ERASE_AREA`` share of the image with a log-uniform ``ERASE_RATIO`` aspect,
+    clipped to the image, at a uniform position. Every draw is made for every
+    image (erased or not), so the stream does not depend on ``p``'s outcomes.
+    """
+    if not (0.0 <= p <= 1.0):
+        raise ConfigError(f"erase probability must be in [0, 1], got {p}")
+    if n == 0:
+        return np.zeros((0, 4), np.int64)
+    on = rng.random(n) < p
+    area = rng.uniform(*ERASE_AREA, n) * h * w
+    ratio = np.exp(rng.uniform(np.log(ERASE_RATIO[0]), np.log(ERASE_RATIO[1]), n))
+    eh = np.clip(np.rint(np.sqrt(area * ratio)), 1, h).astype(np.int64)
+    ew = np.clip(np.rint(np.sqrt(area / ratio)), 1, w).astype(np.int64)
+    top = np.floor(rng.random(n) * (h - eh + 1)).astype(np.int64)
+    left = np.floor(rng.random(n) * (w - ew + 1)).astype(np.int64)
+    eh[~on] = 0
+    return np.stack([top, left, eh, ew], 1)
+
+
+def erase_batch(x, boxes, value: float = 0.0):
+    """Fill each NCHW torch image's ``erase_params`` box (all channels) with ``value``.
+
+    0 is the background of [0, 1]-scaled images and the mean of standardized ones."""
+    import torch
+
+    boxes = np.asarray(boxes)
+    if not (boxes[:, 2] > 0).any():
+        return x
+    _, _, h, w = x.shape
+    rows, cols = np.arange(h), np.arange(w)
+    top, left, eh, ew = (boxes[:, i, None] for i in range(4))
+    in_rows = (rows >= top) & (rows < top + eh)          # (n, h)
+    in_cols = (cols >= left) & (cols < left + ew)        # (n, w)
+    mask = torch.as_tensor(in_rows[:, :, None] & in_cols[:, None, :], device=x.device)
+    return x.masked_fill(mask[:, None], value)
