@@ -1,17 +1,26 @@
 """``lbcnn train``: end-to-end training for the trained families (cbcnn, hybrid)."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
-from .common import (add_data_args, add_output_args, fraction, ints, load_data,
+from .common import (add_data_args, add_output_args, finite_float, fraction, ints, load_data,
                      nonneg_float, positive_float, positive_int, say)
 
 
-def _threshold(text: str):
+def _probability(text: str) -> float:
+    """A number in [0, 1] (NaN and infinity refused at parse time)."""
     import argparse
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _threshold(text: str):
     if text == "otsu":
         return text
     try:
@@ -43,10 +52,11 @@ def add_parser(sub) -> None:
                    "cbcnn28x4 / cbcnn32x4 (four blocks, the paper's 0.48 M / 0.59 M)")
     c.add_argument("--blocks", type=ints, help="conv widths, e.g. 64,128,128")
     c.add_argument("--dense", type=ints, help="hidden dense widths, e.g. 256")
-    c.add_argument("--lr-start", type=positive_float, default=1e-3,
-                   help="Adam learning rate at the first epoch")
-    c.add_argument("--lr-end", type=positive_float, default=1e-4,
-                   help="learning rate at the last epoch (exponential decay)")
+    c.add_argument("--lr-start", type=positive_float, default=None,
+                   help="Adam learning rate at the first epoch; the peak for onecycle "
+                        "(default 1e-3, or the --recipe's)")
+    c.add_argument("--lr-end", type=positive_float, default=None,
+                   help="learning rate at the last epoch (default 1e-4, or the --recipe's)")
     c.add_argument("--y-channel", action="store_true", help="RGB -> Y (BT.601)")
     c.add_argument("--equalize", action="store_true", help="per-image histogram equalization")
     c.add_argument("--standardize", action="store_true", help="per-image standardization")
@@ -60,6 +70,43 @@ def add_parser(sub) -> None:
     c.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="training forward pass; bf16 autocast is ~1.6x faster on CPUs with "
                         "AVX512-BF16 (evaluation stays float32)")
+    r = t.add_argument_group("cbcnn training recipe (docs/cbcnn_recipe.md)")
+    r.add_argument("--recipe", choices=["paper", "fast"],
+                   help="preset bundle of the options below; explicit options override it. "
+                        "paper: exponential decay 1e-3 -> 1e-4, no flip/erase/distillation "
+                        "(the default settings). fast: PROVISIONAL, not yet measured -- onecycle "
+                        "3e-3 -> 1e-5, --flip where the dataset allows it, --erase 0.25; "
+                        "benchmarks/cbcnn_ablation.py (validation accuracy) will choose it")
+    r.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="augmentation: mirror half the training images left-right each epoch; "
+                        "refused for datasets where a mirror changes the class (mnist, gtsrb, "
+                        "npz:/folder: data); allowed for fashion_mnist, cifar10, olivetti")
+    r.add_argument("--erase", type=_probability, default=None, metavar="P",
+                   help="augmentation: random erasing, a box of 2-33 %% of the image set to 0 "
+                        "in each training image with probability P (default 0)")
+    r.add_argument("--lr-schedule", choices=["exp", "onecycle", "cosine"], default=None,
+                   help="exp: exponential decay per epoch (default); cosine: per step from "
+                        "--lr-start to --lr-end; onecycle: rise from lr-start/25 to --lr-start, "
+                        "then cosine to --lr-end")
+    r.add_argument("--warmup", type=nonneg_float, default=None, metavar="EPOCHS",
+                   help="exp/cosine: linear warm-up over EPOCHS; onecycle: length of the rise "
+                        "(default 30 %% of the run)")
+    r.add_argument("--teacher", metavar="FILE",
+                   help="distil from this float twin (teacher.npz from a --float-twin run on the "
+                        "same dataset, split and preprocessing)")
+    r.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the float twin first (RUN/teacher/, its time counted in the "
+                        "run's), then distil from it")
+    r.add_argument("--teacher-epochs", type=positive_int, metavar="N",
+                   help="epochs of the float twin with --distill (default: --epochs)")
+    r.add_argument("--distill-weight", type=_probability, default=None, metavar="W",
+                   help="loss = (1 - W) squared hinge + W T^2 KL(teacher || student) "
+                        "(default 0.5)")
+    r.add_argument("--temperature", type=positive_float, default=None, metavar="T",
+                   help="distillation temperature (default 4)")
+    r.add_argument("--float-twin", action="store_true",
+                   help="train the float twin (same layers, real weights, ReLU) and write "
+                        "RUN/teacher.npz for --teacher; no test-set evaluation")
     h = t.add_argument_group("hybrid")
     h.add_argument("--kernels", default="paper",
                    help="paper (edge probes), lines, random, or a .npy of (2, 3, 3) +-1")
@@ -83,7 +130,8 @@ def run(args) -> int:
     lock = None
     if args.out:
         out = prepare_run_dir(args.out, force=args.force, resume=args.resume)
-        if args.resume and args.model == "cbcnn" and not (out / "checkpoint.pt").exists():
+        if args.resume and args.model == "cbcnn" and not (out / "checkpoint.pt").exists() \
+                and not (out / "teacher" / "checkpoint.pt").exists():  # killed while distilling
             raise ConfigError(f"--resume: {out} holds no CBCNN checkpoint")
         if args.resume and args.model == "hybrid":
             raise ConfigError("--resume is for CBCNN runs; hybrid training is short, run it again")
@@ -143,21 +191,58 @@ def _train_cbcnn(args, ds) -> dict:
             raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         blocks = blocks or PRESETS[preset]["blocks"]
         dense = dense or PRESETS[preset]["dense"]
+    recipe = _recipe(args, ds.name)
     r = train_cbcnn(ds, preset=None, blocks=blocks, dense=dense, epochs=args.epochs,
-                    batch_size=args.batch_size, lr_start=args.lr_start, lr_end=args.lr_end,
-                    seed=args.seed, val_fraction=args.val_fraction, train_size=args.train_size,
-                    preprocess=pre, out_dir=args.out, resume=args.resume, device=args.device,
-                    progress=not args.json, precision=args.precision,
-                    shift=args.shift, rotate=args.rotate, zoom=args.zoom,
-                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    return {"model": "cbcnn", "dataset": ds.name, "blocks": list(blocks), "dense": list(dense),
+                    batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
+                    train_size=args.train_size, preprocess=pre, out_dir=args.out,
+                    resume=args.resume, device=args.device, progress=not args.json,
+                    precision=args.precision, shift=args.shift, rotate=args.rotate,
+                    zoom=args.zoom, float_twin=args.float_twin,
+                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+                    **recipe)
+    teacher = r.get("teacher")
+    return {"model": "cbcnn float twin" if args.float_twin else "cbcnn", "dataset": ds.name,
+            "blocks": list(blocks), "dense": list(dense),
             "preprocess": pre, "seed": args.seed, "epochs": args.epochs,
             "precision": args.precision,
-            "augment": {"shift": args.shift, "rotate": args.rotate, "zoom": args.zoom},
+            "augment": {"shift": args.shift, "rotate": args.rotate, "zoom": args.zoom,
+                        "flip": recipe["flip"], "erase": recipe["erase"]},
+            "recipe": args.recipe, "settings": recipe,
+            "teacher": None if teacher is None else {k: v for k, v in teacher.items()},
             "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
             "best_val_accuracy": r["best_val_accuracy"], "test_accuracy": r["test_accuracy"],
             "wall_seconds": r["wall_seconds"], "stopped_by_time_budget": r["stopped_by_time_budget"],
-            "out": args.out}
+            "out": args.out, **({"teacher_path": r["teacher_path"]} if "teacher_path" in r else {})}
+
+
+def _recipe(args, dataset_name: str) -> dict:
+    """The recipe settings: built-in defaults, then ``--recipe``'s, then explicit options."""
+    from ..train_cbcnn import recipe_settings
+
+    settings = {"lr_schedule": "exp", "lr_start": 1e-3, "lr_end": 1e-4, "warmup": None,
+                "flip": False, "erase": 0.0, "distill": False}
+    if args.recipe:
+        settings.update(recipe_settings(args.recipe, dataset_name))
+    for key in settings:
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.teacher is not None and settings["distill"]:
+        if args.distill:
+            raise ConfigError("give --teacher FILE or --distill, not both")
+        settings["distill"] = False  # an explicit teacher replaces the recipe's own
+    uses_teacher = args.teacher is not None or settings["distill"]
+    if not uses_teacher and (args.distill_weight is not None or args.temperature is not None):
+        raise ConfigError("--distill-weight and --temperature go with --teacher FILE or --distill")
+    if args.teacher_epochs is not None and not settings["distill"]:
+        raise ConfigError("--teacher-epochs goes with --distill")
+    if args.float_twin and uses_teacher:
+        raise ConfigError("--float-twin trains the teacher itself: drop --teacher/--distill")
+    if args.float_twin and not args.out:
+        raise ConfigError("--float-twin needs --out, the folder that receives teacher.npz")
+    settings.update(teacher=args.teacher, teacher_epochs=args.teacher_epochs,
+                    distill_weight=0.5 if args.distill_weight is None else args.distill_weight,
+                    temperature=4.0 if args.temperature is None else args.temperature)
+    return settings
 
 
 def _train_hybrid(args, ds) -> dict:
