@@ -81,6 +81,41 @@ def _pooled(n: int) -> int:
     return (n + 1) // 2  # 4x4/2 'same' max pool
 
 
+def _check_provenance(config: dict, where: str) -> None:
+    """What the data path records: read back by commands that reuse the dataset."""
+    dataset = config.get("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        _fail(where, f"config 'dataset' must be a string, got {dataset!r}")
+    prep = config.get("preprocessing")
+    if prep is not None:
+        if not isinstance(prep, dict):
+            _fail(where, f"config 'preprocessing' must be a JSON object, got {prep!r}")
+        resize = prep.get("resize")
+        if resize is not None and (not isinstance(resize, list) or len(resize) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE
+                for v in resize)):
+            _fail(where, f"config 'preprocessing.resize' must be [H, W], got {resize!r}")
+        if not isinstance(prep.get("grayscale", False), bool):
+            _fail(where, "config 'preprocessing.grayscale' must be true or false")
+    values = config.get("label_values")
+    if values is not None and (not isinstance(values, list) or any(
+            isinstance(v, bool) or not isinstance(v, int) for v in values)):
+        _fail(where, f"config 'label_values' must be a list of integers, got {str(values)[:60]}")
+    for key in ("val_accuracy", "test_accuracy"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 <= value <= 1):
+            _fail(where, f"config {key!r} must be a fraction in [0, 1], got {value!r}")
+    for key in ("seed", "train_size"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            _fail(where, f"config {key!r} must be an integer, got {value!r}")
+    frac = config.get("val_fraction")
+    if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float))
+                             or not 0 < frac < 1):
+        _fail(where, f"config 'val_fraction' must lie in (0, 1), got {frac!r}")
+
+
 def _check_classes(config: dict, where: str) -> int:
     classes = config.get("classes")
     if classes is None:
@@ -121,9 +156,14 @@ def _validate_lbcnn(config: dict, arrays: dict, where: str) -> None:
         _array(arrays, "head/bias", where, (k,), "f")
     else:
         _int(head, "bits", where + " head", 2, 16)
-        weight = [n for n in arrays if n.startswith("head/")]
-        if not weight:
-            _fail(where, "the quantized head's arrays are missing")
+        per_class = head.get("scale") == "per_class"
+        _array(arrays, "head/weight_q", where, (d, k), "iu")
+        _array(arrays, "head/bias_q", where, (k,), "iu")
+        _array(arrays, "head/scale", where, (k if per_class else 1,), "f")
+        bias_scale = _array(arrays, "head/bias_scale", where, None, "f")
+        if bias_scale.ndim != 1 or bias_scale.shape[0] not in (1, k):
+            _fail(where, f"array 'head/bias_scale' has shape {bias_scale.shape}, expected (1,) "
+                         f"or ({k},)")
 
 
 def _validate_cbcnn(config: dict, arrays: dict, where: str) -> None:
@@ -170,4 +210,5 @@ def validate_model(config, arrays: dict, where: str) -> None:
     if family not in VALIDATORS:
         _fail(where, f"unknown model family {family!r}; expected one of {', '.join(VALIDATORS)}")
     check_finite_arrays(arrays, where)
+    _check_provenance(config, where)
     VALIDATORS[family](config, arrays, where)
