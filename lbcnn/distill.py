@@ -123,23 +123,31 @@ def load_teacher(path, *, input_shape, n_classes: int, preprocess: dict, split: 
     if not path.is_file():
         raise ConfigError(f"--teacher: no such file {path} (train one with --float-twin, or "
                           f"use --distill)")
+    not_teacher = (f"--teacher {path} is not an lbcnn teacher file (train one with "
+                   f"lbcnn train --model cbcnn --float-twin)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-        config = json.loads(arrays.pop("__config__").tobytes().decode())
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError,
-            UnicodeDecodeError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as exc:
         first = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
         raise DataError(f"--teacher {path} is not a readable teacher file ({first})") from None
+    if not isinstance(arrays, dict) or "__config__" not in arrays:
+        raise DataError(not_teacher)
+    try:
+        config = json.loads(arrays.pop("__config__").tobytes().decode())
+    except (UnicodeDecodeError, ValueError):
+        raise DataError(f"--teacher {path}: its config is corrupt") from None
     if not isinstance(config, dict) or config.get("format") != TEACHER_FORMAT:
-        raise DataError(f"--teacher {path} is not an lbcnn teacher file (train one with "
-                        f"lbcnn train --model cbcnn --float-twin)")
-    if config.get("version", 0) > TEACHER_VERSION:
+        raise DataError(not_teacher)
+    version = config.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise DataError(f"--teacher {path}: config 'version' must be an integer")
+    if version > TEACHER_VERSION:
         raise DataError(f"--teacher {path} was written by a newer lbcnn")
     cfg = config.get("net")
     try:
         net = CBCNNNet(cfg["input_shape"], cfg["blocks"], cfg["dense"], cfg["n_classes"], False)
-    except (TypeError, KeyError, ConfigError) as exc:
+    except (TypeError, KeyError, ValueError, ConfigError) as exc:
         raise DataError(f"--teacher {path}: damaged network config ({exc})") from None
     if tuple(net.input_shape) != tuple(input_shape) or net.n_classes != int(n_classes):
         raise ConfigError(f"--teacher {path} takes {net.input_shape} inputs and "

@@ -1,0 +1,404 @@
+"""CBCNN training recipe (issue 16): flip / erase augmentation, LR schedules, knowledge
+distillation from the float twin, --recipe presets, exact resume, one-line errors.
+
+Everything runs on tiny synthetic images and one-block networks, except the CLI check that
+--flip is refused on the real MNIST files."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from lbcnn.errors import ConfigError, DataError, LbcnnError
+
+torch.set_num_threads(1)
+
+TINY = dict(blocks=(4,), dense=())
+
+
+def _synthetic(name="fashion_mnist", n=240, side=12, seed=0):
+    """Three classes of bars at different heights on noise: learnable in a few steps."""
+    from lbcnn.data import Dataset
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = (rng.random((n, side, side, 1)) * 60).astype(np.uint8)
+    for k in range(3):
+        x[y == k, 1 + 3 * k:4 + 3 * k, 2:side - 2, 0] = 250
+    return Dataset(name, x, y, x[:40].copy(), y[:40].copy(), 3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _synthetic()
+
+
+def _cli(argv, capsys):
+    """``lbcnn`` in-process: (exit code, non-empty stderr lines)."""
+    from lbcnn.cli import main
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse refusals
+        rc = exc.code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    return rc, err
+
+
+# -- flip -----------------------------------------------------------------------------
+def test_flip_refused_on_mnist_gtsrb_and_unknown_datasets(tiny, data_dir, capsys):
+    from lbcnn.data.augment import FLIP_SAFE, check_flip_allowed
+    from lbcnn.train_cbcnn import train_cbcnn
+    for name in ("mnist", "gtsrb", "npz:/tmp/some.npz", "folder:/tmp/signs"):
+        with pytest.raises(ConfigError, match=r"--flip refused for .*allowed for") as exc:
+            check_flip_allowed(name)
+        assert "\n" not in str(exc.value)
+    assert "digit" in _msg(check_flip_allowed, "mnist")
+    assert "keep left/right" in _msg(check_flip_allowed, "gtsrb")
+    for name in FLIP_SAFE:
+        check_flip_allowed(name)
+    # the training API refuses before any compute, whatever the images are
+    with pytest.raises(ConfigError, match="--flip refused for gtsrb"):
+        train_cbcnn(_synthetic("gtsrb"), **TINY, epochs=1, flip=True, progress=False)
+    # the command line, on the real MNIST: one line, exit 2
+    rc, err = _cli(["train", "--model", "cbcnn", "--dataset", "mnist", "--train-size", "200",
+                    "--blocks", "4", "--dense", "", "--epochs", "1", "--flip"], capsys)
+    assert rc == 2 and len(err) == 1 and "--flip refused for mnist" in err[0]
+    # --recipe fast asks for flips only where they are safe
+    from lbcnn.train_cbcnn import recipe_settings
+    assert recipe_settings("fast", "fashion_mnist")["flip"] is True
+    assert recipe_settings("fast", "mnist")["flip"] is False
+    assert recipe_settings("fast", "gtsrb")["flip"] is False
+
+
+def _msg(fn, *a):
+    try:
+        fn(*a)
+    except LbcnnError as exc:
+        return str(exc)
+    raise AssertionError("no error")
+
+
+def test_flip_and_erase_draws_depend_only_on_seed_and_epoch():
+    from lbcnn.data.augment import erase_batch, erase_params, flip_batch, flip_params
+
+    def draws(seed, epoch):
+        f = flip_params(500, np.random.default_rng([seed, epoch, 2]))
+        e = erase_params(500, 12, 10, 0.4, np.random.default_rng([seed, epoch, 3]))
+        return f, e
+    f1, e1 = draws(3, 5)
+    f2, e2 = draws(3, 5)
+    assert np.array_equal(f1, f2) and np.array_equal(e1, e2)   # same (seed, epoch): same draws
+    f3, e3 = draws(3, 6)
+    f4, e4 = draws(4, 5)
+    assert not np.array_equal(f1, f3) and not np.array_equal(e1, e3)
+    assert not np.array_equal(f1, f4) and not np.array_equal(e1, e4)
+    assert 0.4 < f1.mean() < 0.6                        # half the images mirrored
+    on = e1[:, 2] > 0
+    assert 0.3 < on.mean() < 0.5                        # erased with probability 0.4
+    top, left, h, w = e1[on].T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 12).all() and (left + w <= 10).all()
+    assert (h >= 1).all() and (w >= 1).all()
+    area = h * w / 120
+    assert area.min() >= 0.01 and area.max() <= 0.5
+    # the draw count per image does not depend on P: the boxes of P = 0.4 and P = 1 coincide
+    e_all = erase_params(500, 12, 10, 1.0, np.random.default_rng([3, 5, 3]))
+    assert np.array_equal(e_all[on], e1[on]) and (e_all[:, 2] > 0).all()
+    assert (erase_params(50, 12, 10, 0.0, np.random.default_rng(0))[:, 2] == 0).all()
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        erase_params(5, 12, 10, 1.5, np.random.default_rng(0))
+
+    x = torch.arange(2 * 2 * 3 * 4, dtype=torch.float32).view(2, 2, 3, 4) + 1
+    fx = flip_batch(x, np.array([True, False]))
+    assert torch.equal(fx[0], x[0].flip(-1)) and torch.equal(fx[1], x[1])
+    ex = erase_batch(x, np.array([[1, 2, 2, 1], [0, 0, 0, 0]]))
+    want = x.clone()
+    want[0, :, 1:3, 2:3] = 0
+    assert torch.equal(ex, want)
+
+
+# -- learning-rate schedules ---------------------------------------------------------------
+def test_lr_schedules_at_known_steps():
+    from lbcnn.train_cbcnn import ONECYCLE_DIV, lr_at
+    a, b = 1e-3, 1e-5
+    # exp: unchanged, per epoch, whatever the step
+    for e in range(5):
+        assert lr_at(e, 5, a, b) == pytest.approx(a * (b / a) ** (e / 4))
+        assert lr_at(e, 5, a, b, "exp", None, 7, 10) == lr_at(e, 5, a, b)
+    # cosine over 5 epochs x 3 steps = 15 steps: first a, last b, middle (step 7) the mean
+    assert lr_at(0, 5, a, b, "cosine", steps=3) == pytest.approx(a)
+    assert lr_at(4, 5, a, b, "cosine", step=2, steps=3) == pytest.approx(b)
+    assert lr_at(2, 5, a, b, "cosine", step=1, steps=3) == pytest.approx((a + b) / 2)
+    assert lr_at(1, 5, a, b, "cosine", step=0, steps=3) == pytest.approx(
+        b + (a - b) * (1 + math.cos(math.pi * 3 / 14)) / 2)
+    # onecycle, 10 epochs x 1 step, rise 30 %: u = i / 9, peak at u = 0.3
+    assert lr_at(0, 10, a, b, "onecycle") == pytest.approx(a / ONECYCLE_DIV)
+    assert lr_at(9, 10, a, b, "onecycle") == pytest.approx(b)
+    u = 2 / 9
+    assert lr_at(2, 10, a, b, "onecycle") == pytest.approx(
+        a / 25 + (a - a / 25) * (1 - math.cos(math.pi * u / 0.3)) / 2)
+    # --warmup sets the rise: 5 of 10 epochs, so u = 5/9 is past the peak and u = 4/9 before it
+    assert lr_at(4, 10, a, b, "onecycle", 5.0) < a and lr_at(5, 10, a, b, "onecycle", 5.0) < a
+    lrs = [lr_at(e, 10, a, b, "onecycle", 4.5, s, 100) for e in range(10) for s in range(100)]
+    assert max(lrs) == pytest.approx(a, rel=1e-4) and 440 <= int(np.argmax(lrs)) <= 460
+    # a linear warm-up multiplies exp and cosine: 2 epochs x 4 steps, step k ends at (k + 1) / 4
+    assert lr_at(0, 10, a, b, "exp", 2.0, 0, 4) == pytest.approx(a * 0.25 / 2)
+    assert lr_at(1, 10, a, b, "exp", 2.0, 3, 4) == pytest.approx(a * (b / a) ** (1 / 9))
+    assert lr_at(0, 10, a, b, "cosine", 2.0, 1, 4) == pytest.approx(
+        lr_at(0, 10, a, b, "cosine", None, 1, 4) * 0.5 / 2)
+    with pytest.raises(ConfigError, match="lr schedule"):
+        lr_at(0, 10, a, b, "step")
+
+
+# -- the distillation loss ------------------------------------------------------------------
+def test_kd_loss_matches_hand_computation_on_a_2x3_batch():
+    from lbcnn.distill import kd_loss
+    s = np.array([[1.0, -0.5, 0.2], [0.3, 2.0, -1.0]])
+    t = np.array([[2.0, 0.0, -1.0], [-0.5, 1.5, 0.5]])
+    T = 2.0
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    p, q = softmax(t / T), softmax(s / T)
+    # written out: sum_j p_j log(p_j / q_j), averaged over the 2 rows, times T^2
+    kl_rows = [sum(p[i, j] * math.log(p[i, j] / q[i, j]) for j in range(3)) for i in range(2)]
+    want = T * T * (kl_rows[0] + kl_rows[1]) / 2
+    got = kd_loss(torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32), T)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert want > 0
+    # equal logits: no loss; the mixed loss used in training is (1 - w) hinge + w KD
+    assert float(kd_loss(torch.tensor(s), torch.tensor(s), 3.0)) == pytest.approx(0.0, abs=1e-7)
+    # the gradient wrt the student logits is T (q - p) / n
+    sv = torch.tensor(s, requires_grad=True)
+    kd_loss(sv, torch.tensor(t), T).backward()
+    assert np.allclose(sv.grad.numpy(), T * (q - p) / 2, atol=1e-7)
+
+
+# -- the float twin and its file ---------------------------------------------------------------
+def test_float_twin_teacher_file_and_split_check(tiny, tmp_path):
+    from lbcnn.binary.layers import BinaryActivation
+    from lbcnn.distill import TEACHER_FILE, load_teacher, split_fingerprint
+    from lbcnn.train_cbcnn import train_cbcnn
+    kw = dict(**TINY, epochs=2, batch_size=40, seed=0, progress=False, lr_start=3e-3)
+    r = train_cbcnn(tiny, float_twin=True, out_dir=tmp_path / "t", **kw)
+    assert r["test_accuracy"] is None                   # the teacher never sees the test set
+    assert not (tmp_path / "t" / "model.npz").exists()  # not a deployable CBCNN
+    path = tmp_path / "t" / TEACHER_FILE
+    net = r["model"].net
+    assert all(m.quantizer_name == "relu" for m in net.modules() if isinstance(m, BinaryActivation))
+    w = net.features[0].weight.detach()
+    assert len(torch.unique(w)) > 2                     # real-valued weights, no clipping to +-1
+    x = r["model"].to_tensor(tiny.x_train[:8])
+    tr, va = tiny.split(None, 0.1, 0)
+    pre = r["model"].preprocess.to_dict()
+    teacher, cfg = load_teacher(path, input_shape=(12, 12, 1), n_classes=3, preprocess=pre,
+                                split=split_fingerprint(tiny.name, tr, va))
+    with torch.no_grad():
+        assert torch.equal(teacher(x), net.eval()(x))
+    assert cfg["val_accuracy"] == r["best_val_accuracy"] and cfg["best_epoch"] == r["best_epoch"]
+    # a student on another split (seed) would be chosen on images its teacher trained on
+    with pytest.raises(ConfigError, match="validation images"):
+        train_cbcnn(tiny, **{**kw, "seed": 1}, teacher=path)
+    with pytest.raises(ConfigError, match="validation images"):
+        train_cbcnn(tiny, **{**kw, "val_fraction": 0.2}, teacher=path)
+    with pytest.raises(ConfigError, match="preprocessing"):
+        train_cbcnn(tiny, **kw, teacher=path, preprocess={"standardize": True})
+    # the matching student distils from it; the KD term changes the trained weights
+    s = train_cbcnn(tiny, **kw, teacher=path, distill_weight=0.8, temperature=3.0)
+    plain = train_cbcnn(tiny, **kw)
+    assert s["teacher"]["path"] == str(path) and s["teacher"]["val_accuracy"] == r["best_val_accuracy"]
+    assert any(not torch.equal(v, plain["final_state"][k]) for k, v in s["final_state"].items())
+    # flip and erase reach the optimiser as well
+    for extra in ({"flip": True}, {"erase": 0.5}):
+        other = train_cbcnn(tiny, **kw, **extra)
+        assert any(not torch.equal(v, plain["final_state"][k])
+                   for k, v in other["final_state"].items()), extra
+
+
+# -- exact resume during a distillation run -------------------------------------------------
+RECIPE_KW = dict(**TINY, epochs=2, batch_size=40, seed=5, lr_start=3e-3, flip=True, erase=0.5,
+                 lr_schedule="cosine", warmup=0.5, distill=True, teacher_epochs=2,
+                 distill_weight=0.6, temperature=2.5)
+
+
+def _same_run(a, b):
+    for k, v in a["final_state"].items():
+        assert torch.equal(v, b["final_state"][k]), k
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"])
+    assert a["teacher"]["fingerprint"] == b["teacher"]["fingerprint"]
+    assert a["best_epoch"] == b["best_epoch"] and a["test_accuracy"] == b["test_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, tmp_path_factory):
+    from lbcnn.train_cbcnn import train_cbcnn
+    out = tmp_path_factory.mktemp("full")
+    return train_cbcnn(tiny, out_dir=out, progress=False, **RECIPE_KW), out
+
+
+@pytest.mark.parametrize("phase", ["teacher", "student"])
+def test_resume_after_interruption_during_distillation_gives_identical_weights(
+        tiny, tmp_path, uninterrupted, phase):
+    from lbcnn.train_cbcnn import load_checkpoint, train_cbcnn
+    full, full_out = uninterrupted
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(epoch, info):
+        if info["phase"] == phase:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        train_cbcnn(tiny, out_dir=tmp_path, progress=False, on_epoch_end=stop, **RECIPE_KW)
+    if phase == "teacher":
+        assert load_checkpoint(tmp_path / "teacher" / "checkpoint.pt")["epoch"] == 0
+        assert not (tmp_path / "checkpoint.pt").exists()
+    else:
+        assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 0
+    resumed = train_cbcnn(tiny, out_dir=tmp_path, progress=False, resume=True, **RECIPE_KW)
+    _same_run(full, resumed)
+    assert resumed["wall_seconds"] > resumed["teacher"]["wall_seconds"] > 0  # teacher time counted
+    cfg = load_checkpoint(tmp_path / "checkpoint.pt")["config"]
+    assert cfg["distill"] and cfg["flip"] and cfg["erase"] == 0.5 and cfg["lr_schedule"] == "cosine"
+    assert cfg["teacher"] == full["teacher"]["fingerprint"]
+    # changed recipe settings are refused on resume
+    for change in ({"temperature": 3.0}, {"distill_weight": 0.5}, {"erase": 0.25},
+                   {"lr_schedule": "onecycle"}, {"warmup": None}):
+        with pytest.raises(ConfigError, match="settings differ"):
+            train_cbcnn(tiny, out_dir=tmp_path, progress=False, resume=True,
+                        **{**RECIPE_KW, **change})
+
+
+def test_resume_after_sigkill_during_distillation_gives_identical_weights(
+        tiny, tmp_path, uninterrupted):
+    """A real SIGKILL (no Python cleanup) right after the student's first checkpoint."""
+    from lbcnn.train_cbcnn import train_cbcnn
+    full, _ = uninterrupted
+    np.savez(tmp_path / "ds.npz", x=tiny.x_train, y=tiny.y_train, xt=tiny.x_test, yt=tiny.y_test)
+    script = textwrap.dedent(f"""
+        import os, signal, numpy as np, torch
+        torch.set_num_threads(1)
+        from lbcnn.data import Dataset
+        from lbcnn.train_cbcnn import train_cbcnn
+        z = np.load({str(tmp_path / 'ds.npz')!r})
+        ds = Dataset("fashion_mnist", z["x"], z["y"], z["xt"], z["yt"], 3)
+        def kill(epoch, info):
+            if info["phase"] == "student":
+                os.kill(os.getpid(), signal.SIGKILL)
+        train_cbcnn(ds, out_dir={str(tmp_path / 'run')!r}, progress=False, on_epoch_end=kill,
+                    **{RECIPE_KW!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert not (tmp_path / "run" / "model.npz").exists()
+    resumed = train_cbcnn(tiny, out_dir=tmp_path / "run", progress=False, resume=True, **RECIPE_KW)
+    _same_run(full, resumed)
+
+
+def test_old_checkpoints_without_recipe_keys_still_resume(tiny, tmp_path):
+    from lbcnn.train_cbcnn import CONFIG_DEFAULTS, load_checkpoint, train_cbcnn
+    kw = dict(**TINY, epochs=2, batch_size=40, seed=2, progress=False)
+    full = train_cbcnn(tiny, **kw)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(epoch, info):
+        raise Interrupt
+    with pytest.raises(Interrupt):
+        train_cbcnn(tiny, out_dir=tmp_path, on_epoch_end=stop, **kw)
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    for key in CONFIG_DEFAULTS:
+        ck["config"].pop(key)   # what a checkpoint from before bf16, warps and recipes holds
+    torch.save(ck, tmp_path / "checkpoint.pt")
+    resumed = train_cbcnn(tiny, out_dir=tmp_path, resume=True, **kw)
+    for k, v in full["final_state"].items():
+        assert torch.equal(v, resumed["final_state"][k]), k
+
+
+# -- presets and the command line ----------------------------------------------------------
+def test_recipe_presets_and_explicit_options_override_them():
+    import argparse
+
+    from lbcnn.cli.train import _recipe
+    from lbcnn.train_cbcnn import RECIPES, recipe_settings
+
+    def ns(**kw):
+        base = dict(recipe=None, lr_schedule=None, lr_start=None, lr_end=None, warmup=None,
+                    flip=None, erase=None, distill=None, teacher=None, teacher_epochs=None,
+                    distill_weight=None, temperature=None, float_twin=False, out="x",
+                    resume=False)
+        return argparse.Namespace(**{**base, **kw})
+    default = _recipe(ns(), "fashion_mnist")
+    paper = _recipe(ns(recipe="paper"), "fashion_mnist")
+    assert default == paper                              # paper = today's settings
+    assert (paper["lr_schedule"], paper["lr_start"], paper["lr_end"]) == ("exp", 1e-3, 1e-4)
+    fast = _recipe(ns(recipe="fast"), "fashion_mnist")
+    assert {k: fast[k] for k in RECIPES["fast"]} == recipe_settings("fast", "fashion_mnist")
+    over = _recipe(ns(recipe="fast", flip=False, erase=0.0, lr_schedule="cosine"), "fashion_mnist")
+    assert (over["flip"], over["erase"], over["lr_schedule"], over["lr_start"]) == (
+        False, 0.0, "cosine", 3e-3)
+    assert _recipe(ns(distill=True), "mnist")["distill_weight"] == 0.5
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        recipe_settings("slow", "mnist")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--erase", "-0.1"], "--erase: expected a number in [0, 1]"),
+    (["--erase", "1.5"], "--erase: expected a number in [0, 1]"),
+    (["--erase", "nan"], "--erase: expected a finite number"),
+    (["--distill", "--temperature", "0"], "--temperature: expected a number > 0"),
+    (["--distill", "--temperature", "-2"], "--temperature: expected a number > 0"),
+    (["--distill", "--temperature", "inf"], "--temperature: expected a finite number"),
+    (["--distill", "--distill-weight", "1.5"], "--distill-weight: expected a number in [0, 1]"),
+    (["--distill", "--distill-weight", "-0.5"], "--distill-weight: expected a number in [0, 1]"),
+    (["--warmup", "-1"], "--warmup: expected a number >= 0"),
+    (["--warmup", "3"], "warmup must be >= 0 epochs and shorter than the run"),
+    (["--lr-schedule", "step"], "--lr-schedule: invalid choice"),
+    (["--recipe", "slow"], "--recipe: invalid choice"),
+    (["--teacher", "MISSING"], "no such file"),
+    (["--teacher", "CORRUPT"], "not a readable teacher file"),
+    (["--teacher", "NOTTEACHER"], "not an lbcnn teacher file"),
+    (["--teacher", "MISSING", "--distill"], "not both"),
+    (["--temperature", "3"], "go with --teacher FILE or --distill"),
+    (["--teacher-epochs", "3"], "--teacher-epochs goes with --distill"),
+    (["--float-twin", "--distill"], "--float-twin trains the teacher itself"),
+    (["--flip"], "--flip refused for npz:"),
+])
+def test_bad_recipe_options_give_one_line_errors(tmp_path, capsys, extra, message):
+    np.savez(tmp_path / "ds.npz", x=np.zeros((60, 8, 8), np.uint8), y=np.arange(60) % 3)
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 this is no zip")
+    np.savez(tmp_path / "notteacher.npz", w=np.zeros(3))
+    names = {"MISSING": str(tmp_path / "missing.npz"), "CORRUPT": str(tmp_path / "corrupt.npz"),
+             "NOTTEACHER": str(tmp_path / "notteacher.npz")}
+    extra = [names.get(a, a) for a in extra]
+    rc, err = _cli(["train", "--model", "cbcnn", "--dataset", f"npz:{tmp_path / 'ds.npz'}",
+                    "--blocks", "4", "--dense", "", "--epochs", "2", *extra], capsys)
+    assert rc == 2 and len(err) == 1, err
+    assert message in err[0] and "Traceback" not in err[0]
+
+
+def test_library_refuses_bad_recipe_values(tiny):
+    from lbcnn.train_cbcnn import train_cbcnn
+    kw = dict(**TINY, epochs=2, progress=False)
+    for bad, match in [({"erase": -0.1}, "erase"), ({"erase": 1.01}, "erase"),
+                       ({"erase": float("nan")}, "erase"),
+                       ({"distill": True, "temperature": 0.0}, "temperature"),
+                       ({"distill": True, "temperature": float("inf")}, "temperature"),
+                       ({"distill": True, "distill_weight": 1.2}, "weight"),
+                       ({"distill": True, "distill_weight": -0.1}, "weight"),
+                       ({"lr_schedule": "linear"}, "schedule"), ({"warmup": 2.0}, "warmup"),
+                       ({"warmup": -1.0}, "warmup"),
+                       ({"distill": True, "teacher_epochs": 1, "warmup": 1.0}, "teacher"),
+                       ({"teacher_epochs": 3}, "teacher epochs"),
+                       ({"float_twin": True, "distill": True}, "float twin"),
+                       ({"teacher": "/nonexistent/t.npz"}, "no such file")]:
+        with pytest.raises((ConfigError, DataError), match=match) as exc:
+            train_cbcnn(tiny, **{**kw, **bad})
+        assert "\n" not in str(exc.value), bad
