@@ -101,6 +101,7 @@ typedef @PART@ part_t;     /* head partial sum over one pooled row */
 typedef @WT@ hw_t;          /* head weights */
 #define ACT_MIN @ACTMIN@
 #define LBCNN_ANY_RELU @ANYRELU@   /* a stage with ReLU on its input (nl > 1) */
+#define LBCNN_PLANE_POOL @PLANEPOOL@ /* a pooled stage over the planes of a level >= 1 */
 
 #if @SIMD_OK@ && defined(__ARM_FEATURE_SIMD32) && __ARM_FEATURE_SIMD32 && !defined(LBCNN_NO_SIMD)
 /* Cortex-M4/M7/M33: two int16 lanes per 32-bit word (ACLE). */
@@ -154,11 +155,17 @@ static const hw_t *g_hw1;          /* next head weights, last column of an odd w
 static int64_t g_acc[@K@];          /* class accumulators */
 static part_t g_part[@K2@];         /* class partial sums of the current final channel */
 
-/* the partial sums of one final channel into the accumulators */
-static void flush_head(void)
+/* after each final channel: the partial sums into the accumulators every
+ * @FLUSHN@ channels (or when force), so that no int32 partial can overflow */
+static int g_nch;
+static void flush_head(int force)
 {
     int c;
+    if (++g_nch < @FLUSHN@ && !force) return;
+    g_nch = 0;
+    LBCNN_NOUNROLL
     for (c = 0; c < @K@; c++) g_acc[c] += g_part[c];
+    LBCNN_NOUNROLL
     for (c = 0; c < @K2@; c++) g_part[c] = 0;
 }
 
@@ -169,6 +176,7 @@ static LBCNN_NOINLINE int decode_taps(const uint8_t *kb, int co, int nco, unsign
 {
     unsigned negm = 0, sel;
     int t, n = 0, k = co, dy, dx;
+    LBCNN_NOUNROLL
     for (t = 0; t < 9; t++, k += nco) {
         unsigned b = (unsigned)(kb[k >> 3] >> (k & 7)) & 1u;
         negm |= b << t;
@@ -176,7 +184,9 @@ static LBCNN_NOINLINE int decode_taps(const uint8_t *kb, int co, int nco, unsign
     }
     sel = n <= 4 ? negm : (~negm & 0x1FFu);
     k = 0;
+    LBCNN_NOUNROLL
     for (dy = 0, t = 0; dy < 3; dy++)
+        LBCNN_NOUNROLL
         for (dx = 0; dx < 3; dx++, t++)
             if ((sel >> t) & 1u) taps[k++] = (unsigned char)(dy << 2 | dx);
     while (k < 4) taps[k++] = 0xFF;
@@ -289,6 +299,54 @@ CONV_FN(conv_neg_max, t - sv, 1)
 typedef void (*conv_fn)(const act_t *, const act_t *const *, act_t *, int);
 static conv_fn const CONV[4] = { conv_pos, conv_neg, conv_pos_max, conv_neg_max };
 
+#if LBCNN_PLANE_POOL
+/* two conv rows at once, out = max(row y, row y + 1) (a pooling pair): the second row's
+ * box sums at s + ds, its taps at tp[k] + dt (zero taps read g_zero, long enough) */
+#if LBCNN_SIMD
+#define CONVP_FN(name, OP) \
+static LBCNN_NOINLINE void name(const act_t *s, const act_t *const *tp, act_t *out, int n, \
+                                int ds, int dt) \
+{ \
+    const lbcnn_pair_t *ps = PAIRS(s), *p0 = PAIRS(tp[0]), *p1 = PAIRS(tp[1]), \
+                       *p2 = PAIRS(tp[2]), *p3 = PAIRS(tp[3]); \
+    lbcnn_pair_t *po = (lbcnn_pair_t *)(void *)out; \
+    ds >>= 1; \
+    dt >>= 1; \
+    n >>= 1; \
+    LBCNN_NOUNROLL \
+    while (n--) { \
+        const int32_t u = __sadd16(__sadd16(p0[0], p1[0]), __sadd16(p2[0], p3[0])); \
+        const int32_t v = __sadd16(__sadd16(p0[dt], p1[dt]), __sadd16(p2[dt], p3[dt])); \
+        const int32_t a = OP(ps[0], __sadd16(u, u)), b = OP(ps[ds], __sadd16(v, v)); \
+        *po++ = lbcnn_max2(a, b); \
+        p0++; p1++; p2++; p3++; ps++; \
+    } \
+}
+#define OP_POS(sv, t) __ssub16(sv, t)
+#define OP_NEG(sv, t) __ssub16(t, sv)
+#else
+#define CONVP_FN(name, OP) \
+static LBCNN_NOINLINE void name(const act_t *s, const act_t *const *tp, act_t *out, int n, \
+                                int ds, int dt) \
+{ \
+    const act_t *t0 = tp[0], *t1 = tp[1], *t2 = tp[2], *t3 = tp[3]; \
+    int x; \
+    for (x = 0; x < n; x++) { \
+        const calc_t a = OP(s[x], 2 * ((calc_t)t0[x] + t1[x] + t2[x] + t3[x])); \
+        const calc_t b = OP(s[x + ds], 2 * ((calc_t)t0[x + dt] + t1[x + dt] + t2[x + dt] \
+                                            + t3[x + dt])); \
+        out[x] = (act_t)(a > b ? a : b); \
+    } \
+}
+#define OP_POS(sv, t) ((sv) - (t))
+#define OP_NEG(sv, t) ((t) - (sv))
+#endif
+CONVP_FN(convp_pos, OP_POS)
+CONVP_FN(convp_neg, OP_NEG)
+typedef void (*convp_fn)(const act_t *, const act_t *const *, act_t *, int, int, int);
+static convp_fn const CONVP[2] = { convp_pos, convp_neg };
+#endif
+
 /* one output row of w values (ReLU'd when relu): into plane row off as both copies
  * (de[off + x + 1] and dof[off + x]), or into the head when de is 0 */
 static void head_row(const act_t *v);
@@ -326,8 +384,7 @@ static LBCNN_NOINLINE void put(const act_t *v, int w, act_t *de, act_t *dof, int
 static LBCNN_NOINLINE void pool_row(act_t *a, act_t *b, int w, act_t *oe, act_t *oo, int relu)
 {
     const int wo = (w + 1) >> 1;
-    int j;
-    for (j = w; j < 2 * wo + 4; j++) a[j] = b[j] = ACT_MIN;   /* the right edge */
+    if (w & 1) a[w] = b[w] = ACT_MIN;   /* the conv's spare lane; the rest: edge() */
 #if LBCNN_SIMD
     {
         /* M_k = (col 2k, col 2k+1) of max(a, b); A_k = (col 2k-1, col 2k+1),
@@ -372,6 +429,7 @@ static LBCNN_NOINLINE void pool_row(act_t *a, act_t *b, int w, act_t *oe, act_t 
     {
         act_t q = a[0] > b[0] ? a[0] : b[0];
         const act_t *pa = a + 1, *pb = b + 1;
+        int j;
         for (j = 0; j < wo; j++) {
             act_t r = pa[0], t;
             t = pa[1]; if (t > r) r = t;
@@ -462,6 +520,13 @@ struct stage {
     int8_t pool, drelu;
 };
 
+/* the right edge of both pooling rows for width w (columns w .. 2*wo + 3) */
+static void edge(int w)
+{
+    int j;
+    for (j = w; j < 2 * ((w + 1) >> 1) + 4; j++) g_pa.v[j] = g_pb.v[j] = ACT_MIN;
+}
+
 /* a pooled row into the planes of the next level (row offset off), or the head */
 static void emit(const struct stage *st, act_t *a, act_t *b, int off)
 {
@@ -476,6 +541,62 @@ static void emit(const struct stage *st, act_t *a, act_t *b, int off)
         head_row(g_prow.v);
     }
 }
+
+#if LBCNN_PLANE_POOL
+/* Output channel co of a pooled stage over planes (levels >= 1): box sums first (the
+ * parent's first child), then the conv rows two at a time (a pooling pair each). */
+static void plane_pool_stage(const struct stage *st, int co, int first)
+{
+    const int h = st->h, w = st->w, wr = w + (w & 1), wp = wr + 2;
+    unsigned char taps[4];
+    const int neg = decode_taps(st->k, co, st->nco, taps);
+    conv_fn const conv = CONV[neg];
+    convp_fn const convp = CONVP[neg];
+    const act_t *tp[4];
+    act_t *rows[6], *prev = g_pa.v, *cur = g_pb.v, *t, *s = st->s;
+    int y, k, step[4];
+    for (k = 0; k < 3; k++) {
+        rows[k] = st->pe + k * wp;
+#if LBCNN_SIMD
+        rows[k + 3] = st->po + k * wp;
+#else
+        rows[k + 3] = rows[k];
+#endif
+    }
+    if (first)
+        for (y = 0; y < h; y++) {
+            s_row(rows, s + y * wr, wr);
+            for (k = 0; k < 6; k++) rows[k] += wp;
+        }
+    for (k = 0; k < 4; k++) {
+        const int dy = taps[k] >> 2, dx = taps[k] & 3;
+        step[k] = wp;
+        if (taps[k] == 0xFF) { tp[k] = g_zero.v; step[k] = 0; }
+#if LBCNN_SIMD
+        else if (dx == 1) tp[k] = st->po + dy * wp;
+#endif
+        else tp[k] = st->pe + dy * wp + dx;
+    }
+    edge(w);
+    conv(s, tp, prev, wr);                          /* PR_0 = row 0 */
+    for (k = 1, y = 1; y < h; k++) {
+        tp[0] += step[0]; tp[1] += step[1]; tp[2] += step[2]; tp[3] += step[3];
+        s += wr;
+        if (y + 1 < h) {                            /* PR_k = rows 2k-1, 2k */
+            convp(s, tp, cur, wr, wr, wp);
+            tp[0] += step[0]; tp[1] += step[1]; tp[2] += step[2]; tp[3] += step[3];
+            s += wr;
+            y += 2;
+        } else {                                    /* PR_k = row h-1 alone */
+            conv(s, tp, cur, wr);
+            y++;
+        }
+        emit(st, prev, cur, k * st->dstride);       /* pooled row k-1 */
+        t = prev; prev = cur; cur = t;
+    }
+    if (h & 1) emit(st, prev, prev, k * st->dstride);   /* the last pooled row: one pair */
+}
+#endif
 
 /* Output channel co of stage st. first: the parent's first child, which also writes
  * the parent's box sums (later children reuse them). pool: the fused 4x4/2 'same' max
@@ -520,6 +641,7 @@ static void run_stage(const struct stage *st, const uint8_t *src8, int step8, in
         }
     }
     for (k = 0; k < 4; k++) tp[k] = rows[sel[k]] + off[k];
+    if (pool) edge(w);
     for (y = 0; y < h; y++, s += wr) {
         if (first) s_row(rows, s, wr);
         if (!pool) {
@@ -570,7 +692,9 @@ static LBCNN_NOINLINE int scores(const uint8_t *image, int64_t *logits)
     for (c = 0; c < @K2@; c++) g_part[c] = 0;
     g_hw = HEAD_W.w;
     g_hw1 = HEAD_W1;
+    g_nch = 0;
 @LOOPS@
+    flush_head(1);
     for (c = 0; c < @K@; c++) {
         const int64_t v = g_acc[c]@RESCALE@;
         if (logits) logits[c] = v;
@@ -833,9 +957,11 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
     wo_last = geo[-1]["ow"]
     ho_last = geo[-1]["oh"]
     if hd["partial_dtype"] == "int32" and hd["chunk"] >= wo_last * ho_last:
-        part = "int32_t"       # one final channel's partial sums fit int32
+        part = "int32_t"       # a final channel's partial sums fit int32: flush every
+        flush_n = hd["chunk"] // (wo_last * ho_last)   # flush_n channels
     else:
         part = "int64_t"
+        flush_n = 1
     for g in geo:
         g["wp"] = g["wr"] + 2
     wpmax = geo[0]["wp"]
@@ -851,7 +977,8 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                     f"({g['h'] + 2}x{g['wp']}) */")
         bufs.append(f"LBCNN_BUF(g_po{s}, LBCNN_SIMD ? {n} : 1);   /* the same shifted by one */")
     bufs += [f"LBCNN_BUF(g_ring, {6 * wpmax});   /* 3 padded image rows + copies shifted by one */",
-             f"LBCNN_BUF(g_zero, {max(g['wp'] for g in geo)});   /* a zero row, never written */",
+             f"LBCNN_BUF(g_zero, {max([geo[0]['wp']] + [g['wp'] + g['wr'] for g in geo[1:] if g['pool']])});"
+             "   /* zero taps (also read one plane row further), never written */",
              f"LBCNN_BUF(g_pa, {wrmax + 4});   /* conv rows / vertical max of row pairs */",
              f"LBCNN_BUF(g_pb, {wrmax + 4});",
              f"LBCNN_BUF(g_prow, {_even(max(g['ow'] for g in geo))});  /* one pooled row */"]
@@ -887,10 +1014,13 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
         parent = "c_in" if s == 0 else f"ch{s - 1}"
         loops.append(f"{ind2}for (j{s} = 0; j{s} < {g['m']}; j{s}++) {{")
         loops.append(f"{ind2}    ch{s} = {parent} * {g['m']} + j{s};")
-        src = f"image + c_in, {c0}" if s == 0 else "0, 0"
-        loops.append(f"{ind2}    run_stage(&ST[{s}], {src}, ch{s}, j{s} == 0);")
+        if s > 0 and g["pool"]:
+            loops.append(f"{ind2}    plane_pool_stage(&ST[{s}], ch{s}, j{s} == 0);")
+        else:
+            src = f"image + c_in, {c0}" if s == 0 else "0, 0"
+            loops.append(f"{ind2}    run_stage(&ST[{s}], {src}, ch{s}, j{s} == 0);")
         if s + 1 == ns:
-            loops.append(f"{ind2}    flush_head();")
+            loops.append(f"{ind2}    flush_head(0);")
     for s in reversed(range(ns)):
         loops.append(ind + "    " * (s + 1) + "}")
     loops.append(ind + "}")
@@ -920,6 +1050,8 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                      "@WO@": wo_last, "@NS@": ns, "@K2@": k + (k & 1),
                      "@HEAD8@": int(wtype == "int8_t"),
                      "@ANYRELU@": int(any(g["relu"] for g in geo)),
+                     "@FLUSHN@": flush_n,
+                     "@PLANEPOOL@": int(any(g["pool"] for g in geo[1:])),
                      "@HEAD_SIMD@": int(part == "int32_t"), "@STAGES@": ",\n".join(st_rows)}.items():
         text = text.replace(key, str(val))
     defines = {"LBCNN_HEIGHT": h0, "LBCNN_WIDTH": w0, "LBCNN_CHANNELS": c0,
