@@ -71,6 +71,15 @@ def test_pareto_front_matches_brute_force(seed):
     assert len(keep) == 14 and keep.tolist() == order[:14].tolist()
 
 
+def test_promote_ranks_a_bracket_against_earlier_results():
+    mx = [True, False]
+    bracket = np.array([[0.40, 6.0], [0.97, 300.0], [0.95, 100.0]])
+    assert sorted(promote(bracket, mx, 2 / 3).tolist()) == [0, 1]  # alone: the two ends
+    earlier = np.array([[0.90, 5.0], [0.99, 250.0]])  # dominate members 0 and 1
+    assert promote(bracket, mx, 1 / 3, earlier).tolist() == [2]
+    assert promote(bracket, mx, 1.0, earlier).tolist()[0] == 2
+
+
 def test_crowding_prefers_the_spread():
     p = np.array([[0.9, 10], [0.91, 11], [0.95, 50], [0.99, 100]])
     d = crowding_distance(p, [True, False])

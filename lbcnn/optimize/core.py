@@ -218,6 +218,13 @@ def _search(study, space, data, shape, k, objectives, infeasible, runner, run_se
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if max_kbits is None or t.user_attrs.get("kbits", math.inf) <= max_kbits:
             best["acc"] = max(best["acc"] or 0.0, t.values[objectives.index("accuracy")])
+    # every rung's earlier results (this run's and, on resume or a shared study, others')
+    history = [[] for _ in data.rungs]
+    for t in study.get_trials(deepcopy=False):
+        for r in range(last + 1):
+            res = t.user_attrs.get(f"rung{r}")
+            if res is not None and "kbits" in t.user_attrs:
+                history[r].append(_objective_values(objectives, res["val_accuracy"], t.user_attrs))
     bar = progress_bar(deadline) if progress else None
     done = {"n": 0, "pruned": 0}
 
@@ -254,6 +261,9 @@ def _search(study, space, data, shape, k, objectives, infeasible, runner, run_se
                 for m, res in zip(alive, results):
                     m["trial"].set_user_attr(f"rung{r}", res)
                     m["acc"] = res["val_accuracy"]
+                points = [_objective_values(objectives, m["acc"], m["cost"]) for m in alive]
+                context = list(history[r])
+                history[r].extend(points)
                 if r == last:
                     for m in alive:
                         study.tell(m["trial"], _objective_values(objectives, m["acc"], m["cost"]))
@@ -261,8 +271,7 @@ def _search(study, space, data, shape, k, objectives, infeasible, runner, run_se
                         if max_kbits is None or m["cost"]["kbits"] <= max_kbits:
                             best["acc"] = max(best["acc"] or 0.0, m["acc"])
                     break
-                points = [_objective_values(objectives, m["acc"], m["cost"]) for m in alive]
-                keep = set(promote(points, maximize, 1.0 / eta).tolist())
+                keep = set(promote(points, maximize, 1.0 / eta, context).tolist())
                 for i, m in enumerate(alive):
                     if i not in keep:
                         m["trial"].set_user_attr("pruned_at_rung", r)

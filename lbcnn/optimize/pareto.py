@@ -83,10 +83,27 @@ def pareto_front(points, maximize) -> np.ndarray:
     return np.flatnonzero(nondominated_ranks(p, maximize) == 0)
 
 
-def promote(points, maximize, fraction: float = 1 / 3) -> np.ndarray:
-    """The best ``ceil(fraction * n)`` indices by ``pareto_order``."""
+def promote(points, maximize, fraction: float = 1 / 3, context=None) -> np.ndarray:
+    """The best ``ceil(fraction * n)`` of ``points`` by ``pareto_order``.
+
+    ``context`` (earlier results at the same rung) joins the ranking but is never
+    picked: a bracket member dominated by what the study has already seen at this
+    rung then ranks below one that extends the front, instead of being promoted
+    because its own bracket happened to be weak there.
+    """
     n = len(points)
     if n == 0:
         return np.empty(0, dtype=np.int64)
     k = max(1, int(np.ceil(fraction * n - 1e-9)))
-    return pareto_order(points, maximize)[:k]
+    if context is None or len(context) == 0:
+        return pareto_order(points, maximize)[:k]
+    allp = np.concatenate([np.asarray(context, dtype=np.float64).reshape(len(context), -1),
+                           np.asarray(points, dtype=np.float64).reshape(n, -1)])
+    ranks = nondominated_ranks(allp, maximize)
+    crowd = np.zeros(len(allp))
+    for r in np.unique(ranks):
+        idx = np.flatnonzero(ranks == r)
+        crowd[idx] = crowding_distance(allp[idx], maximize)
+    off = len(allp) - n
+    order = sorted(range(n), key=lambda i: (ranks[off + i], -crowd[off + i], i))
+    return np.array(order[:k], dtype=np.int64)
