@@ -276,9 +276,15 @@ def test_resume_after_interruption_during_distillation_gives_identical_weights(
 
 def test_resume_after_sigkill_during_distillation_gives_identical_weights(
         tiny, tmp_path, uninterrupted):
-    """A real SIGKILL (no Python cleanup) right after the student's first checkpoint."""
+    """A real SIGKILL (no Python cleanup) right after the student's first checkpoint.
+
+    To stay short, the killed run starts from a copy of the finished teacher phase of the
+    uninterrupted run (what a run killed later than the teacher phase holds)."""
+    import shutil
+
     from lbcnn.train_cbcnn import train_cbcnn
-    full, _ = uninterrupted
+    full, full_out = uninterrupted
+    shutil.copytree(full_out / "teacher", tmp_path / "run" / "teacher")
     np.savez(tmp_path / "ds.npz", x=tiny.x_train, y=tiny.y_train, xt=tiny.x_test, yt=tiny.y_test)
     script = textwrap.dedent(f"""
         import os, signal, numpy as np, torch
@@ -291,12 +297,13 @@ def test_resume_after_sigkill_during_distillation_gives_identical_weights(
             if info["phase"] == "student":
                 os.kill(os.getpid(), signal.SIGKILL)
         train_cbcnn(ds, out_dir={str(tmp_path / 'run')!r}, progress=False, on_epoch_end=kill,
-                    **{RECIPE_KW!r})
+                    resume=True, **{RECIPE_KW!r})
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert not (tmp_path / "run" / "model.npz").exists()
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
     resumed = train_cbcnn(tiny, out_dir=tmp_path / "run", progress=False, resume=True, **RECIPE_KW)
     _same_run(full, resumed)
 
