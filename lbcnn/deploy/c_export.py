@@ -176,7 +176,6 @@ static LBCNN_NOINLINE int decode_taps(const uint8_t *kb, int co, int nco, unsign
 {
     unsigned negm = 0, sel;
     int t, n = 0, k = co, dy, dx;
-    LBCNN_NOUNROLL
     for (t = 0; t < 9; t++, k += nco) {
         unsigned b = (unsigned)(kb[k >> 3] >> (k & 7)) & 1u;
         negm |= b << t;
@@ -184,9 +183,7 @@ static LBCNN_NOINLINE int decode_taps(const uint8_t *kb, int co, int nco, unsign
     }
     sel = n <= 4 ? negm : (~negm & 0x1FFu);
     k = 0;
-    LBCNN_NOUNROLL
     for (dy = 0, t = 0; dy < 3; dy++)
-        LBCNN_NOUNROLL
         for (dx = 0; dx < 3; dx++, t++)
             if ((sel >> t) & 1u) taps[k++] = (unsigned char)(dy << 2 | dx);
     while (k < 4) taps[k++] = 0xFF;
@@ -203,15 +200,26 @@ static LBCNN_NOINLINE void fill_u8(const uint8_t *src, int step, int w, act_t *e
         lbcnn_pair_t *pe = (lbcnn_pair_t *)(void *)e, *po = (lbcnn_pair_t *)(void *)o;
         uint32_t prev = 0;
         int n = w >> 2;
-        LBCNN_NOUNROLL
-        while (n--) {
-            const uint32_t v = *ps++;
-            const uint32_t lo = __uxtb16(v), hi = __uxtb16(__ror(v, 8));  /* (p0, p2), (p1, p3) */
-            *po++ = (int32_t)((lo & 0xFFFFu) | (hi << 16));               /* (p0, p1) */
-            *po++ = (int32_t)((hi & 0xFFFF0000u) | (lo >> 16));           /* (p2, p3) */
-            *pe++ = (int32_t)((prev >> 16) | (lo << 16));                 /* (p-1, p0) */
-            *pe++ = (int32_t)((hi & 0xFFFFu) | (lo & 0xFFFF0000u));       /* (p1, p2) */
-            prev = hi;
+        if (o) {
+            LBCNN_NOUNROLL
+            while (n--) {
+                const uint32_t v = *ps++;
+                const uint32_t lo = __uxtb16(v), hi = __uxtb16(__ror(v, 8));  /* (p0, p2), (p1, p3) */
+                *po++ = (int32_t)((lo & 0xFFFFu) | (hi << 16));               /* (p0, p1) */
+                *po++ = (int32_t)((hi & 0xFFFF0000u) | (lo >> 16));           /* (p2, p3) */
+                *pe++ = (int32_t)((prev >> 16) | (lo << 16));                 /* (p-1, p0) */
+                *pe++ = (int32_t)((hi & 0xFFFFu) | (lo & 0xFFFF0000u));       /* (p1, p2) */
+                prev = hi;
+            }
+        } else {                          /* no tap reads the shifted copy */
+            LBCNN_NOUNROLL
+            while (n--) {
+                const uint32_t v = *ps++;
+                const uint32_t lo = __uxtb16(v), hi = __uxtb16(__ror(v, 8));
+                *pe++ = (int32_t)((prev >> 16) | (lo << 16));
+                *pe++ = (int32_t)((hi & 0xFFFFu) | (lo & 0xFFFF0000u));
+                prev = hi;
+            }
         }
         x = w & ~3;
         e[x] = (act_t)src[x - 1];
@@ -222,7 +230,7 @@ static LBCNN_NOINLINE void fill_u8(const uint8_t *src, int step, int w, act_t *e
         const act_t v = (act_t)*src;
         e[x + 1] = v;
 #if LBCNN_SIMD
-        o[x] = v;
+        if (o) o[x] = v;
 #endif
     }
 #if !LBCNN_SIMD
@@ -611,14 +619,14 @@ static void run_stage(const struct stage *st, const uint8_t *src8, int step8, in
     act_t *rows[7];                 /* E rows y..y+2, O rows y..y+2, the zero row */
     const act_t *tp[4];
     act_t *prev = g_pa.v, *cur = g_pb.v, *t, *s = st->s;
-    int y, k, sel[4], off[4], step[4];
+    int y, k, sel[4], off[4], step[4], need_o = first;
     rows[6] = g_zero.v;
     for (k = 0; k < 4; k++) {       /* tap k = rows[sel] + off */
         const int dy = taps[k] >> 2, dx = taps[k] & 3;
         step[k] = taps[k] == 0xFF ? 0 : wp;
         if (taps[k] == 0xFF) { sel[k] = 6; off[k] = 0; }
 #if LBCNN_SIMD
-        else if (dx == 1) { sel[k] = 3 + dy; off[k] = 0; }
+        else if (dx == 1) { sel[k] = 3 + dy; off[k] = 0; need_o = 1; }
 #endif
         else { sel[k] = dy; off[k] = dx; }
     }
@@ -627,7 +635,8 @@ static void run_stage(const struct stage *st, const uint8_t *src8, int step8, in
         for (k = 1; k < 3; k++) {
             rows[k] = g_ring.v + (k - 1) * @WPMAX@;
             rows[k + 3] = g_ring.v + (k + 2) * @WPMAX@;
-            if (k <= h) fill_u8(src8 + (k - 1) * w * step8, step8, w, rows[k], rows[k + 3]);
+            if (k <= h) fill_u8(src8 + (k - 1) * w * step8, step8, w, rows[k],
+                                need_o ? rows[k + 3] : 0);
             else rows[k] = rows[k + 3] = g_zero.v;
         }
     } else {
@@ -660,7 +669,7 @@ static void run_stage(const struct stage *st, const uint8_t *src8, int step8, in
             rows[0] = rows[1]; rows[3] = rows[4];
             rows[1] = rows[2]; rows[4] = rows[5];
             if (y + 2 < h) {
-                fill_u8(src8 + (y + 2) * w * step8, step8, w, fe, fo);
+                fill_u8(src8 + (y + 2) * w * step8, step8, w, fe, need_o ? fo : 0);
                 rows[2] = fe; rows[5] = fo;
             } else {
                 rows[2] = rows[5] = g_zero.v;
