@@ -1,0 +1,158 @@
+"""One-at-a-time ablation of the CBCNN training recipe (issue 16), on validation only.
+
+Each run trains the same network with the baseline settings (``--recipe paper``: exponential
+decay 1e-3 -> 1e-4, no flip / erase / distillation) plus ONE change (or the whole provisional
+``fast`` recipe), on a short schedule, and reports its best validation accuracy and wall time
+(the float teacher's time included for distillation). The test set is never read: every run
+gets the dataset with its test split removed, so this script can choose the ``fast`` recipe,
+the epoch count and the teacher without touching test information.
+
+Run by hand (long; not part of the test suite), e.g. from the repository root:
+
+    LBCNN_DATA=../shared/data python benchmarks/cbcnn_ablation.py --dataset fashion_mnist \\
+        --epochs 6 --precision bf16 > benchmarks/notes/cbcnn_ablation_fashion.json
+    LBCNN_DATA=../shared/data python benchmarks/cbcnn_ablation.py --dataset gtsrb \\
+        --preset cbcnn32 --y-channel --equalize --standardize --epochs 10 \\
+        --base shift=2,rotate=10,zoom=0.1 > benchmarks/notes/cbcnn_ablation_gtsrb.json
+
+Prints one JSON object: the settings, the baseline, and per option its validation accuracy,
+best epoch, the difference to the baseline (percentage points) and seconds. ``--options``
+picks a subset (names as listed by ``--list``); ``--base`` adds settings to every run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# one change each against the baseline; values are train_cbcnn keyword arguments
+OPTIONS = {
+    "flip": {"flip": True},
+    "erase0.25": {"erase": 0.25},
+    "erase0.5": {"erase": 0.5},
+    "cosine": {"lr_schedule": "cosine"},
+    "onecycle": {"lr_schedule": "onecycle"},
+    "onecycle3e-3": {"lr_schedule": "onecycle", "lr_start": 3e-3, "lr_end": 1e-5},
+    "warmup1": {"warmup": 1.0},
+    "lr3e-3": {"lr_start": 3e-3},
+    "batch50": {"batch_size": 50},
+    "batch200": {"batch_size": 200},
+    "shift1": {"shift": 1.0},
+    "distill0.5T4": {"distill": True, "distill_weight": 0.5, "temperature": 4.0},
+    "distill0.9T4": {"distill": True, "distill_weight": 0.9, "temperature": 4.0},
+    "distill0.5T2": {"distill": True, "distill_weight": 0.5, "temperature": 2.0},
+    "recipe:fast": "fast",
+}
+
+
+def _base_settings(text: str | None) -> dict:
+    """``shift=2,rotate=10`` -> {"shift": 2.0, "rotate": 10.0}."""
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in ("shift", "rotate", "zoom", "batch_size", "lr_start", "lr_end"):
+            raise SystemExit(f"--base: unsupported setting {key!r}")
+        out[key] = int(value) if key == "batch_size" else float(value)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--data-path")
+    p.add_argument("--epochs", type=int, default=6, help="short schedule for every run")
+    p.add_argument("--train-size", type=int, help="labelled images, validation included")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", help="cbcnn28 / cbcnn32 / ... (default by input size)")
+    p.add_argument("--blocks", help="conv widths, e.g. 64,128,128 (with --dense)")
+    p.add_argument("--dense", help="dense widths, e.g. 256 ('' for none)")
+    p.add_argument("--y-channel", action="store_true")
+    p.add_argument("--equalize", action="store_true")
+    p.add_argument("--standardize", action="store_true")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--base", help="settings added to every run, e.g. shift=2,rotate=10,zoom=0.1")
+    p.add_argument("--options", help="comma-separated subset of the options (default: all)")
+    p.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
+    p.add_argument("--list", action="store_true", help="list the options and exit")
+    args = p.parse_args(argv)
+    if args.list:
+        print(json.dumps({k: v for k, v in OPTIONS.items()}, indent=1))
+        return 0
+
+    import numpy as np
+    import torch
+
+    from lbcnn.data import Dataset, load_dataset
+    from lbcnn.data.augment import FLIP_SAFE
+    from lbcnn.models.cbcnn import PRESETS
+    from lbcnn.train_cbcnn import recipe_settings, train_cbcnn
+
+    full = load_dataset(args.dataset, args.data_path, seed=args.seed)
+    # the test split is removed: nothing chosen here can depend on it
+    ds = Dataset(full.name, full.x_train, full.y_train, full.x_train[:0], full.y_train[:0],
+                 full.n_classes, input_scale=full.input_scale, groups_train=full.groups_train,
+                 class_names=full.class_names, preprocessing=full.preprocessing,
+                 label_values=full.label_values)
+    preset = args.preset or ("cbcnn32" if ds.input_shape[0] == 32 else "cbcnn28")
+    blocks = tuple(int(v) for v in args.blocks.split(",")) if args.blocks else PRESETS[preset]["blocks"]
+    dense = (tuple(int(v) for v in args.dense.split(",") if v.strip()) if args.dense is not None
+             else PRESETS[preset]["dense"])
+    pre = {"y_channel": args.y_channel, "equalize": args.equalize,
+           "standardize": args.standardize, "input_scale": ds.input_scale}
+    chosen = list(OPTIONS) if not args.options else args.options.split(",")
+    unknown = [o for o in chosen if o not in OPTIONS]
+    if unknown:
+        raise SystemExit(f"unknown options {unknown}; see --list")
+    if ds.name not in FLIP_SAFE and "flip" in chosen:
+        chosen.remove("flip")  # refused for this dataset (mirroring changes the class)
+    base = {**recipe_settings("paper", ds.name), **_base_settings(args.base)}
+    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cbcnn_ablation_"))
+
+    def run(name: str, change) -> dict:
+        settings = dict(base)
+        if isinstance(change, str):          # a whole recipe, on top of --base
+            settings.update(recipe_settings(change, ds.name))
+        else:
+            settings.update(change)
+        out = root / name.replace(":", "_")
+        t0 = time.perf_counter()
+        r = train_cbcnn(ds, preset=None, blocks=blocks, dense=dense, epochs=args.epochs,
+                        train_size=args.train_size, val_fraction=args.val_fraction,
+                        seed=args.seed, preprocess=pre, precision=args.precision,
+                        out_dir=out, progress=False, **settings)
+        rec = {"option": name, "settings": settings, "val_accuracy": r["best_val_accuracy"],
+               "best_epoch": r["best_epoch"], "val_curve": [h["val_accuracy"] for h in r["history"]],
+               "wall_seconds": round(r["wall_seconds"], 1),
+               "elapsed_seconds": round(time.perf_counter() - t0, 1)}
+        if r.get("teacher"):
+            rec["teacher_val_accuracy"] = r["teacher"]["val_accuracy"]
+            rec["teacher_seconds"] = round(r["teacher"]["wall_seconds"], 1)
+        print(json.dumps({k: rec[k] for k in ("option", "val_accuracy", "best_epoch",
+                                               "wall_seconds")}), file=sys.stderr, flush=True)
+        return rec
+
+    baseline = run("baseline", {})
+    runs = []
+    for name in chosen:
+        rec = run(name, OPTIONS[name])
+        rec["delta_val_pp"] = round(100 * (rec["val_accuracy"] - baseline["val_accuracy"]), 2)
+        runs.append(rec)
+    report = {"dataset": ds.name, "epochs": args.epochs, "train_size": args.train_size,
+              "val_fraction": args.val_fraction, "seed": args.seed, "blocks": list(blocks),
+              "dense": list(dense), "preprocess": pre, "precision": args.precision,
+              "base": base, "threads": torch.get_num_threads(),
+              "note": "validation accuracy only (test split removed); one seed, so differences "
+                      "below ~2 validation-set standard errors are noise",
+              "val_size": int(len(ds.split(args.train_size, args.val_fraction, args.seed)[1])),
+              "baseline": baseline, "runs": sorted(runs, key=lambda r: -r["val_accuracy"]),
+              "runs_dir": str(root)}
+    print(json.dumps(report, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
