@@ -113,7 +113,8 @@ def cmd_mcu(args) -> int:
         except Exception as exc:   # info does not cover every family the same way
             ops = {"macs": None, "error": str(exc)}
         for cpu in args.cpu:
-            res = run_mcu(plan, cpu=cpu, images=x, n=args.n, opt=args.opt, mhz=args.mhz)
+            res = run_mcu(plan, cpu=cpu, images=x, n=args.n, opt=args.opt, mhz=args.mhz,
+                          count=args.count)
             res.update(model=model, dataset=args.dataset, **ops)
             if ops.get("macs"):
                 res["instructions_per_mac"] = res["instructions_mean"] / ops["macs"]
@@ -142,6 +143,7 @@ def main(argv=None) -> int:
     m.add_argument("--n", type=int, default=200)
     m.add_argument("--opt", default="O2")
     m.add_argument("--mhz", type=float, default=168.0)
+    m.add_argument("--count", type=int, help="count instructions on the first COUNT images")
     m.add_argument("--out")
     args = ap.parse_args(argv)
     return cmd_host(args) if args.cmd == "host" else cmd_mcu(args)

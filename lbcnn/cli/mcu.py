@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
     add_data_args(m, required=False, folder_options=False)
     m.add_argument("--n", type=positive_int, default=200,
                    help="test images to run in the emulator (the first N of the test split)")
+    m.add_argument("--count", type=positive_int,
+                   help="count instructions on the first COUNT images only, run the rest "
+                        "without the counting hook (faster; every image is still checked) "
+                        "(default: all)")
     m.add_argument("--opt", choices=["O2", "Os", "O3", "O1"], default="O2",
                    help="clang optimisation level")
     m.add_argument("--mhz", type=_mhz, default=168.0,
@@ -62,7 +66,8 @@ def run(args) -> int:
         say(args, f"building for {args.cpu} -{args.opt} and running {len(x)} {ds.name} test "
                   "images in the emulator ...")
     res = run_mcu(plan, cpu=args.cpu, n=args.n, opt=args.opt, mhz=args.mhz, images=x,
-                  workdir=args.workdir, check_alignment=not args.no_align_check)
+                  workdir=args.workdir, check_alignment=not args.no_align_check,
+                  count=args.count)
     res["dataset"] = ds.name
     res["model"] = str(path)
     if args.json:
@@ -74,7 +79,8 @@ def run(args) -> int:
         f"  predictions == NumPy integer engine: {res['agree']}/{res['n']}; logits: "
         f"{res['logits_agree']}/{res['n']} ({ok})",
         f"  instructions per image: mean {res['instructions_mean']:,.0f}, max "
-        f"{res['instructions_max']:,} (counted per executed block, IT blocks included)",
+        f"{res['instructions_max']:,} over {res['counted_images']} images (counted per "
+        "executed block, IT blocks included)",
         f"  estimated time at {res['mhz']:g} MHz: {res['est_ms_at_mhz']:.2f} ms "
         "(an estimate from instruction counts, one per cycle)",
         f"  flash {res['flash_bytes']:,} B (text {res['sections']['text']:,} + rodata "

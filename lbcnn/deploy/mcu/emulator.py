@@ -46,7 +46,13 @@ class Emulator:
         uc.mem_write(self.stack_floor, bytes([PAINT]) * (self.stack_top - self.stack_floor))
         self.count = 0
         self._blocks: dict[tuple[int, int], int] = {}
-        uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        self._hook = uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+
+    def stop_counting(self) -> None:
+        """Remove the block hook: the emulation then runs at unicorn's own speed."""
+        if self._hook is not None:
+            self.uc.hook_del(self._hook)
+            self._hook = None
 
     def _on_block(self, uc, addr, size, _):
         key = (addr, size)
