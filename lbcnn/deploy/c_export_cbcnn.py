@@ -48,7 +48,7 @@ static void conv_sums_@L@(const uint8_t *img, int y, int x, int32_t *restrict ac
         if (y + dy < 0 || y + dy >= H) continue;
         for (dx = -1; dx <= 1; dx++) {
             const uint8_t *p;
-            const int32_t *m;
+            const int8_t *m;
             if (x + dx < 0 || x + dx >= W) continue;
             p = img + ((y + dy) * W + (x + dx)) * C;
             m = g_m@L@ + ((dy + 1) * 3 + (dx + 1)) * C * CO;
@@ -66,7 +66,7 @@ static void unpack_@L@(void)
     int co, k;
     for (co = 0; co < CO; co++)
         for (k = 0; k < 9 * C; k++)
-            g_m@L@[k * CO + co] = (int32_t)((W@L@[co * WW + (k >> 6)] >> (k & 63)) & 1u) - 1;
+            g_m@L@[k * CO + co] = (int8_t)((int)((W@L@[co * WW + (k >> 6)] >> (k & 63)) & 1u) - 1);
 }
 """
 
@@ -193,7 +193,7 @@ def generate_cbcnn_sources(plan, class_names=None) -> dict[str, str]:
             packed = packed.reshape(packed.shape[0], 9, -1).transpose(1, 0, 2)
         weights.append(_u64_array(f"W{li}", packed))
         if op["type"] == "sign_conv3":
-            scratch.append(f"static int32_t g_m{li}[{9 * op['in_shape'][2] * op['out_shape'][2]}];"
+            scratch.append(f"static int8_t g_m{li}[{9 * op['in_shape'][2] * op['out_shape'][2]}];"
                            "  /* unpacked first-layer taps, 0 or -1 */\n")
         if op["type"] in ("sign_conv3", "xnor_conv3"):
             acc = max(acc, 4 * op["out_shape"][2])
