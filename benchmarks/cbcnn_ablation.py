@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     import torch
 
     from lbcnn.data import Dataset, load_dataset
+    from lbcnn.errors import LbcnnError
     from lbcnn.data.augment import FLIP_SAFE
     from lbcnn.models.cbcnn import PRESETS
     from lbcnn.train_cbcnn import recipe_settings, train_cbcnn
@@ -120,10 +121,16 @@ def main(argv=None) -> int:
             settings.update(change)
         out = root / name.replace(":", "_")
         t0 = time.perf_counter()
-        r = train_cbcnn(ds, preset=None, blocks=blocks, dense=dense, epochs=args.epochs,
-                        train_size=args.train_size, val_fraction=args.val_fraction,
-                        seed=args.seed, preprocess=pre, precision=args.precision,
-                        out_dir=out, progress=False, **settings)
+        try:
+            r = train_cbcnn(ds, preset=None, blocks=blocks, dense=dense, epochs=args.epochs,
+                            train_size=args.train_size, val_fraction=args.val_fraction,
+                            seed=args.seed, preprocess=pre, precision=args.precision,
+                            out_dir=out, progress=False, **settings)
+        except LbcnnError as exc:  # e.g. a 1-epoch warm-up in a 1-epoch run: reported, not fatal
+            if name == "baseline":
+                raise
+            print(json.dumps({"option": name, "skipped": str(exc)}), file=sys.stderr, flush=True)
+            return {"option": name, "settings": settings, "skipped": str(exc)}
         rec = {"option": name, "settings": settings, "val_accuracy": r["best_val_accuracy"],
                "best_epoch": r["best_epoch"], "val_curve": [h["val_accuracy"] for h in r["history"]],
                "wall_seconds": round(r["wall_seconds"], 1),
@@ -139,7 +146,8 @@ def main(argv=None) -> int:
     runs = []
     for name in chosen:
         rec = run(name, OPTIONS[name])
-        rec["delta_val_pp"] = round(100 * (rec["val_accuracy"] - baseline["val_accuracy"]), 2)
+        if "skipped" not in rec:
+            rec["delta_val_pp"] = round(100 * (rec["val_accuracy"] - baseline["val_accuracy"]), 2)
         runs.append(rec)
     report = {"dataset": ds.name, "epochs": args.epochs, "train_size": args.train_size,
               "val_fraction": args.val_fraction, "seed": args.seed, "blocks": list(blocks),
@@ -148,7 +156,7 @@ def main(argv=None) -> int:
               "note": "validation accuracy only (test split removed); one seed, so differences "
                       "below ~2 validation-set standard errors are noise",
               "val_size": int(len(ds.split(args.train_size, args.val_fraction, args.seed)[1])),
-              "baseline": baseline, "runs": sorted(runs, key=lambda r: -r["val_accuracy"]),
+              "baseline": baseline, "runs": sorted(runs, key=lambda r: -r.get("val_accuracy", -1.0)),
               "runs_dir": str(root)}
     print(json.dumps(report, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
     return 0

@@ -409,3 +409,33 @@ def test_library_refuses_bad_recipe_values(tiny):
         with pytest.raises((ConfigError, DataError), match=match) as exc:
             train_cbcnn(tiny, **{**kw, **bad})
         assert "\n" not in str(exc.value), bad
+
+
+def test_ablation_script_reports_validation_only(tmp_path, capsys):
+    """benchmarks/cbcnn_ablation.py on a tiny npz dataset: JSON out, no test look, a warm-up
+    longer than the run is reported as skipped, flip dropped where it is refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "cbcnn_ablation", Path(__file__).resolve().parents[1] / "benchmarks" / "cbcnn_ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ds = _synthetic(n=160)
+    np.savez(tmp_path / "ds.npz", x=ds.x_train, y=ds.y_train)
+    rc = mod.main(["--dataset", f"npz:{tmp_path / 'ds.npz'}", "--epochs", "1", "--blocks", "4",
+                   "--dense", "", "--options", "flip,warmup1,distill0.5T4,recipe:fast",
+                   "--out", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    report = json.loads(out)
+    runs = {r["option"]: r for r in report["runs"]}
+    assert set(runs) == {"warmup1", "distill0.5T4", "recipe:fast"}     # flip refused for npz:
+    assert "shorter than the run" in runs["warmup1"]["skipped"]
+    assert 0 <= runs["distill0.5T4"]["val_accuracy"] <= 1 and "teacher_seconds" in runs["distill0.5T4"]
+    assert runs["recipe:fast"]["settings"]["lr_schedule"] == "onecycle"
+    assert "delta_val_pp" in runs["recipe:fast"] and report["baseline"]["val_accuracy"] >= 0
+    for run_dir in (tmp_path / "runs").iterdir():                        # the test split is never read
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["test_accuracy"] is None
