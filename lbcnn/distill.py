@@ -145,14 +145,22 @@ def load_teacher(path, *, input_shape, n_classes: int, preprocess: dict, split: 
     if version > TEACHER_VERSION:
         raise DataError(f"--teacher {path} was written by a newer lbcnn")
     cfg = config.get("net")
+    if not isinstance(cfg, dict):
+        raise DataError(f"--teacher {path}: damaged network config")
+    widths = cfg.get("blocks"), cfg.get("dense")
+    if not all(
+            isinstance(w, list) and len(w) <= 8 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in w)
+            for w in widths):
+        raise DataError(f"--teacher {path}: damaged network config (blocks / dense)")
+    if cfg.get("input_shape") != list(input_shape) or cfg.get("n_classes") != int(n_classes):
+        raise ConfigError(f"--teacher {path} takes {cfg.get('input_shape')} inputs and "
+                          f"{cfg.get('n_classes')} classes; this run has {list(input_shape)} "
+                          f"and {n_classes}")
     try:
         net = CBCNNNet(cfg["input_shape"], cfg["blocks"], cfg["dense"], cfg["n_classes"], False)
     except (TypeError, KeyError, ValueError, ConfigError) as exc:
         raise DataError(f"--teacher {path}: damaged network config ({exc})") from None
-    if tuple(net.input_shape) != tuple(input_shape) or net.n_classes != int(n_classes):
-        raise ConfigError(f"--teacher {path} takes {net.input_shape} inputs and "
-                          f"{net.n_classes} classes; this run has {tuple(input_shape)} and "
-                          f"{n_classes}")
     if config.get("preprocess") != preprocess:
         raise ConfigError(f"--teacher {path} was trained with preprocessing "
                           f"{config.get('preprocess')}, this run uses {preprocess}")

@@ -439,3 +439,39 @@ def test_ablation_script_reports_validation_only(tmp_path, capsys):
     for run_dir in (tmp_path / "runs").iterdir():                        # the test split is never read
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["test_accuracy"] is None
+
+
+def test_damaged_teacher_files_give_one_line_errors(tiny, tmp_path):
+    """Edited configs and arrays of a real teacher file: each refused with one line."""
+    import json
+
+    from lbcnn.distill import TEACHER_FILE, load_teacher, split_fingerprint
+    from lbcnn.train_cbcnn import train_cbcnn
+    r = train_cbcnn(tiny, **TINY, epochs=1, batch_size=40, seed=0, progress=False,
+                    float_twin=True, out_dir=tmp_path / "t")
+    with np.load(tmp_path / "t" / TEACHER_FILE, allow_pickle=False) as z:
+        good = {k: z[k] for k in z.files}
+    config = json.loads(good.pop("__config__").tobytes().decode())
+    tr, va = tiny.split(None, 0.1, 0)
+    want = dict(input_shape=(12, 12, 1), n_classes=3, split=split_fingerprint(tiny.name, tr, va),
+                preprocess=r["model"].preprocess.to_dict())
+    first = next(k for k in good if k.endswith("weight"))
+    cases = [({"net": None}, {}), ({"net": {**config["net"], "blocks": [0]}}, {}),
+             ({"net": {**config["net"], "blocks": [10 ** 9]}}, {}),
+             ({"net": {**config["net"], "dense": "abc"}}, {}),
+             ({"net": {**config["net"], "n_classes": 7}}, {}),
+             ({"net": {**config["net"], "input_shape": [28, 28, 1]}}, {}),
+             ({"version": 99}, {}), ({"version": "1"}, {}), ({"format": "lbcnn-model"}, {}),
+             ({}, {first: np.full_like(good[first], np.nan)}),
+             ({}, {first: good[first][:1]}), ({}, {"extra": np.zeros(2)})]
+    for i, (cfg_edit, arr_edit) in enumerate(cases):
+        arrays = {**good, **arr_edit}
+        arrays["__config__"] = np.frombuffer(json.dumps({**config, **cfg_edit}).encode(), np.uint8)
+        path = tmp_path / f"bad{i}.npz"
+        np.savez(path, **arrays)
+        with pytest.raises(LbcnnError) as exc:
+            load_teacher(path, **want)
+        assert "\n" not in str(exc.value) and str(path) in str(exc.value), (cfg_edit, arr_edit)
+    # the unedited file loads
+    np.savez(tmp_path / "ok.npz", **good, __config__=np.frombuffer(json.dumps(config).encode(), np.uint8))
+    load_teacher(tmp_path / "ok.npz", **want)
