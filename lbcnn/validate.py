@@ -97,6 +97,15 @@ def _check_provenance(config: dict, where: str) -> None:
             _fail(where, f"config 'preprocessing.resize' must be [H, W], got {resize!r}")
         if not isinstance(prep.get("grayscale", False), bool):
             _fail(where, "config 'preprocessing.grayscale' must be true or false")
+        frac = prep.get("test_fraction")
+        if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float))
+                                 or not 0 < frac < 1):
+            _fail(where, f"config 'preprocessing.test_fraction' must lie in (0, 1), got {frac!r}")
+        if prep.get("test_folder") is not None and not isinstance(prep["test_folder"], str):
+            _fail(where, "config 'preprocessing.test_folder' must be a path string")
+        seed = prep.get("split_seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            _fail(where, f"config 'preprocessing.split_seed' must be an integer, got {seed!r}")
     values = config.get("label_values")
     if values is not None and (not isinstance(values, list) or any(
             isinstance(v, bool) or not isinstance(v, int) for v in values)):

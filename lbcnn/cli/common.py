@@ -100,11 +100,22 @@ def load_data(args, model_meta: dict | None = None, quiet: bool = False,
         from ..errors import ConfigError
         raise ConfigError("--dataset is required: the model file records no dataset")
     prep = (model_meta or {}).get("preprocessing") or {}
+    same = not args.dataset or normalize_name(args.dataset) == recorded
+    if not same:
+        prep = {}
     resize = args.resize if getattr(args, "resize", None) else prep.get("resize")
     grayscale = bool(getattr(args, "grayscale", False) or prep.get("grayscale"))
-    ds = load_dataset(name, args.data_path, split=args.split, seed=getattr(args, "seed", 0),
-                      test_fraction=getattr(args, "test_fraction", None), resize=resize,
-                      grayscale=grayscale, test_folder=getattr(args, "test_folder", None))
+    test_fraction = getattr(args, "test_fraction", None)
+    test_folder = getattr(args, "test_folder", None)
+    seed = getattr(args, "seed", 0)
+    if test_fraction is None and test_folder is None:
+        # the split the model was trained against, so its test images stay unseen
+        test_fraction, test_folder = prep.get("test_fraction"), prep.get("test_folder")
+        if prep.get("split_seed") is not None:
+            seed = prep["split_seed"]
+    ds = load_dataset(name, args.data_path, split=args.split, seed=seed,
+                      test_fraction=test_fraction, resize=resize, grayscale=grayscale,
+                      test_folder=test_folder)
     if not quiet:
         for note in ds.notes or []:
             say(args, f"note: {note}")

@@ -44,6 +44,8 @@ class Dataset:
     label_values: list | None = None
     # things the user should be told once (skipped files, remapped labels)
     notes: list[str] | None = None
+    # how the test split was drawn, so a model's later commands see the same split
+    split_options: dict | None = None
 
     def __post_init__(self):
         if self.class_names is None:
@@ -53,7 +55,8 @@ class Dataset:
     def provenance(self) -> dict:
         """What a model file records about its data (the model file is the source of truth)."""
         return {"dataset": self.name, "class_names": list(self.class_names),
-                "preprocessing": self.preprocessing or {}, "label_values": self.label_values}
+                "preprocessing": {**(self.preprocessing or {}), **(self.split_options or {})},
+                "label_values": self.label_values}
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -290,6 +293,8 @@ def load_dataset(name: str, path: str | None = None, *, split: str = "default",
     frac = 0.2 if test_fraction is None else float(test_fraction)
     if name.startswith("npz:"):
         ds = _from_arrays(name, _read_npz(Path(name[4:])), frac, seed)
+        if ds.test_split != "official":
+            ds.split_options = {"test_fraction": frac, "split_seed": seed}
         return ds
     if name.startswith("folder:"):
         from .folder import read_folder
@@ -310,6 +315,8 @@ def load_dataset(name: str, path: str | None = None, *, split: str = "default",
         ds.notes = notes + (ds.notes or [])
         ds.preprocessing = {"resize": list(resize) if resize is not None else None,
                             "grayscale": bool(grayscale)}
+        ds.split_options = ({"test_folder": str(test_folder)} if test_folder is not None
+                            else {"test_fraction": frac, "split_seed": seed})
         return ds
     if name not in _BUILTIN:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(list_datasets())}")
