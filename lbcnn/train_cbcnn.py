@@ -342,23 +342,23 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                         progress=progress, precision=precision, shift=shift, rotate=rotate,
                         zoom=zoom, flip=flip, erase=erase, lr_schedule=lr_schedule,
                         warmup=warmup, float_twin=True)
-            if t_file is not None and resume and t_file.exists():
-                path = t_file
-            else:
-                t_cb = (None if on_epoch_end is None
-                        else lambda e, r: on_epoch_end(e, {**r, "phase": "teacher"}))
-                t_res = train_cbcnn(dataset, None, t_blocks, t_dense, out_dir=t_out,
-                                    resume=bool(resume and t_out is not None
-                                                and (t_out / CHECKPOINT).exists()),
-                                    on_epoch_end=t_cb, max_seconds=max_seconds, **t_kw)
-                path = t_res.get("teacher_path")
-                if path is None:  # no out_dir: the in-memory best-validation twin
-                    teacher_net = t_res["model"].net.eval()
-                    for p in teacher_net.parameters():
-                        p.requires_grad_(False)
-                    teacher_wall = float(t_res["wall_seconds"])
-                    teacher_info = {"val_accuracy": t_res["best_val_accuracy"],
-                                    "best_epoch": t_res["best_epoch"], "epochs": t_kw["epochs"]}
+            # On resume the teacher run resumes too: a finished one only re-checks its
+            # settings against its checkpoint (a changed teacher setting is refused) and
+            # rewrites teacher.npz from its best-validation weights.
+            t_cb = (None if on_epoch_end is None
+                    else lambda e, r: on_epoch_end(e, {**r, "phase": "teacher"}))
+            t_res = train_cbcnn(dataset, None, t_blocks, t_dense, out_dir=t_out,
+                                resume=bool(resume and t_out is not None
+                                            and (t_out / CHECKPOINT).exists()),
+                                on_epoch_end=t_cb, max_seconds=max_seconds, **t_kw)
+            teacher_wall = float(t_res["wall_seconds"])
+            path = t_res.get("teacher_path")
+            if path is None:  # no out_dir: the in-memory best-validation twin
+                teacher_net = t_res["model"].net.eval()
+                for p in teacher_net.parameters():
+                    p.requires_grad_(False)
+                teacher_info = {"val_accuracy": t_res["best_val_accuracy"],
+                                "best_epoch": t_res["best_epoch"], "epochs": t_kw["epochs"]}
         else:
             path = Path(teacher)
         if teacher_net is None:
@@ -368,8 +368,6 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                                              device=device)
             teacher_info = {"path": str(path), "val_accuracy": tcfg.get("val_accuracy"),
                             "best_epoch": tcfg.get("best_epoch"), "epochs": tcfg.get("epochs")}
-            if distill:
-                teacher_wall = float(tcfg.get("wall_seconds") or 0.0)
         teacher_info["fingerprint"] = teacher_fingerprint(teacher_net)
         teacher_info["wall_seconds"] = teacher_wall
         if max_seconds is not None:

@@ -268,10 +268,16 @@ def test_resume_after_interruption_during_distillation_gives_identical_weights(
     assert cfg["teacher"] == full["teacher"]["fingerprint"]
     # changed recipe settings are refused on resume
     for change in ({"temperature": 3.0}, {"distill_weight": 0.5}, {"erase": 0.25},
-                   {"lr_schedule": "onecycle"}, {"warmup": None}):
+                   {"lr_schedule": "onecycle"}, {"warmup": None}, {"teacher_epochs": 3}):
         with pytest.raises(ConfigError, match="settings differ"):
             train_cbcnn(tiny, out_dir=tmp_path, progress=False, resume=True,
                         **{**RECIPE_KW, **change})
+    # killed between the teacher's end and the student's first checkpoint: the finished
+    # teacher is not reused under other teacher settings
+    (tmp_path / "checkpoint.pt").unlink()
+    with pytest.raises(ConfigError, match="settings differ"):
+        train_cbcnn(tiny, out_dir=tmp_path, progress=False, resume=True,
+                    **{**RECIPE_KW, "teacher_epochs": 3})
 
 
 def test_resume_after_sigkill_during_distillation_gives_identical_weights(
