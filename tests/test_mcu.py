@@ -203,3 +203,20 @@ def test_streaming_c_on_odd_shapes(tmp_path, filters, nl, shape, k, per_class):
         res = subprocess.run([str(exe)], input=np.ascontiguousarray(x).tobytes(),
                              capture_output=True, check=True)
         assert np.array_equal(np.array([int(v) for v in res.stdout.split()]), want), flag
+
+
+@needs_mcu
+def test_readme_selftest_build_runs_on_m0plus(plans, mnist, tmp_path):
+    """The README's Cortex-M self-test line builds, and lbcnn_selftest() returns 0 mismatches."""
+    import sys
+
+    from lbcnn.deploy.c_common import selftest_build_command
+    from lbcnn.deploy.mcu.emulator import Emulator
+
+    export_c(plans["lbcnn"], tmp_path, measure=False, test_images=mnist.x_test[:4])
+    cmd = selftest_build_command("cortex-m0plus")
+    assert " ".join(cmd) in (tmp_path / "README.md").read_text().replace(" \\\n    ", " ")
+    subprocess.run([sys.executable, "-m", "ziglang", *cmd], cwd=tmp_path, check=True,
+                   capture_output=True, text=True)
+    emu = Emulator(tmp_path / "lbcnn_cortex_m0plus.elf", "cortex-m0plus")
+    assert emu.call("lbcnn_selftest") == (0, emu.count)

@@ -144,6 +144,14 @@ ZIG_COMMON = ("-std=c99 -O2 -ffreestanding -ffunction-sections -fdata-sections "
               "-Wall -Wextra -Werror")
 
 
+def selftest_build_command(cpu: str) -> list[str]:
+    """The README's Cortex-M self-test build line, as arguments after ``python -m ziglang``."""
+    return (["cc", *ZIG_TARGETS[cpu].split(), *ZIG_COMMON.split(), "-T", "link_cortexm.ld",
+             "-Wl,--gc-sections", "-Wl,--entry=lbcnn_selftest", "model.c", "test_vectors.c",
+             "selftest.c", "-DLBCNN_SELFTEST_NO_MAIN", "-o",
+             f"lbcnn_{cpu.replace('-', '_')}.elf"])
+
+
 def _c_array(ctype: str, name: str, values, per_line: int = 24) -> str:
     vals = [str(int(v)) for v in np.asarray(values).ravel()]
     if ctype == "int64_t":
@@ -279,13 +287,18 @@ def build_lines(h: int, w: int, c: int, has_vectors: bool) -> list[str]:
         lines.append(f"python -m ziglang cc {tgt} {ZIG_COMMON} \\\n"
                      f"    -T link_cortexm.ld -Wl,--gc-sections -Wl,--entry={entry} "
                      f"{srcs} -o lbcnn_{cpu.replace('-', '_')}.elf")
+    if has_vectors:
+        lines.append("# in a debugger or emulator: lbcnn_selftest() returns the number of mismatches")
     lines += ["```", "",
               "`+strict_align` keeps the M4 build free of unaligned accesses (the generated C "
               "never needs one). zig links its compiler_rt (M0+ needs `__aeabi_uidivmod`, "
               "`__aeabi_lmul`); do not pass `-nostdlib`. Cortex-M4/M7/M33 builds use the "
-              "ACLE SIMD32 intrinsics (`__sadd16`, `__ssub16`, `__sel`) for the +-1 convolutions "
-              "when `__ARM_FEATURE_SIMD32` is defined; define `LBCNN_NO_SIMD` to use the "
-              "portable C.", ""]
+              "ACLE SIMD32 intrinsics (`__sadd16`, `__ssub16`, `__smlad`, `__sxtb16`, and "
+              "SSUB16+SEL for lane-wise max) when `__ARM_FEATURE_SIMD32` is defined; define "
+              "`LBCNN_NO_SIMD` to use the portable C. An LB-CNN runs one channel path at a "
+              "time (`LBCNN_STREAM`, the default on ARM and other small targets; define "
+              "`LBCNN_FULL_MAPS` for the host's full-map code, or `LBCNN_STREAM` on a host).",
+              ""]
     return lines
 
 
