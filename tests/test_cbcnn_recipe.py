@@ -481,3 +481,40 @@ def test_damaged_teacher_files_give_one_line_errors(tiny, tmp_path):
     # the unedited file loads
     np.savez(tmp_path / "ok.npz", **good, __config__=np.frombuffer(json.dumps(config).encode(), np.uint8))
     load_teacher(tmp_path / "ok.npz", **want)
+
+
+def test_cli_resume_of_a_distillation_run_stopped_in_the_teacher_phase(tmp_path, capsys,
+                                                                      monkeypatch):
+    """lbcnn train --distill stopped (Ctrl-C) after the teacher's first checkpoint, then
+    --resume: the run folder holds only RUN/teacher/checkpoint.pt, and the final model file
+    equals an uninterrupted run's, array for array."""
+    import json
+
+    import lbcnn.train_cbcnn as tc
+    from lbcnn.cli import main
+    ds = _synthetic(n=200)
+    np.savez(tmp_path / "ds.npz", x=ds.x_train, y=ds.y_train)
+    argv = ["train", "--model", "cbcnn", "--dataset", f"npz:{tmp_path / 'ds.npz'}", "--blocks",
+            "4", "--dense", "", "--epochs", "2", "--batch-size", "40", "--distill", "--erase",
+            "0.5", "--lr-schedule", "onecycle", "--distill-weight", "0.7", "--json"]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 0
+    full = json.loads(capsys.readouterr().out)
+    plot = tc.plot_curves
+
+    def stop_after_first_checkpoint(*a, **k):
+        plot(*a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tc, "plot_curves", stop_after_first_checkpoint)
+    assert main(argv + ["--out", str(tmp_path / "b")]) == 130
+    monkeypatch.undo()
+    assert (tmp_path / "b" / "teacher" / "checkpoint.pt").exists()
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    assert main(argv + ["--out", str(tmp_path / "b"), "--resume"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    with np.load(tmp_path / "a" / "model.npz") as za, np.load(tmp_path / "b" / "model.npz") as zb:
+        for k in za.files:
+            if k != "__config__":
+                assert np.array_equal(za[k], zb[k]), k
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    assert resumed["teacher"]["fingerprint"] == full["teacher"]["fingerprint"]
+    assert resumed["settings"]["distill"] and resumed["settings"]["distill_weight"] == 0.7
