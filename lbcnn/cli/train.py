@@ -13,7 +13,6 @@ from .common import (add_data_args, add_output_args, finite_float, fraction, int
 
 def _probability(text: str) -> float:
     """A number in [0, 1] (NaN and infinity refused at parse time)."""
-    import argparse
     value = finite_float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
