@@ -136,14 +136,18 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
         n_workers = max(1, int(workers)) if not ray_address else 1
         mem = memory_budget_bytes() // n_workers
 
-        def infeasible(cfg: Config) -> str | None:
+        def infeasible(cfg: Config) -> tuple[str, float] | None:
+            """(reason, relative excess) for a configuration that must not be fitted."""
             d = features(shape, cfg.filters, cfg.color)
             if d > space.max_features:
-                return f"{d:,} features > --max-features {space.max_features:,}"
-            if memory_need(d, budget_n) > mem:
-                return "over the memory plan"
-            if max_kbits is not None and cost(cfg, shape, k)["kbits"] > max_kbits:
-                return f"over --max-kbits {max_kbits:g}"
+                return f"{d:,} features > --max-features {space.max_features:,}", \
+                    d / space.max_features - 1
+            need = memory_need(d, budget_n)
+            if need > mem:
+                return "over the memory plan", need / mem - 1
+            kb = cost(cfg, shape, k)["kbits"]
+            if max_kbits is not None and kb > max_kbits:
+                return f"{kb:.1f} kbits > --max-kbits {max_kbits:g}", kb / max_kbits - 1
             return None
 
         _check_space(space, shape, k, max_kbits, infeasible)
@@ -303,9 +307,11 @@ def _ask_bracket(study, space, shape, k, size, infeasible, run_seed, owner, coun
         cfg = Config.from_params(params, shape[2])
         why = infeasible(cfg)
         if why:
-            # cheap and never fitted; FAIL keeps it out of the samplers' models and the front
-            trial.set_user_attr("infeasible", why)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            # never fitted; told PRUNED with a constraint violation so the sampler
+            # learns the region is out of bounds (a FAIL would teach it nothing)
+            trial.set_user_attr("infeasible", why[0])
+            trial.set_user_attr("violation", max(float(why[1]), 1e-6))
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             counters["skipped_infeasible"] += 1
             continue
         seed = trial.user_attrs.get("kernel_seed")
@@ -383,6 +389,7 @@ def _summary(rows, front, counters, t_search, t_total, fingerprint, name, max_kb
         "bracket": bracket, "eta": eta, "runner": runner.kind, "workers": runner.workers,
         "trials": len(evaluated), "pruned": sum(r["state"] == "PRUNED" for r in evaluated),
         "completed": sum(r["state"] == "COMPLETE" for r in evaluated),
+        "infeasible": sum(r["state"] == "INFEASIBLE" for r in rows),
         "evaluated_this_run": counters["evaluated"], "brackets_this_run": counters["brackets"],
         "skipped_infeasible_this_run": counters["skipped_infeasible"],
         "rungs_detail": per_rung, "seconds_search": round(t_search, 1),

@@ -23,7 +23,8 @@ def trial_rows(study, objectives) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         ua = t.user_attrs
         cfg = ua.get("config") or {}
-        row = {"trial": t.number, "state": t.state.name,
+        state = "INFEASIBLE" if "infeasible" in ua else t.state.name
+        row = {"trial": t.number, "state": state,
                "label": "", "filters": ",".join(map(str, cfg.get("filters", []))),
                "nl": cfg.get("nl"), "C": cfg.get("C"), "bits": cfg.get("bits"),
                "color": cfg.get("color"), "kernel_seed": ua.get("kernel_seed"),
