@@ -116,7 +116,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 CONFIG_DEFAULTS = {"precision": "fp32", "shift": 0.0, "rotate": 0.0, "zoom": 0.0, "flip": False,
                    "erase": 0.0, "lr_schedule": "exp", "warmup": None, "float_twin": False,
                    "distill": False, "teacher_epochs": None, "distill_weight": None,
-                   "temperature": None, "teacher": None}
+                   "temperature": None, "teacher_fingerprint": None}
 
 CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "torch_rng", "history",
                    "best_val_accuracy", "best_epoch", "best_model")
@@ -411,7 +411,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                   "teacher_epochs": int(teacher_epochs or epochs) if distill else None,
                   "distill_weight": float(distill_weight) if use_teacher else None,
                   "temperature": float(temperature) if use_teacher else None,
-                  "teacher": teacher_info["fingerprint"] if use_teacher else None}
+                  "teacher_fingerprint": teacher_info["fingerprint"] if use_teacher else None}
     history, start_epoch, wall_before = [], 0, 0.0
     best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
     if resume and ckpt_path.exists():

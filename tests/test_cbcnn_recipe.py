@@ -265,7 +265,11 @@ def test_resume_after_interruption_during_distillation_gives_identical_weights(
     assert resumed["wall_seconds"] > resumed["teacher"]["wall_seconds"] > 0  # teacher time counted
     cfg = load_checkpoint(tmp_path / "checkpoint.pt")["config"]
     assert cfg["distill"] and cfg["flip"] and cfg["erase"] == 0.5 and cfg["lr_schedule"] == "cosine"
-    assert cfg["teacher"] == full["teacher"]["fingerprint"]
+    assert cfg["teacher_fingerprint"] == full["teacher"]["fingerprint"]
+    import json
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["teacher"]["val_accuracy"] == full["teacher"]["val_accuracy"]
+    assert summary["teacher"]["path"] == str(tmp_path / "teacher" / "teacher.npz")
     # changed recipe settings are refused on resume
     for change in ({"temperature": 3.0}, {"distill_weight": 0.5}, {"erase": 0.25},
                    {"lr_schedule": "onecycle"}, {"warmup": None}, {"teacher_epochs": 3}):
