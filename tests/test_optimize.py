@@ -95,7 +95,7 @@ def test_optimize_api_front_kbits_and_test_once(npz, tmp_path, monkeypatch):
     orig = LBCNN.score
     monkeypatch.setattr(LBCNN, "score", lambda self, x, y: calls.append(len(y)) or orig(self, x, y))
     res = optimize(npz, train_size=500, rungs=(100, 200), space=_space(), max_configs=9,
-                   out=tmp_path / "run", seed=1)
+                   out=tmp_path / "run", seed=1, max_kbits=60)
     s = res.summary
     assert s["trials"] == 9 and s["completed"] == 1 and s["pruned"] == 8
     assert [r["configs"] for r in s["rungs_detail"]] == [9, 3, 1]
@@ -108,6 +108,11 @@ def test_optimize_api_front_kbits_and_test_once(npz, tmp_path, monkeypatch):
         assert (tmp_path / "run" / f).exists(), f
     rows = (tmp_path / "run" / "trials.csv").read_text().splitlines()
     assert len(rows) >= 10  # header + every trial, pruned ones included
+    assert all(r["kbits"] <= 60 for r in res.trials if r["state"] in ("COMPLETE", "PRUNED"))
+    for r in res.trials:  # refused ones were never fitted, and carry an Optuna constraint
+        if r["state"] == "INFEASIBLE":
+            assert r["kbits"] is None and r["top_rung"] is None and "kbits >" in r["infeasible"]
+    assert s["infeasible"] == sum(r["state"] == "INFEASIBLE" for r in res.trials)
 
 
 def test_front_is_pareto_and_kbits_equal_lbcnn_info(npz, tmp_path, capsys):

@@ -310,7 +310,7 @@ def _ask_bracket(study, space, shape, k, size, infeasible, run_seed, owner, coun
             # never fitted; told PRUNED with a constraint violation so the sampler
             # learns the region is out of bounds (a FAIL would teach it nothing)
             trial.set_user_attr("infeasible", why[0])
-            trial.set_user_attr("violation", max(float(why[1]), 1e-6))
+            trial.set_constraint("size", max(float(why[1]), 1e-6))  # Optuna 5's constraint API
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             counters["skipped_infeasible"] += 1
             continue

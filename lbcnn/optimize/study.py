@@ -51,12 +51,6 @@ def local_url(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / STUDY_FILE).resolve()}"
 
 
-def violation(trial) -> tuple[float]:
-    """Optuna constraint (> 0: infeasible). Configurations refused before any fit are
-    told PRUNED with this set, so the samplers learn to stay out of their region."""
-    return (float(trial.user_attrs.get("violation", 0.0)),)
-
-
 def make_sampler(kind: str, seed: int, startup: int):
     import optuna
 
@@ -65,11 +59,9 @@ def make_sampler(kind: str, seed: int, startup: int):
         if kind == "tpe":
             # MO-TPE; group=True because the nf2/nf3 parameters exist only for deeper nets
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                              n_startup_trials=startup, constant_liar=True,
-                                              constraints_func=violation)
+                                              n_startup_trials=startup, constant_liar=True)
         if kind == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(startup, 10),
-                                                 constraints_func=violation)
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(startup, 10))
         if kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"unknown sampler {kind!r}; choose tpe, nsga2 or random")
