@@ -243,7 +243,8 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     or ``distill=True`` (train the float twin first, ``teacher_epochs``,
     default ``epochs``, in ``out_dir/teacher``; its time counts in
     ``wall_seconds`` and in ``max_seconds``) mixes the loss as
-    ``(1 - distill_weight) * squared_hinge + distill_weight * kd_loss(T=temperature)``.
+    ``(1 - distill_weight) * squared_hinge + distill_weight * kd_loss(T=temperature)``;
+    a teacher file's recorded training time counts the same way.
     The teacher is trained on this run's training split and chosen on its
     validation split only; it never sees the test set. ``float_twin=True``
     trains the float twin itself (cross-entropy, no test evaluation) and
@@ -368,6 +369,10 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                                              device=device)
             teacher_info = {"path": str(path), "val_accuracy": tcfg.get("val_accuracy"),
                             "best_epoch": tcfg.get("best_epoch"), "epochs": tcfg.get("epochs")}
+            if not distill:  # a teacher file's training time counts like a --distill teacher's
+                t = tcfg.get("wall_seconds")
+                teacher_wall = float(t) if isinstance(t, (int, float)) and math.isfinite(t) \
+                    and t >= 0 else 0.0
         teacher_info["fingerprint"] = teacher_fingerprint(teacher_net)
         teacher_info["wall_seconds"] = teacher_wall
         if max_seconds is not None:

@@ -72,6 +72,10 @@ def test_flip_refused_on_mnist_gtsrb_and_unknown_datasets(tiny, data_dir, capsys
     assert recipe_settings("fast", "fashion_mnist")["flip"] is True
     assert recipe_settings("fast", "mnist")["flip"] is False
     assert recipe_settings("fast", "gtsrb")["flip"] is False
+    rc, err = _cli(["train", "--model", "cbcnn", "--dataset", "mnist", "--train-size", "200",
+                    "--blocks", "4", "--dense", "", "--epochs", "1", "--recipe", "fast",
+                    "--json"], capsys)
+    assert rc == 0 and any("flips no images of mnist" in line for line in err), err
 
 
 def _msg(fn, *a):
@@ -211,6 +215,8 @@ def test_float_twin_teacher_file_and_split_check(tiny, tmp_path):
     s = train_cbcnn(tiny, **kw, teacher=path, distill_weight=0.8, temperature=3.0)
     plain = train_cbcnn(tiny, **kw)
     assert s["teacher"]["path"] == str(path) and s["teacher"]["val_accuracy"] == r["best_val_accuracy"]
+    assert s["teacher"]["wall_seconds"] == pytest.approx(r["wall_seconds"])  # teacher time counted
+    assert s["wall_seconds"] > s["teacher"]["wall_seconds"] > 0
     assert any(not torch.equal(v, plain["final_state"][k]) for k, v in s["final_state"].items())
     # flip and erase reach the optimiser as well
     for extra in ({"flip": True}, {"erase": 0.5}):

@@ -191,6 +191,9 @@ def _train_cbcnn(args, ds) -> dict:
         blocks = blocks or PRESETS[preset]["blocks"]
         dense = dense or PRESETS[preset]["dense"]
     recipe = _recipe(args, ds.name)
+    if args.recipe and _recipe_flips(args.recipe) and not recipe["flip"] and args.flip is None:
+        say(args, f"note: --recipe {args.recipe} flips no images of {ds.name}: a mirror can "
+                  f"change its classes")
     r = train_cbcnn(ds, preset=None, blocks=blocks, dense=dense, epochs=args.epochs,
                     batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
                     train_size=args.train_size, preprocess=pre, out_dir=args.out,
@@ -212,6 +215,11 @@ def _train_cbcnn(args, ds) -> dict:
             "best_val_accuracy": r["best_val_accuracy"], "test_accuracy": r["test_accuracy"],
             "wall_seconds": r["wall_seconds"], "stopped_by_time_budget": r["stopped_by_time_budget"],
             "out": args.out, **({"teacher_path": r["teacher_path"]} if "teacher_path" in r else {})}
+
+
+def _recipe_flips(name: str) -> bool:
+    from ..train_cbcnn import RECIPES
+    return bool(RECIPES.get(name, {}).get("flip"))
 
 
 def _recipe(args, dataset_name: str) -> dict:
