@@ -150,6 +150,18 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+def _check_resume_config(saved: dict, config: dict, ckpt_path, exact: bool = False) -> None:
+    """Refuse to resume when a setting differs (all of ``config``'s keys; with ``exact``,
+    also keys only the checkpoint has). Checkpoints written before bf16, augmentation and
+    the recipe options lack those keys: ``CONFIG_DEFAULTS`` says what they meant."""
+    saved = {**CONFIG_DEFAULTS, **saved}
+    diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+    if exact and not diff and saved != config:
+        diff = {k: (v, None) for k, v in saved.items() if k not in config}
+    if diff:
+        raise ConfigError(f"cannot resume {ckpt_path}: the run's settings differ {diff}")
+
+
 def _cpu_state(sd: dict) -> dict:
     return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
@@ -321,6 +333,21 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         arch = (use, blocks if blocks is not None else PRESETS[preset]["blocks"],
                 dense if dense is not None else PRESETS[preset]["dense"])
 
+    # every setting but the network's own and the teacher's fingerprint (checked later)
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr_start": lr_start,
+                "lr_end": lr_end, "seed": seed, "val_fraction": val_fraction,
+                "train_size": train_size, "preprocess": json.dumps(pre.to_dict()),
+                "dataset": dataset.name, "precision": precision, "shift": float(shift),
+                "rotate": float(rotate), "zoom": float(zoom), "flip": bool(flip),
+                "erase": float(erase), "lr_schedule": lr_schedule, "warmup": warmup,
+                "distill": bool(distill),
+                "teacher_epochs": int(teacher_epochs or epochs) if distill else None,
+                "distill_weight": float(distill_weight) if use_teacher else None,
+                "temperature": float(temperature) if use_teacher else None}
+    if resume and use_teacher and ckpt_path.exists():
+        # refuse a changed setting before a teacher is trained or loaded, not after
+        _check_resume_config(load_checkpoint(ckpt_path)["config"], settings, ckpt_path)
+
     # -- the teacher: trained first (distill) or read from a file ------------------------
     teacher_net, teacher_info, teacher_wall = None, None, 0.0
     if use_teacher:
@@ -405,27 +432,14 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     loss_fn = _cross_entropy if twin else squared_hinge
 
     opt = torch.optim.Adam(net.parameters(), lr=lr_start)
-    run_config = {"blocks": list(net.blocks), "dense": list(net.dense), "epochs": epochs,
-                  "batch_size": batch_size, "lr_start": lr_start, "lr_end": lr_end, "seed": seed,
-                  "val_fraction": val_fraction, "train_size": train_size, "scale": net.scale,
-                  "preprocess": json.dumps(pre.to_dict()), "dataset": dataset.name,
-                  "precision": precision, "shift": float(shift), "rotate": float(rotate),
-                  "zoom": float(zoom), "flip": bool(flip), "erase": float(erase),
-                  "lr_schedule": lr_schedule, "warmup": warmup, "float_twin": twin,
-                  "distill": bool(distill),
-                  "teacher_epochs": int(teacher_epochs or epochs) if distill else None,
-                  "distill_weight": float(distill_weight) if use_teacher else None,
-                  "temperature": float(temperature) if use_teacher else None,
+    run_config = {"blocks": list(net.blocks), "dense": list(net.dense), "scale": net.scale,
+                  **settings, "float_twin": twin,
                   "teacher_fingerprint": teacher_info["fingerprint"] if use_teacher else None}
     history, start_epoch, wall_before = [], 0, 0.0
     best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        # checkpoints written before bf16, augmentation and the recipe options lack those keys
-        saved = {**CONFIG_DEFAULTS, **ck["config"]}
-        if saved != run_config:
-            diff = {k: (saved.get(k), v) for k, v in run_config.items() if saved.get(k) != v}
-            raise ConfigError(f"cannot resume {ckpt_path}: the run's settings differ {diff}")
+        _check_resume_config(ck["config"], run_config, ckpt_path, exact=True)
         try:
             net.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])

@@ -343,6 +343,10 @@ def test_old_checkpoints_without_recipe_keys_still_resume(tiny, tmp_path):
     resumed = train_cbcnn(tiny, out_dir=tmp_path, resume=True, **kw)
     for k, v in full["final_state"].items():
         assert torch.equal(v, resumed["final_state"][k]), k
+    # resuming it with --distill is refused before any teacher is trained
+    with pytest.raises(ConfigError, match="settings differ.*distill"):
+        train_cbcnn(tiny, out_dir=tmp_path, resume=True, **kw, distill=True)
+    assert not (tmp_path / "teacher").exists()
 
 
 # -- presets and the command line ----------------------------------------------------------
