@@ -4,6 +4,9 @@
     # current one (one channel path at a time), same model, same images, same run
     LBCNN_DATA=/work/shared/data python benchmarks/bench_mcu.py host MODEL [--n 1000]
 
+    # Cortex-M, before: the previous generator's C, same toolchain and emulator
+    LBCNN_DATA=/work/shared/data python benchmarks/bench_mcu.py before MODEL [--n 20]
+
     # Cortex-M: lbcnn mcu for several models / CPUs, one JSON line each, plus the
     # instructions-per-MAC table against `lbcnn info`'s operation counts
     LBCNN_DATA=/work/shared/data python benchmarks/bench_mcu.py mcu MODEL... --cpu cortex-m4 \
@@ -126,6 +129,53 @@ def cmd_mcu(args) -> int:
     return 0
 
 
+def cmd_before(args) -> int:
+    """The previous generator's C (git 02ba4f9) on the same toolchain and emulator:
+    instructions, flash, static RAM, peak stack, and predictions against the engine."""
+    import sys as _sys
+
+    from lbcnn.data import load_dataset
+    from lbcnn.deploy.mcu import elf
+    from lbcnn.deploy.mcu.emulator import Emulator
+    from lbcnn.deploy.mcu.toolchain import HARNESS_C, compile_flags
+    from lbcnn.deploy.c_common import LINKER_SCRIPT
+    from lbcnn.engine import NumpyEngine, compile_plan
+
+    plan = compile_plan(args.model)
+    x = load_dataset(args.dataset).x_test[:args.n]
+    ref = NumpyEngine(plan).predict(x)
+    old = _old_generator()
+    for cpu in args.cpu:
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            old.write_c_project(plan, d, old.generate_sources(plan), old._readme, False)
+            (d / "link.ld").write_text(LINKER_SCRIPT)
+            # the old model.h has no logits entry: a harness without g_logits
+            (d / "h.c").write_text(HARNESS_C.replace("int64_t g_logits[LBCNN_N_CLASSES];\n", ""))
+            out = d / "old.elf"
+            subprocess.run([_sys.executable, "-m", "ziglang", "cc", *compile_flags(cpu, args.opt),
+                            f"-I{d}", "-T", str(d / "link.ld"), "-Wl,--gc-sections",
+                            "-Wl,--entry=lbcnn_predict", "-Wl,-u,g_image", str(d / "model.c"),
+                            str(d / "h.c"), "-o", str(out)], check=True, capture_output=True)
+            sz = elf.sizes(out)
+            emu = Emulator(out, cpu)
+            counts, agree = [], 0
+            for i, im in enumerate(x):
+                if i == args.count:
+                    emu.stop_counting()
+                cls, cnt = emu.predict(im.reshape(-1))
+                if i < args.count:
+                    counts.append(cnt)
+                agree += cls == int(ref[i])
+            print(json.dumps({"generator": f"old ({OLD_COMMIT[:7]})", "cpu": cpu, "n": len(x),
+                              "agree": agree, "instructions_mean": float(np.mean(counts)),
+                              "instructions_max": int(np.max(counts)),
+                              "counted_images": len(counts),
+                              "flash_bytes": sz["flash_bytes"], "ram_bytes": sz["ram_bytes"],
+                              "stack_bytes": emu.stack_peak(), "model": args.model}), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -145,8 +195,15 @@ def main(argv=None) -> int:
     m.add_argument("--mhz", type=float, default=168.0)
     m.add_argument("--count", type=int, help="count instructions on the first COUNT images")
     m.add_argument("--out")
+    b = sub.add_parser("before", help="the previous generator's C on Cortex-M")
+    b.add_argument("model")
+    b.add_argument("--cpu", nargs="+", default=["cortex-m4", "cortex-m0plus"])
+    b.add_argument("--dataset", default="mnist")
+    b.add_argument("--n", type=int, default=20)
+    b.add_argument("--count", type=int, default=5)
+    b.add_argument("--opt", default="O2")
     args = ap.parse_args(argv)
-    return cmd_host(args) if args.cmd == "host" else cmd_mcu(args)
+    return {"host": cmd_host, "mcu": cmd_mcu, "before": cmd_before}[args.cmd](args)
 
 
 if __name__ == "__main__":
