@@ -532,3 +532,28 @@ def test_cli_resume_of_a_distillation_run_stopped_in_the_teacher_phase(tmp_path,
     assert resumed["test_accuracy"] == full["test_accuracy"]
     assert resumed["teacher"]["fingerprint"] == full["teacher"]["fingerprint"]
     assert resumed["settings"]["distill"] and resumed["settings"]["distill_weight"] == 0.7
+
+
+def test_cli_float_twin_then_teacher(tmp_path, capsys):
+    """--float-twin writes RUN/teacher.npz (no model.npz, no test score); --teacher uses it,
+    and refuses it for another --seed (another validation split)."""
+    import json
+
+    from lbcnn.cli import main
+    ds = _synthetic(n=160)
+    np.savez(tmp_path / "ds.npz", x=ds.x_train, y=ds.y_train)
+    argv = ["train", "--model", "cbcnn", "--dataset", f"npz:{tmp_path / 'ds.npz'}", "--blocks",
+            "4", "--dense", "", "--epochs", "1", "--batch-size", "40", "--json"]
+    assert main(argv + ["--float-twin", "--out", str(tmp_path / "t")]) == 0
+    twin = json.loads(capsys.readouterr().out)
+    assert twin["model"] == "cbcnn float twin" and twin["test_accuracy"] is None
+    assert twin["teacher_path"] == str(tmp_path / "t" / "teacher.npz")
+    assert not (tmp_path / "t" / "model.npz").exists()
+    assert main(argv + ["--teacher", twin["teacher_path"], "--temperature", "2",
+                        "--out", str(tmp_path / "s")]) == 0
+    student = json.loads(capsys.readouterr().out)
+    assert student["teacher"]["val_accuracy"] == twin["best_val_accuracy"]
+    assert student["settings"]["temperature"] == 2.0 and student["test_accuracy"] is not None
+    assert (tmp_path / "s" / "model.npz").exists()
+    rc, err = _cli(argv + ["--teacher", twin["teacher_path"], "--seed", "1"], capsys)
+    assert rc == 2 and len(err) == 1 and "validation images" in err[0]
