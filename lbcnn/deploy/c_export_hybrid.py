@@ -62,7 +62,7 @@ static int mul_gt(uint64_t a, uint64_t b, uint64_t c, uint64_t d)
 static int threshold(const uint8_t *img)
 {{
     enum {{ N = {h * w} }};
-    uint32_t hist[256];
+    {'uint16_t' if h * w < 65536 else 'uint32_t'} hist[256];   /* counts <= {h * w} */
     int64_t wc = 0, m = 0, mt = 0;
     uint64_t bn = 0, bd = 0;
     int i, best = 0, have = 0;
