@@ -107,7 +107,7 @@ def requeue_stale(study, owner: str, every: bool = False) -> int:
         if not every and t.user_attrs.get("owner") != owner:
             continue  # another process's trial in a shared study
         study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        if "kernel_seed" in t.user_attrs and "config" in t.user_attrs:
+        if "kernel_seed" in t.user_attrs and t.params:  # stamped after all params were drawn
             study.enqueue_trial(t.params, user_attrs={"kernel_seed": t.user_attrs["kernel_seed"],
                                                       "requeued_from": t.number})
         n += 1
