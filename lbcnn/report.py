@@ -77,6 +77,19 @@ def _save_fig(fig, path: Path) -> None:
     atomic_write_with(path, lambda fh: fig.savefig(fh, format="png"))
 
 
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column rich table: what every command prints when it ends."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+
 def summary_table(summary: dict):
     from rich.table import Table
 

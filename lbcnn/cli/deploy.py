@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..outputs import strict_json
+from ..report import print_table
 from .common import (add_data_args, finite_float, fraction, load_data, nonneg_float,
                      positive_float, positive_int, say)
 
@@ -191,18 +192,21 @@ def cmd_finetune(args) -> int:
     if args.json:
         print(strict_json(summary))
     else:
-        chosen = (f"best epoch {res.best_epoch} of {res.epochs_run}" if res.best_epoch else
-                  f"no epoch of {res.epochs_run} beat the starting head on validation, so the "
-                  f"head is unchanged")
-        print(f"fine-tuned {summary['train_size']:,} images, {chosen}: val "
-              f"{100 * res.val_accuracy_start:.2f} % -> "
-              f"{100 * res.val_accuracy:.2f} %, test {100 * test_acc:.2f} % "
-              f"({res.seconds:.1f} s, features {res.feature_mode})")
+        chosen = (f"epoch {res.best_epoch} of {res.epochs_run}" if res.best_epoch else
+                  f"none of {res.epochs_run} beat the starting head: head unchanged")
+        rows = [("images", f"{summary['train_size']:,} train + {summary['val_size']:,} validation"),
+                ("chosen epoch (validation)", chosen),
+                ("validation accuracy", f"{100 * res.val_accuracy_start:.2f} % -> "
+                                        f"{100 * res.val_accuracy:.2f} %"),
+                ("test accuracy", f"{100 * test_acc:.2f} % (n={len(ds.y_test):,})"),
+                ("time", f"{res.seconds:.1f} s (features {res.feature_mode})")]
         if res.refit_full:
-            print(f"refit: {res.best_epoch} epochs on train + validation "
-                  f"({summary['train_size'] + summary['val_size']:,} images); test is of the refit head")
+            rows.append(("refit", f"{res.best_epoch} epochs on train + validation; the test "
+                                  f"figure is the refit head's"))
         stem = out.with_suffix("")
-        print(f"model: {out}; history {stem}.history.json/.csv, curves {stem}.curves.png")
+        rows += [("model", str(out)), ("history / curves",
+                                       f"{stem.name}.history.json/.csv, {stem.name}.curves.png")]
+        print_table(f"head fine-tuning on {ds.name}", rows)
     return 0
 
 
@@ -258,13 +262,17 @@ def cmd_quantize(args) -> int:
     if args.json:
         print(strict_json(summary))
     else:
-        print(f"{args.bits}-bit head ({model.head_meta_['scale']}"
-              f"{', pow2' if args.pow2 else ''}): val {100 * before['val_accuracy']:.2f} % -> "
-              f"{100 * after['val_accuracy']:.2f} %, test {100 * before['test_accuracy']:.2f} % -> "
-              f"{100 * after['test_accuracy']:.2f} %")
         if val_seen:
-            print("note: this head was refit on train + validation, so validation is not held out")
-        print(f"model: {args.out} ({summary['file_bytes']:,} bytes)")
+            say(args, "warning: this head was refit on train + validation, so the validation "
+                      "figures below are not held out")
+        print_table(f"{args.bits}-bit head on {ds.name}", [
+            ("scale", f"{model.head_meta_['scale']}{', power of two' if args.pow2 else ''}"),
+            ("bias correction", "off" if mu is None else f"on ({len(tr):,} training images)"),
+            ("validation accuracy", f"{100 * before['val_accuracy']:.2f} % -> "
+                                    f"{100 * after['val_accuracy']:.2f} % (n={len(va):,})"),
+            ("test accuracy", f"{100 * before['test_accuracy']:.2f} % -> "
+                              f"{100 * after['test_accuracy']:.2f} % (n={len(ds.y_test):,})"),
+            ("model", f"{out} ({summary['file_bytes']:,} bytes)")])
     return 0
 
 
