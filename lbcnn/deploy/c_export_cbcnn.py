@@ -9,7 +9,8 @@ shared. +-1 activations are packed one bit per channel into uint64 words,
 ``LBCNN_POPCOUNT64(~(a ^ w))`` (``lbcnn_xnor_dot``). Every conv computes its
 four pre-pool sums for all channels, takes the max, compares it with the
 channel's integer threshold and sets one output bit; the pre-pool map is never
-stored. The first conv's sign bits are unpacked to 0/-1 masks in static RAM at
+stored. Between conv layers only a ring of four output rows is kept: a layer's
+output row oy needs its input rows 2oy-1 .. 2oy+2, which are made on demand. The first conv's sign bits are unpacked to 0/-1 masks in static RAM at
 each call (``(p ^ m) - m`` = +-p, no multiply).
 """
 from __future__ import annotations
@@ -102,30 +103,42 @@ static void conv_sums_@L@(const uint64_t *a, int y, int x, int32_t *restrict acc
 static void unpack_@L@(void) { }
 """
 
-CONV_STAGE = r"""
-static void stage_@L@(const @SRC_T@ *src, uint64_t *dst)
+ROW_STAGE = r"""
+/* output row oy of layer @L@ (@WO@ positions x @OWD@ words): the four pre-pool sums of
+ * every channel, their max against the channel's threshold, one bit each */
+static void row_@L@(const @SRC_T@ *src, uint64_t *dst, int oy)
 {
-    enum { HO = @HO@, WO = @WO@, CO = @CO@, OWD = @OWD@ };
+    enum { WO = @WO@, CO = @CO@, OWD = @OWD@ };
     int32_t *s0 = g_acc, *s1 = g_acc + CO, *s2 = g_acc + 2 * CO, *s3 = g_acc + 3 * CO;
-    int oy, ox, co, k;
-    unpack_@L@();
-    for (k = 0; k < HO * WO * OWD; k++) dst[k] = 0;
-    for (oy = 0; oy < HO; oy++)
-        for (ox = 0; ox < WO; ox++) {
-            uint64_t *o = dst + (oy * WO + ox) * OWD;
-            conv_sums_@L@(src, 2 * oy, 2 * ox, s0);
-            conv_sums_@L@(src, 2 * oy, 2 * ox + 1, s1);
-            conv_sums_@L@(src, 2 * oy + 1, 2 * ox, s2);
-            conv_sums_@L@(src, 2 * oy + 1, 2 * ox + 1, s3);
-            for (co = 0; co < CO; co++) {
-                int32_t s = s0[co];
-                if (s1[co] > s) s = s1[co];
-                if (s2[co] > s) s = s2[co];
-                if (s3[co] > s) s = s3[co];
-                if (F@L@[co] ? s <= T@L@[co] : s >= T@L@[co])
-                    o[co >> 6] |= (uint64_t)1 << (co & 63);
-            }
+    int ox, co, k;
+    for (k = 0; k < WO * OWD; k++) dst[k] = 0;
+    for (ox = 0; ox < WO; ox++) {
+        uint64_t *o = dst + ox * OWD;
+        conv_sums_@L@(src, 2 * oy, 2 * ox, s0);
+        conv_sums_@L@(src, 2 * oy, 2 * ox + 1, s1);
+        conv_sums_@L@(src, 2 * oy + 1, 2 * ox, s2);
+        conv_sums_@L@(src, 2 * oy + 1, 2 * ox + 1, s3);
+        for (co = 0; co < CO; co++) {
+            int32_t s = s0[co];
+            if (s1[co] > s) s = s1[co];
+            if (s2[co] > s) s = s2[co];
+            if (s3[co] > s) s = s3[co];
+            if (F@L@[co] ? s <= T@L@[co] : s >= T@L@[co])
+                o[co >> 6] |= (uint64_t)1 << (co & 63);
         }
+    }
+}
+"""
+
+NEED_FN = r"""
+/* layer @L@'s output rows up to r, in its ring of four rows (row i in slot i & 3): its
+ * consumer's output row oy reads rows 2oy-1 .. 2oy+2 only */
+static void need_@L@(int r)
+{
+    while (g_next@L@ <= r) {
+@PULL@        row_@L@(@SRC@, g_ring@L@ + (g_next@L@ & 3) * @ROWW@, g_next@L@);
+        g_next@L@++;
+    }
 }
 """
 
@@ -160,11 +173,12 @@ def generate_cbcnn_sources(plan, class_names=None) -> dict[str, str]:
     h0, w0, c0 = plan.input_shape
     k, d = plan.n_classes, plan.n_features
     weights, stages, calls, sizes, scratch, acc = [], [], [], [0, 0], [], 0
-    cur = None
+    conv_idx = [li for li, op in enumerate(plan.ops) if op["type"] in ("sign_conv3", "xnor_conv3")]
+    if conv_idx != list(range(len(conv_idx))):
+        raise ConfigError("the C generator needs the conv layers before the dense ones")
+    rings, unpacks, cur, prev_conv = [], [], None, None
     for li, op in enumerate(plan.ops):
         th = np.clip(op["threshold"], -INT32_MAX, INT32_MAX)
-        dst = 0 if cur != 0 else 1
-        src = "image" if cur is None else f"g_map{cur}"
         if op["type"] in ("sign_conv3", "xnor_conv3"):
             h, w, c = op["in_shape"]
             ho, wo, co = op["out_shape"]
@@ -173,10 +187,33 @@ def generate_cbcnn_sources(plan, class_names=None) -> dict[str, str]:
                     "WW": op["w_packed"].shape[1],
                     "SRC_T": "uint8_t" if op["type"] == "sign_conv3" else "uint64_t"}
             tmpl = FIRST_CONV if op["type"] == "sign_conv3" else XNOR_CONV
+            if prev_conv is not None:     # the input is the previous layer's ring
+                tmpl = tmpl.replace("p = a + ((y + dy) * W + (x + dx)) * WD;",
+                                    "p = a + (((y + dy) & 3) * W + (x + dx)) * WD;")
             text = tmpl.replace("{H}", str(h)).replace("{W}", str(w)).replace("{C}", str(c))
             text = text.replace("{HO}", str(ho)).replace("{WO}", str(wo)).replace("{CO}", str(co))
-            stages.append(_fill(text, vals) + _fill(CONV_STAGE, vals))
-            out_words = ho * wo * op["out_words"]
+            stages.append(_fill(text, vals) + _fill(ROW_STAGE, vals))
+            src = "g_img" if prev_conv is None else f"g_ring{prev_conv}"
+            pull = ""
+            if prev_conv is not None:
+                pull = (f"        need_{prev_conv}(2 * g_next{li} + 2 < {h} ? 2 * g_next{li} + 2 "
+                        f": {h - 1});\n")
+            if li != conv_idx[-1]:        # consumed by the next conv: a ring of four rows
+                roww = wo * op["out_words"]
+                rings.append(f"static uint64_t g_ring{li}[{4 * roww}];  /* 4 output rows */\n"
+                             f"static int g_next{li};\n")
+                stages.append(_fill(NEED_FN, {"L": li, "PULL": pull, "SRC": src, "ROWW": roww}))
+            else:                         # the last conv: its whole (small) map
+                out_words = ho * wo * op["out_words"]
+                rings.append(f"static uint64_t g_out[{out_words}];  /* the last conv's map */\n")
+                calls.append(f"    for (oy = 0; oy < {ho}; oy++) {{")
+                if prev_conv is not None:
+                    calls.append(f"        need_{prev_conv}(2 * oy + 2 < {h} ? 2 * oy + 2 : {h - 1});")
+                calls.append(f"        row_{li}({src}, g_out + oy * {wo * op['out_words']}, oy);")
+                calls.append("    }")
+                cur = "g_out"
+            unpacks.append(f"    unpack_{li}();")
+            prev_conv = li
             weights.append(f"/* layer {li} ({op['type']}): {co} filters, packed sign bits "
                            f"(1 = +1), taps (ky, kx, c) */\n")
         elif op["type"] == "xnor_dense":
@@ -184,7 +221,10 @@ def generate_cbcnn_sources(plan, class_names=None) -> dict[str, str]:
             vals = {"L": li, "N": op["n_bits"], "WD": op["in_words"], "CO": co,
                     "OWD": op["out_words"]}
             stages.append(_fill(DENSE_STAGE, vals))
-            out_words = op["out_words"]
+            dst = 0 if cur != "g_map0" else 1
+            sizes[dst] = max(sizes[dst], op["out_words"])
+            calls.append(f"    stage_{li}({cur}, g_map{dst});")
+            cur = f"g_map{dst}"
             weights.append(f"/* layer {li} (xnor_dense): {co} x {op['n_bits']} bits */\n")
         else:
             raise ConfigError(f"the C generator has no kernel for op {op['type']!r}")
@@ -199,15 +239,17 @@ def generate_cbcnn_sources(plan, class_names=None) -> dict[str, str]:
             acc = max(acc, 4 * op["out_shape"][2])
         weights.append(_c_array("int32_t", f"T{li}", th))
         weights.append(_u8_array(f"F{li}", op["flip"]))
-        sizes[dst] = max(sizes[dst], out_words)
-        calls.append(f"    stage_{li}({src}, g_map{dst});")
-        cur = dst
+    resets = "".join(f"    g_next{li} = 0;\n" for li in conv_idx[:-1])
+    calls = (["    int oy;", "    g_img = image;"] + [resets.rstrip("\n")] * bool(resets)
+             + unpacks + calls)
     weights.append(f"/* head: {k} x {d} bits, then score = a * HS + HB "
                    f"(final BN in fixed point, 2^{hd['shift']}) */\n")
     weights.append(_u64_array("HW", hd["w_packed"]))
     weights.append(_c_array("int64_t", "HS", hd["scale_q"]))
     weights.append(_c_array("int64_t", "HB", hd["bias_q"]))
     maps = "".join(f"static uint64_t g_map{i}[{n}];\n" for i, n in enumerate(sizes) if n)
+    maps += "static const uint8_t *g_img;  /* the image of the current call */\n"
+    maps += "".join(rings)
     maps += "".join(scratch) + f"static int32_t g_acc[{acc}];  /* four pre-pool sum rows */\n"
     wd = hd["in_words"]
     defines = {"LBCNN_HEIGHT": h0, "LBCNN_WIDTH": w0, "LBCNN_CHANNELS": c0,
@@ -222,7 +264,8 @@ def generate_cbcnn_sources(plan, class_names=None) -> dict[str, str]:
 #include "model.h"
 {POPCOUNT_C}
 {''.join(weights)}
-/* static scratch: packed +-1 maps, ping-pong */
+/* static scratch: a ring of four packed +-1 rows between conv layers (each layer's rows
+ * are made when the next one needs them), the last conv's map, the dense layers' vectors */
 {maps}{''.join(stages)}
 /* final xnor dense + fixed-point BN, argmax (first maximum wins) */
 static int head_argmax(const uint64_t *f, int64_t *logits)
@@ -238,7 +281,7 @@ static int head_argmax(const uint64_t *f, int64_t *logits)
 int lbcnn_predict_logits(const uint8_t *image, int64_t *logits)
 {{
 {chr(10).join(calls)}
-    return head_argmax(g_map{cur}, logits);
+    return head_argmax({cur}, logits);
 }}
 
 int lbcnn_predict(const uint8_t *image)
