@@ -73,8 +73,10 @@ def add_parser(sub) -> None:
     g.add_argument("--max-features", type=int, default=d.max_features,
                    help="largest feature count (bounds the Gram matrix / fit time)")
     f = s.add_argument_group("multi-fidelity")
-    f.add_argument("--rungs", type=ints, default=(1000, 3000),
-                   help="training images per lower rung; the last rung is the whole fit set")
+    f.add_argument("--rungs", type=ints,
+                   help="training images per lower rung; the last rung is the whole fit set "
+                        "(default: ~70 images a class, at least 1,000, then x eta: MNIST "
+                        "1000,3000)")
     f.add_argument("--eta", type=int, default=3, help="keep 1/eta of each rung")
     f.add_argument("--bracket", type=int,
                    help="configurations per bracket (default 3*eta^(rungs-1))")
