@@ -216,7 +216,7 @@ def validate_model(config, arrays: dict, where: str) -> None:
     if isinstance(version, bool) or not isinstance(version, int):
         _fail(where, f"config 'version' must be an integer, got {version!r}")
     family = config.get("family")
-    if family not in VALIDATORS:
+    if not isinstance(family, str) or family not in VALIDATORS:
         _fail(where, f"unknown model family {family!r}; expected one of {', '.join(VALIDATORS)}")
     check_finite_arrays(arrays, where)
     _check_provenance(config, where)
