@@ -220,3 +220,23 @@ def test_readme_selftest_build_runs_on_m0plus(plans, mnist, tmp_path):
                    capture_output=True, text=True)
     emu = Emulator(tmp_path / "lbcnn_cortex_m0plus.elf", "cortex-m0plus")
     assert emu.call("lbcnn_selftest") == (0, emu.count)
+
+
+@needs_mcu
+@pytest.mark.parametrize("shape,filters,nl,k", [((15, 13, 3), (3, 2), 1, 5),
+                                                ((14, 11, 1), (4,), 2, 3)])
+def test_m4_simd_path_on_odd_shapes(tmp_path, shape, filters, nl, k):
+    """The SIMD32 path with odd widths, three input channels, an odd class count, and
+    ReLU extras at int16 (one layer, nl = 2): equal to the engine in the emulator."""
+    from lbcnn.deploy.mcu import run_mcu
+    from lbcnn.models.lbcnn import LBCNN
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, size=(40, *shape), dtype=np.uint8)
+    y = rng.integers(0, k, size=40)
+    plan = compile_plan(LBCNN(filters=filters, nl=nl, random_state=1, device="cpu").fit(x, y))
+    assert plan.act_dtype == "int16"          # the two-lane path is compiled in
+    res = run_mcu(plan, cpu="cortex-m4", images=x, n=20, count=2, workdir=tmp_path)
+    assert res["agree"] == res["logits_agree"] == 20, res
+    assert res["unaligned_accesses"] == 0
+    assert "__sadd16" in (tmp_path / "model.c").read_text()
