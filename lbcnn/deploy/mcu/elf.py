@@ -1,8 +1,6 @@
 """Flash, static RAM and a Thumb instruction-set check from an ELF (pyelftools)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from .toolchain import HARNESS_SYMBOLS
 
 
@@ -91,4 +89,3 @@ def armv6m_violations(path) -> list[str]:
 
 
 __all__ = ["armv6m_violations", "code_ranges", "sizes", "symbols", "thumb_count"]
-_ = Path

@@ -26,7 +26,8 @@ PAINT = 0xA5
 class Emulator:
     def __init__(self, elf_path, cpu: str = "cortex-m4"):
         from elftools.elf.elffile import ELFFile
-        from unicorn import UC_ARCH_ARM, UC_HOOK_BLOCK, UC_MODE_MCLASS, UC_MODE_THUMB, UC_PROT_ALL, Uc
+        from unicorn import (UC_ARCH_ARM, UC_HOOK_BLOCK, UC_MODE_MCLASS, UC_MODE_THUMB,
+                             UC_PROT_ALL, Uc)
         from unicorn.arm_const import UC_CPU_ARM_CORTEX_M0, UC_CPU_ARM_CORTEX_M4
 
         self.sym = symbols(elf_path)
