@@ -302,7 +302,9 @@ def cmd_export(args) -> int:
     if args.format == "c":  # integer-only C99
         _note_c_quantization(model, args)
         from ..deploy.c_export import cli_export_c
-        return cli_export_c(args)
+        rc = cli_export_c(args)
+        _write_c_provenance(model, Path(args.out))
+        return rc
     t0 = time.perf_counter()
     if args.format == "h5":
         from ..deploy.keras_export import export_h5
@@ -318,6 +320,21 @@ def cmd_export(args) -> int:
            "bytes": path.stat().st_size, "seconds": time.perf_counter() - t0}
     print(strict_json(out) if args.json else f"wrote {path} ({out['bytes']:,} bytes)")
     return 0
+
+
+_PROVENANCE_KEYS = ("dataset", "class_names", "preprocessing", "label_values", "seed",
+                    "val_fraction", "train_size")
+
+
+def _write_c_provenance(model, out: Path) -> None:
+    """model.json beside the C sources: what `lbcnn evaluate C_FOLDER` needs to find the data."""
+    from ..outputs import write_json
+    meta = getattr(model, "meta_", {}) or {}
+    record = {k: meta[k] for k in _PROVENANCE_KEYS if meta.get(k) is not None}
+    classes = getattr(model, "classes_", None)
+    if classes is not None:
+        record["classes"] = [int(c) for c in classes]
+    write_json(out / "model.json", record)
 
 
 def _note_c_quantization(model, args) -> None:
