@@ -38,14 +38,24 @@ def nonneg_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+def int_in(lo: int, hi: int | None = None, what: str = "a whole number"):
+    """An argparse type for whole numbers in [lo, hi]."""
+    bound = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = int_in(1)
+nonneg_int = int_in(0)
+bit_width = int_in(2, 16, "a bit width")
 
 
 def fraction(text: str) -> float:

@@ -10,34 +10,12 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..outputs import strict_json
 from ..report import print_table
-from .common import (add_data_args, finite_float, fraction, load_data, nonneg_float,
+from .common import (add_data_args, bit_width, fraction, load_data, nonneg_float, nonneg_int,
                      positive_float, positive_int, say)
 
 # config keys that save_lbcnn writes itself; everything else is carried over
 _OWN_KEYS = {"format", "version", "family", "input_shape", "filters", "nl", "input_scale", "C",
              "classes", "head"}
-
-
-def _nonneg_int(text: str) -> int:
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def _bits(text: str) -> int:
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 2 <= value <= 16:
-        raise argparse.ArgumentTypeError(f"expected a bit width from 2 to 16, got {text!r}")
-    return value
 
 
 def add_parser(sub) -> None:
@@ -57,7 +35,7 @@ def add_parser(sub) -> None:
     f.add_argument("--refit-full", action="store_true",
                    help="after choosing the epoch on validation, retrain that many epochs from "
                         "the same start on train + validation (the saved head has then seen it)")
-    f.add_argument("--shift", type=_nonneg_int, default=0,
+    f.add_argument("--shift", type=nonneg_int, default=0,
                    help="augment: move each training image by up to N pixels, fresh each epoch "
                         "(features recomputed per epoch); 0 = off")
     f.add_argument("--rotate", type=nonneg_float, default=0.0,
@@ -83,7 +61,7 @@ def add_parser(sub) -> None:
     q = sub.add_parser("quantize", help="signed n-bit fixed-point head")
     q.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder or a model file")
     add_data_args(q, required=False)
-    q.add_argument("--bits", type=_bits, default=8, help="bits per head weight (2..16)")
+    q.add_argument("--bits", type=bit_width, default=8, help="bits per head weight (2..16)")
     q.add_argument("--per-class", action="store_true", help="one scale per output class")
     q.add_argument("--pow2", action="store_true", help="power-of-two scales (shifts in hardware)")
     q.add_argument("--no-bias-correction", action="store_true",
@@ -101,7 +79,7 @@ def add_parser(sub) -> None:
     x.add_argument("--format", required=True, choices=["h5", "onnx", "c"],
                    help="h5 (Keras 3, the paper's layout), onnx, or c (integer-only C99 folder)")
     x.add_argument("--out", required=True, help="output file (h5, onnx) or folder (c)")
-    x.add_argument("--bits", type=_bits, default=8,
+    x.add_argument("--bits", type=bit_width, default=8,
                    help="c: head bits used when the model's head is still float")
     x.add_argument("--json", action="store_true", help="print one JSON object at the end")
     x.set_defaults(func=cmd_export)
