@@ -85,9 +85,9 @@ def add_parser(sub) -> None:
     x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="bit accounting: per-layer bits, MACs, file sizes")
-    i.add_argument("model", metavar="RUN_OR_MODEL")
+    i.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder or a model file")
     i.add_argument("--no-sizes", action="store_true", help="skip the export size measurement")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=cmd_info)
 
 

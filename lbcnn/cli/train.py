@@ -33,7 +33,9 @@ def _threshold(text: str):
 
 def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train a binarized CNN (cbcnn) or the hybrid end to end")
-    t.add_argument("--model", required=True, choices=["cbcnn", "hybrid"])
+    t.add_argument("--model", required=True, choices=["cbcnn", "hybrid"],
+                   help="cbcnn: fully binarized CNN; hybrid: binarized image, fixed XNOR kernels, "
+                        "float MLP")
     add_data_args(t)
     t.add_argument("--train-size", type=positive_int,
                    help="labelled training images used, validation included (default: all)")
