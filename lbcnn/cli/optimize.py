@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_data_args, ints
+from .common import add_data_args, ints, load_data
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -111,7 +111,14 @@ def run(args) -> int:
                         C=C, bits=args.bits, color=args.color, max_features=args.max_features)
     quiet = args.json
     log = None if quiet else (lambda m: print(m, file=sys.stderr))
-    res = optimize(args.dataset, train_size=args.train_size, minutes=args.minutes, out=args.out,
+    # cheap option errors first, then the data (folder options honoured), then the search
+    from ..optimize import parse_objectives
+    from ..optimize.study import check_storage_url
+    parse_objectives(args.objectives)
+    if args.storage:
+        check_storage_url(args.storage)
+    ds = load_data(args, quiet=quiet)
+    res = optimize(ds, train_size=args.train_size, minutes=args.minutes, out=args.out,
                    objectives=args.objectives, max_kbits=args.max_kbits, space=space,
                    rungs=args.rungs, eta=args.eta, bracket=args.bracket, cv=args.cv,
                    val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
