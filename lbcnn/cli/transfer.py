@@ -10,7 +10,7 @@ def add_parser(sub) -> None:
     t.add_argument("--backbone", required=True, metavar="MODEL", help="model file or run folder")
     add_data_args(t, folder_options=False)
     t.add_argument("--head", default="float", choices=["float", "binary"],
-                   help="the new last layer: float weights or ±1 weights with a scale")
+                   help="the new last layer: float weights, or ±1 weights (STE) followed by batch norm")
     t.add_argument("--per-class", type=positive_int, default=10, help="labelled images per class")
     t.add_argument("--epochs", type=positive_int, default=50, help="most epochs for the new layer")
     t.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
