@@ -139,6 +139,9 @@ def run(args) -> int:
         lock = RunLock(out).acquire()
     try:
         ds = load_data(args)
+        tr, va = ds.split(args.train_size, args.val_fraction, args.seed)
+        say(args, f"{ds.name}: {len(tr):,} training + {len(va):,} validation images, "
+                  f"{len(ds.y_test):,} test images, {ds.n_classes} classes")
         if args.model == "cbcnn":
             summary = _train_cbcnn(args, ds)
         else:
