@@ -140,6 +140,10 @@ def run(args) -> int:
     try:
         ds = load_data(args)
         tr, va = ds.split(args.train_size, args.val_fraction, args.seed)
+        if args.model == "cbcnn" and (len(tr) < 2 or len(va) < 1):
+            raise ConfigError(f"{len(tr)} training and {len(va)} validation images: CBCNN's "
+                              f"batch norm needs at least 2 to train on and 1 to validate; "
+                              f"raise --train-size")
         say(args, f"{ds.name}: {len(tr):,} training + {len(va):,} validation images, "
                   f"{len(ds.y_test):,} test images, {ds.n_classes} classes")
         if args.model == "cbcnn":
