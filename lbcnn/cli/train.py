@@ -289,7 +289,10 @@ def _train_hybrid(args, ds) -> dict:
     if args.out:
         from ..outputs import write_json
         out = Path(args.out)
-        save_hybrid(model, out / "model.npz", **ds.provenance(), test_accuracy=test_acc,
+        record = ds.provenance()
+        # the MLP has outputs only for classes its training images hold
+        record["class_names"] = [ds.class_names[int(c)] for c in model.classes_]
+        save_hybrid(model, out / "model.npz", **record, test_accuracy=test_acc,
                     val_accuracy=model.best_val_accuracy_, seed=args.seed)
         write_json(out / "summary.json", summary)
         write_json(out / "history.json", model.history_)
