@@ -360,6 +360,9 @@ def test_finetune_lr_nan_and_train_options(tiny, tmp_path, capsys, model_file):
         (["train", "--model", "hybrid", "--dataset", tiny, "--lr", "-1"], "--lr"),
         (["train", "--model", "hybrid", "--dataset", tiny, "--threshold", "abc"], "--threshold"),
         (["train", "--model", "hybrid", "--dataset", tiny, "--hidden", "0"], "--hidden"),
+        (["train", "--model", "hybrid", "--dataset", tiny, "--hidden", "99999999999999999999"],
+         "--hidden"),
+        (["search", "--dataset", tiny, "--seed", "-1"], "--seed"),
         (["train", "--model", "cbcnn", "--dataset", tiny, "--train-size", "2"], "batch norm"),
         (["transfer", "--backbone", model_file, "--dataset", tiny, "--batch-size", "0"],
          "--batch-size"),
@@ -367,6 +370,16 @@ def test_finetune_lr_nan_and_train_options(tiny, tmp_path, capsys, model_file):
     for argv, message in cases:
         rc, _, err = run(argv, capsys)
         one_line_error(rc, err, message)
+
+
+def test_a_model_trained_on_some_classes_saves_a_loadable_file(tiny, tmp_path, capsys):
+    """Two training images of three classes: the file must still pass the validator."""
+    from lbcnn.io import load_model_file
+    rc, _, err = run(["train", "--model", "hybrid", "--dataset", tiny, "--train-size", "2",
+                      "--epochs", "1", "--out", tmp_path / "hy"], capsys)
+    assert rc == 0, err
+    config, _ = load_model_file(tmp_path / "hy" / "model.npz")
+    assert len(config["class_names"]) == len(config["classes"]) < 3
 
 
 def test_labels_are_checked_or_remapped(tmp_path):

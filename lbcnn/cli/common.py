@@ -56,6 +56,8 @@ def int_in(lo: int, hi: int | None = None, what: str = "a whole number"):
 positive_int = int_in(1)
 nonneg_int = int_in(0)
 bit_width = int_in(2, 16, "a bit width")
+seed_int = int_in(0, 2**32 - 1, "a seed")  # numpy and torch both take 32-bit seeds
+batch_int = int_in(1, 1 << 20, "a batch size")
 
 
 def fraction(text: str) -> float:

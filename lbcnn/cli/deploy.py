@@ -10,8 +10,8 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..outputs import strict_json
 from ..report import print_table
-from .common import (add_data_args, bit_width, fraction, load_data, nonneg_float, nonneg_int,
-                     positive_float, positive_int, say)
+from .common import (add_data_args, batch_int, bit_width, fraction, load_data, nonneg_float,
+                     nonneg_int, positive_float, positive_int, say, seed_int)
 
 # config keys that save_lbcnn writes itself; everything else is carried over
 _OWN_KEYS = {"format", "version", "family", "input_shape", "filters", "nl", "input_scale", "C",
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     f.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder holding model.npz, or a model file")
     add_data_args(f, required=False)
     f.add_argument("--epochs", type=positive_int, default=20, help="most epochs to run")
-    f.add_argument("--batch-size", type=positive_int, default=128, help="images per Adam step")
+    f.add_argument("--batch-size", type=batch_int, default=128, help="images per Adam step")
     f.add_argument("--lr", type=positive_float, default=1e-4,
                    help="Adam learning rate (on standardized features)")
     f.add_argument("--patience", type=positive_int, default=3,
@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
                    help="smoothing of the elastic field, pixels")
     f.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="share of the training images held out to choose the epoch")
-    f.add_argument("--seed", type=int, default=0, help="seed for the split and the batches")
+    f.add_argument("--seed", type=seed_int, default=0, help="seed for the split and the batches")
     f.add_argument("--elm-full", action="store_true",
                    help="re-solve the ELM head on the full training split before fine-tuning")
     f.add_argument("--stream", action="store_true", help="never hold features in memory")
@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
                         "images' features) into the bias")
     q.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="validation share, the same split finetune held out")
-    q.add_argument("--seed", type=int, default=0, help="seed of that split")
+    q.add_argument("--seed", type=seed_int, default=0, help="seed of that split")
     q.add_argument("--out", required=True, help="output model file")
     q.add_argument("--json", action="store_true", help="print one JSON object at the end")
     q.set_defaults(func=cmd_quantize)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .common import add_data_args, load_data, say
+from .common import add_data_args, load_data, say, seed_int
 
 
 def add_parser(sub) -> None:
@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
                    help="a run folder, native .npz model, Keras .h5, .onnx file (run with "
                         "onnxruntime) or exported C folder (compiled with the system C compiler)")
     add_data_args(e, required=False)
-    e.add_argument("--seed", type=int, default=None,
+    e.add_argument("--seed", type=seed_int, default=None,
                    help="seed of the test split for sources without one; default: the seed "
                         "recorded in the model file, else 0")
     e.add_argument("--out", metavar="DIR",

@@ -1,8 +1,8 @@
 """``lbcnn search``: random +-1 kernel sets with a closed-form ELM head."""
 from __future__ import annotations
 
-from .common import (add_data_args, add_output_args, fraction, ints, load_data, positive_float,
-                     positive_int, say)
+from .common import (add_data_args, add_output_args, batch_int, fraction, ints, load_data,
+                     positive_float, positive_int, say, seed_int)
 
 # run-defining options: parsed as None so that ``--resume`` can tell "not given"
 # (take the run's value) from "given" (must agree with the run)
@@ -28,11 +28,11 @@ def add_parser(sub) -> None:
                    help="rank trials by K-fold cross-validation over the whole training budget "
                         "(for tiny datasets; K ELM fits per trial); 0 = one validation split "
                         "(default: 0)")
-    s.add_argument("--seed", type=int, help="run seed: splits and every trial's kernels "
+    s.add_argument("--seed", type=seed_int, help="run seed: splits and every trial's kernels "
                    "(default: 0)")
     s.add_argument("--no-refit", action="store_true",
                    help="keep the trial's head instead of refitting it on train+val")
-    s.add_argument("--batch-size", type=positive_int, default=2048,
+    s.add_argument("--batch-size", type=batch_int, default=2048,
                    help="images per feature batch")
     s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     s.add_argument("--out", help="run folder: config, per-trial history, model, plot; written as "

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .common import (add_data_args, add_output_args, finite_float, fraction, ints, load_data,
-                     nonneg_float, positive_float, positive_int, say)
+from .common import (add_data_args, add_output_args, batch_int, finite_float, fraction, int_in,
+                     ints, load_data, nonneg_float, positive_float, positive_int, say, seed_int)
 
 
 def _probability(text: str) -> float:
@@ -41,9 +41,9 @@ def add_parser(sub) -> None:
                    help="labelled training images used, validation included (default: all)")
     t.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="share of the training images held out to choose the epoch")
-    t.add_argument("--seed", type=int, default=0, help="seed for splits, initialization, batches")
+    t.add_argument("--seed", type=seed_int, default=0, help="seed for splits, initialization, batches")
     t.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
-    t.add_argument("--batch-size", type=positive_int, default=100, help="images per step")
+    t.add_argument("--batch-size", type=batch_int, default=100, help="images per step")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     t.add_argument("--out", help="run folder (checkpoint, model.npz, curves, summary)")
     add_output_args(t)
@@ -113,7 +113,7 @@ def add_parser(sub) -> None:
                    help="paper (edge probes), lines, random, or a .npy of (2, 3, 3) +-1")
     h.add_argument("--threshold", type=_threshold, default="otsu",
                    help="input binarization: otsu or a value in [0, 1]")
-    h.add_argument("--hidden", type=positive_int, default=120, help="hidden units of the MLP")
+    h.add_argument("--hidden", type=int_in(1, 1 << 16, "a layer width"), default=120, help="hidden units of the MLP")
     h.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="MLP optimizer")
     h.add_argument("--lr", type=positive_float, default=1e-3, help="MLP learning rate")
     h.add_argument("--patience", type=positive_int, default=10,

@@ -1,7 +1,7 @@
 """``lbcnn transfer``: the CLI shell over ``lbcnn.transfer`` (imports torch lazily)."""
 from __future__ import annotations
 
-from .common import add_data_args, fraction, positive_float, positive_int
+from .common import add_data_args, batch_int, fraction, positive_float, positive_int, seed_int
 
 
 def add_parser(sub) -> None:
@@ -14,10 +14,10 @@ def add_parser(sub) -> None:
     t.add_argument("--per-class", type=positive_int, default=10, help="labelled images per class")
     t.add_argument("--epochs", type=positive_int, default=50, help="most epochs for the new layer")
     t.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
-    t.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    t.add_argument("--batch-size", type=batch_int, default=32, help="images per step")
     t.add_argument("--val-fraction", type=fraction, default=0.2,
                    help="of the labelled budget, for epoch selection (none below 2 per class)")
-    t.add_argument("--seed", type=int, default=0, help="seed for the labelled subset and training")
+    t.add_argument("--seed", type=seed_int, default=0, help="seed for the labelled subset and training")
     t.add_argument("--layer", default="features", choices=["features", "pre_logits"],
                    help="CBCNN: conv features (forward_features) or the last hidden dense layer")
     t.add_argument("--resize", default="auto", choices=["auto", "none"],
