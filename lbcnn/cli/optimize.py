@@ -80,6 +80,9 @@ def add_parser(sub) -> None:
     f.add_argument("--eta", type=int, default=3, help="keep 1/eta of each rung")
     f.add_argument("--bracket", type=int,
                    help="configurations per bracket (default 3*eta^(rungs-1))")
+    f.add_argument("--promote-against", default="bracket", choices=["bracket", "study"],
+                   help="rank a rung within its bracket, or among every earlier result at that "
+                        "rung (stricter; starves large models whose low-rung accuracy lags)")
     f.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"],
                    help="Optuna multi-objective sampler")
     r = s.add_argument_group("scale-out and persistence")
@@ -125,6 +128,7 @@ def run(args) -> int:
                    ray_address=args.ray, storage=args.storage, study_name=args.study_name,
                    resume=args.resume, force=args.force, sampler=args.sampler,
                    max_configs=args.max_configs, data_path=args.data_path, split=args.split,
+                   promote_against=args.promote_against,
                    progress=not quiet, log=log)
     if args.json:
         from ..outputs import strict_json
