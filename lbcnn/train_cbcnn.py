@@ -228,7 +228,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 flip: bool = False, erase: float = 0.0, lr_schedule: str = "exp",
                 warmup: float | None = None, teacher=None, distill: bool = False,
                 teacher_epochs: int | None = None, distill_weight: float = 0.5,
-                temperature: float = 4.0, float_twin: bool = False) -> dict:
+                temperature: float = 4.0, float_twin: bool = False, log=None) -> dict:
     """Train a CBCNN on ``dataset`` (a ``Dataset`` or a registry name).
 
     Returns a dict with ``model`` (best-validation weights), ``history``,
@@ -454,6 +454,10 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         start_epoch = int(ck["epoch"]) + 1
 
     phase = "teacher" if twin else "student"
+    if log is not None:  # every option is checked by now: sizes come before the long work
+        log(f"{dataset.name}: {len(tr_idx):,} training + {len(val_idx):,} validation images, "
+            f"{len(dataset.y_test):,} test images, {dataset.n_classes} classes"
+            + (" (float teacher)" if twin else ""))
     t0 = time.perf_counter()
     stopped_early = False
     steps = math.ceil(len(x_tr) / batch_size)

@@ -139,13 +139,10 @@ def run(args) -> int:
         lock = RunLock(out).acquire()
     try:
         ds = load_data(args)
-        tr, va = ds.split(args.train_size, args.val_fraction, args.seed)
-        if args.model == "cbcnn" and (len(tr) < 2 or len(va) < 1):
-            raise ConfigError(f"{len(tr)} training and {len(va)} validation images: CBCNN's "
-                              f"batch norm needs at least 2 to train on and 1 to validate; "
-                              f"raise --train-size")
-        say(args, f"{ds.name}: {len(tr):,} training + {len(va):,} validation images, "
-                  f"{len(ds.y_test):,} test images, {ds.n_classes} classes")
+        if args.model == "hybrid":  # train_cbcnn says it itself, once its options are checked
+            tr, va = ds.split(args.train_size, args.val_fraction, args.seed)
+            say(args, f"{ds.name}: {len(tr):,} training + {len(va):,} validation images, "
+                      f"{len(ds.y_test):,} test images, {ds.n_classes} classes")
         if args.model == "cbcnn":
             summary = _train_cbcnn(args, ds)
         else:
@@ -207,6 +204,7 @@ def _train_cbcnn(args, ds) -> dict:
                     batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
                     train_size=args.train_size, preprocess=pre, out_dir=args.out,
                     resume=args.resume, device=args.device, progress=not args.json,
+                    log=lambda m: say(args, m),
                     precision=args.precision, shift=args.shift, rotate=args.rotate,
                     zoom=args.zoom, float_twin=args.float_twin,
                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
