@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_data_args, ints, load_data
+from .common import add_data_args, ints, load_data, seed_int
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -96,7 +96,7 @@ def add_parser(sub) -> None:
     r.add_argument("--resume", action="store_true",
                    help="continue the study in --out (trials in flight when it stopped are redone)")
     r.add_argument("--force", action="store_true", help="start over in a non-empty --out")
-    s.add_argument("--seed", type=int, default=0, help="data split, sampler and kernel seeds")
+    s.add_argument("--seed", type=seed_int, default=0, help="data split, sampler and kernel seeds")
     s.add_argument("--json", action="store_true", help="print one JSON object at the end")
     s.set_defaults(func=run)
 
