@@ -284,13 +284,12 @@ def cbcnn_layer_table(model) -> list[dict]:
     return rows
 
 
-def cbcnn_export_sizes(model, native_path=None) -> dict:
-    from ..models.cbcnn import save_cbcnn
-
+def _saved_and_onnx_sizes(model, save, native_path=None) -> dict:
+    """Bytes of the native file and the ONNX export, written to a scratch folder."""
     sizes = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        save_cbcnn(model, tmp / "model.npz")
+        save(model, tmp / "model.npz")
         sizes["native"] = (tmp / "model.npz").stat().st_size
         try:
             from .onnx_export import export_onnx
@@ -302,6 +301,11 @@ def cbcnn_export_sizes(model, native_path=None) -> dict:
     if native_path is not None and Path(native_path).exists():
         sizes["this_file"] = Path(native_path).stat().st_size
     return sizes
+
+
+def cbcnn_export_sizes(model, native_path=None) -> dict:
+    from ..models.cbcnn import save_cbcnn
+    return _saved_and_onnx_sizes(model, save_cbcnn, native_path)
 
 
 def account_cbcnn(model, path=None, sizes: bool = True) -> dict:
@@ -401,22 +405,7 @@ def hybrid_layer_table(model) -> list[dict]:
 
 def hybrid_export_sizes(model, native_path=None) -> dict:
     from ..models.hybrid import save_hybrid
-
-    sizes = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        save_hybrid(model, tmp / "model.npz")
-        sizes["native"] = (tmp / "model.npz").stat().st_size
-        try:
-            from .onnx_export import export_onnx
-            export_onnx(model, tmp / "model.onnx")
-            sizes["onnx"] = (tmp / "model.onnx").stat().st_size
-        except Exception as exc:
-            sizes["onnx"] = None
-            sizes["onnx_error"] = str(exc).splitlines()[0][:200]
-    if native_path is not None and Path(native_path).exists():
-        sizes["this_file"] = Path(native_path).stat().st_size
-    return sizes
+    return _saved_and_onnx_sizes(model, save_hybrid, native_path)
 
 
 def account_hybrid(model, path=None, sizes: bool = True) -> dict:
