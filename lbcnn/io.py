@@ -32,28 +32,40 @@ def save_model_file(path, config: dict, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def sniff_file_type(path: Path) -> str | None:
-    """What a non-model file looks like, for an error that helps: 'HDF5', 'ONNX', ..."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except OSError:
-        return None
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "an HDF5 (.h5) file"
-    if head.startswith(b"PK"):
-        return "a zip archive that is not an lbcnn model"
-    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
-        return "a Python pickle (lbcnn never loads pickles)"
-    if head.startswith(b"\x08") and b"onnx" in head.lower() or path.suffix.lower() == ".onnx":
-        return "an ONNX model"
-    if not head:
-        return "an empty file"
-    try:
-        head.decode("utf-8")
-        return "a text file"
-    except UnicodeDecodeError:
-        return None
+_MAGIC = [(b"\x89HDF\r\n\x1a\n", "HDF5"), (b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"),
+          (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+          (b"%PDF", "a PDF"), (b"\x7fELF", "an executable"), (b"\x93NUMPY", "a .npy array")]
+
+
+def sniff(path) -> str:
+    """What a path looks like: 'run folder', 'C folder', 'folder', 'HDF5', 'zip',
+    'ONNX', an image kind, 'text' or 'binary'."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "model.npz").exists():
+            return "run folder"
+        if (p / "model.h").exists() and (p / "model.c").exists():
+            return "C folder"
+        return "folder"
+    if not p.exists():
+        raise DataError(f"file not found: {p}")
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    # an ONNX ModelProto starts with field 1 (ir_version, varint): byte 0x08
+    if head[:1] == b"\x08" and (b"onnx" in head.lower() or b"lbcnn" in head or
+                                p.suffix.lower() == ".onnx"):
+        return "ONNX"
+    if head and b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text"
+        except UnicodeDecodeError:
+            pass
+    return "empty" if not head else "binary"
 
 
 def load_model_file(path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -69,9 +81,9 @@ def load_model_file(path) -> tuple[dict, dict[str, np.ndarray]]:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as exc:
-        kind = sniff_file_type(path)
-        if kind is not None:
-            raise DataError(f"not an lbcnn model file: {path} looks like {kind}") from None
+        kind = sniff(path)
+        if kind != "zip":
+            raise DataError(f"{path}: not an lbcnn model file: looks like {kind}") from None
         raise DataError(f"cannot read model file {path}: corrupt or truncated "
                         f"({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})") from None
     if not isinstance(arrays, dict) or "__config__" not in arrays:
