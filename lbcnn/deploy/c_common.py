@@ -197,6 +197,19 @@ def header(title: str, defines: dict, decls: str, class_names, k: int) -> str:
     return "\n".join(lines)
 
 
+def predict_header(title: str, input_shape, k: int, n_features: int, class_names,
+                   returns: str = "the predicted class label") -> str:
+    """model.h for a plan that takes H*W*C uint8 pixels: sizes, the entry points, class names."""
+    h, w, c = (int(v) for v in input_shape)
+    defines = {"LBCNN_HEIGHT": h, "LBCNN_WIDTH": w, "LBCNN_CHANNELS": c,
+               "LBCNN_INPUT_BYTES": h * w * c, "LBCNN_N_CLASSES": k,
+               "LBCNN_N_FEATURES": n_features}
+    decl = ("/* image: LBCNN_INPUT_BYTES uint8 pixels in (H, W, C) order.\n"
+            f" * Returns {returns}. Not reentrant (static scratch). */\n"
+            "int lbcnn_predict(const uint8_t *image);")
+    return header(title, defines, decl, class_names, k)
+
+
 def test_vector_sources(images: np.ndarray, expected) -> dict[str, str]:
     """``test_vectors.h/.c``: a few real images with their expected class indices."""
     images = np.ascontiguousarray(images, dtype=np.uint8)

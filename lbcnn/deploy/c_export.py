@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .c_common import (CFLAGS, CTYPE, MAIN_C, POPCOUNT_C, _c_array, exporter_for, find_cc,
-                       header, measure_sizes, register, sizes_table, write_c_project)
+                       measure_sizes, predict_header, register, sizes_table, write_c_project)
 
 __all__ = ["CFLAGS", "MAIN_C", "POPCOUNT_C", "bench_source", "export_c", "find_cc",
            "generate_sources", "measure_sizes", "write_c_project", "cli_export_c"]
@@ -1063,12 +1063,8 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                      "@PLANEPOOL@": int(any(g["pool"] for g in geo[1:])),
                      "@HEAD_SIMD@": int(part == "int32_t"), "@STAGES@": ",\n".join(st_rows)}.items():
         text = text.replace(key, str(val))
-    defines = {"LBCNN_HEIGHT": h0, "LBCNN_WIDTH": w0, "LBCNN_CHANNELS": c0,
-               "LBCNN_INPUT_BYTES": h0 * w0 * c0, "LBCNN_N_CLASSES": k, "LBCNN_N_FEATURES": d}
-    decl = ("/* image: LBCNN_INPUT_BYTES uint8 pixels in (H, W, C) order.\n"
-            " * Returns the predicted class label. Not reentrant (static scratch). */\n"
-            "int lbcnn_predict(const uint8_t *image);")
-    model_h = header("integer-only LB-CNN inference", defines, decl, class_names, k)
+    model_h = predict_header("integer-only LB-CNN inference", (h0, w0, c0), k, d, class_names,
+                             "the predicted class label")
     return {"model.h": model_h, "model.c": text, "main.c": MAIN_C}
 
 def bench_source() -> str:
