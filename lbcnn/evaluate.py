@@ -103,14 +103,28 @@ def open_predictor(path) -> Predictor:
     path = Path(path)
     kind = sniff(path)
     if kind == "C folder":
-        return _c_predictor(path)
+        return _luma_adapter(_c_predictor(path))
     if kind == "ONNX":
-        return _onnx_predictor(path)
+        return _luma_adapter(_onnx_predictor(path))
     if kind == "folder":
         raise DataError(f"{path}: a folder with neither model.npz (a run folder) nor "
                         f"model.h + model.c (an exported C folder)")
     model = load_any(path)
-    return _native_predictor(model, path, "h5" if kind == "HDF5" else "native")
+    return _luma_adapter(_native_predictor(model, path, "h5" if kind == "HDF5" else "native"))
+
+
+def _luma_adapter(pred: Predictor) -> Predictor:
+    """A model fitted on the Y channel of colour data (``lbcnn optimize``'s colour choice
+    "y") records ``input_color: "y"``: it takes the RGB images its dataset holds and
+    converts them with the same exact-integer BT.601 luma the fit used."""
+    if pred.config.get("input_color") != "y" or tuple(pred.input_shape)[-1] != 1:
+        return pred
+    from .preprocess import rgb_to_y
+    inner_labels, inner_scores = pred._labels, pred._scores
+    h, w, _ = pred.input_shape
+    return Predictor(pred.kind, pred.path, (h, w, 3), pred.classes, pred.class_names, pred.config,
+                     _labels=None if inner_labels is None else lambda x: inner_labels(rgb_to_y(x)),
+                     _scores=None if inner_scores is None else lambda x: inner_scores(rgb_to_y(x)))
 
 
 def _model_input_shape(model, config: dict) -> tuple:

@@ -165,6 +165,8 @@ def _validate_lbcnn(config: dict, arrays: dict, where: str) -> None:
         _array(arrays, "head/bias", where, (k,), "f")
     else:
         _int(head, "bits", where + " head", 2, 16)
+        if "bias_bits" in head:
+            _int(head, "bias_bits", where + " head", 2, 16)
         per_class = head.get("scale") == "per_class"
         _array(arrays, "head/weight_q", where, (d, k), "iu")
         _array(arrays, "head/bias_q", where, (k,), "iu")

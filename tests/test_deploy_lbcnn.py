@@ -34,6 +34,64 @@ def _load(path):
 
 
 # -- quantization -------------------------------------------------------------
+def _rounding_error(w, q, scale):
+    return float(((w - q.astype(np.float64) * scale) ** 2).sum())
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize("axis", [None, 0])
+def test_mse_clipping_never_rounds_worse_than_absmax(bits, axis):
+    from lbcnn.heads.quantize import quantize_tensor
+
+    rng = np.random.default_rng(bits)
+    w = (rng.laplace(size=(500, 6)) * 0.01).astype(np.float32)  # heavy-tailed, like ridge heads
+    qa, sa = quantize_tensor(w, bits, axis=axis, clip="absmax")
+    qm, sm = quantize_tensor(w, bits, axis=axis, clip="mse")
+    assert np.all(np.asarray(sm) <= np.asarray(sa) + 1e-12)  # clipping only shrinks the step
+    assert _rounding_error(w, qm, sm) <= _rounding_error(w, qa, sa)
+    qmax = 2 ** (bits - 1) - 1
+    assert np.abs(qm.astype(int)).max() <= qmax
+    if bits <= 4:  # a heavy tail wastes most of absmax's levels at low bits
+        assert _rounding_error(w, qm, sm) < 0.8 * _rounding_error(w, qa, sa)
+
+
+def test_mse_clipping_brute_force_oracle():
+    """The chosen scale is the best of the documented grid, checked level by level."""
+    from lbcnn.heads.quantize import _CLIP_LEVELS, quantize_tensor
+
+    w = np.random.default_rng(5).laplace(size=(64, 3)).astype(np.float32)
+    _, s = quantize_tensor(w, 4, clip="mse")
+    errs = []
+    for level in _CLIP_LEVELS:
+        step = np.float32(np.abs(w).max() * level / 7)
+        errs.append(_rounding_error(w, np.clip(np.rint(w / step), -7, 7), step))
+    assert _rounding_error(w, np.clip(np.rint(w / s), -7, 7), s) == pytest.approx(min(errs), rel=1e-6)
+
+
+def test_pow2_mse_scales_stay_powers_of_two():
+    from lbcnn.heads.quantize import quantize_tensor
+
+    w = np.random.default_rng(1).standard_t(3, size=(200, 4)).astype(np.float32)
+    _, s = quantize_tensor(w, 4, axis=0, pow2=True, clip="mse")
+    assert np.all(np.log2(s) == np.rint(np.log2(s)))
+
+
+def test_low_bit_head_keeps_an_8_bit_bias_and_old_files_still_load():
+    from lbcnn.heads.quantize import dequantize, head_from_arrays, quantize_head
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(40, 5)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    meta, arrays = quantize_head(w, b, 3)
+    assert meta["bias_bits"] == 8 and np.abs(arrays["head/weight_q"]).max() <= 3
+    assert np.abs(dequantize(meta, arrays)[1] - b).max() <= np.abs(b).max() / 127 / 2 + 1e-6
+    head_from_arrays(meta, arrays)
+    old = dict(meta, bias_bits=3)  # a file written before the 8-bit bias: still valid if in range
+    with pytest.raises(Exception, match="bias outside the signed 3-bit range"):
+        head_from_arrays(old, arrays)
+    old_arrays = dict(arrays, **{"head/bias_q": np.clip(arrays["head/bias_q"], -3, 3)})
+    head_from_arrays({k: v for k, v in old.items() if k != "clip"}, old_arrays)
+
+
 def test_quantized_head_round_trips_as_integers(small, mnist, tmp_path):
     from lbcnn.heads.quantize import apply_quantization
 
@@ -42,7 +100,7 @@ def test_quantized_head_round_trips_as_integers(small, mnist, tmp_path):
     save_lbcnn(q, tmp_path / "q.npz")
     back = _load(tmp_path / "q.npz")
     assert back.head_meta_ == {"kind": "fixed", "bits": 8, "scale": "per_tensor", "pow2": False,
-                               "bias_bits": 8, "bias_scale": "per_tensor"}
+                               "bias_bits": 8, "bias_scale": "per_tensor", "clip": "mse"}
     wq = back.head_arrays_["head/weight_q"]
     assert wq.dtype == np.int8 and np.abs(wq.astype(int)).max() == 127
     np.testing.assert_array_equal(back.coef_, q.coef_)

@@ -260,3 +260,57 @@ def test_bad_input_is_one_line(npz, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("lbcnn: error:") and "\n" not in err, err
     assert message in err, err
+
+
+@pytest.fixture(scope="module")
+def rgb_npz(tmp_path_factory):
+    x, y = _synthetic(700)
+    rng = np.random.default_rng(1)
+    tint = rng.uniform(0.6, 1.0, (10, 3))  # per-class colour cast, so RGB differs from luma
+    x = np.clip(x[..., None] * tint[y][:, None, None, :], 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("rgb") / "rgb.npz"
+    np.savez(path, x_train=x[:500], y_train=y[:500], x_test=x[500:], y_test=y[500:])
+    return f"npz:{path}"
+
+
+def test_luma_front_member_takes_rgb_in_evaluate_predict_and_c(rgb_npz, tmp_path, capsys):
+    """A Y-channel front member is fitted on luma; every consumer converts RGB the same way."""
+    from PIL import Image
+
+    from lbcnn.data import load_dataset
+    from lbcnn.evaluate import open_predictor
+    from lbcnn.models import load_model
+    from lbcnn.preprocess import rgb_to_y
+
+    out = tmp_path / "run"
+    assert cli("optimize", "--dataset", rgb_npz, "--train-size", "400", "--rungs", "200",
+               "--layers", "1", "--nf1", "4", "--nl", "1", "--bits", "8", "--C-range", "1e-2,1e-2",
+               "--color", "y", "--max-configs", "2", "--bracket", "2", "--out", str(out),
+               "--json") == 0
+    member = json.loads(capsys.readouterr().out)["front"][0]
+    assert member["config"]["color"] == "y"
+    model = load_model(member["model"])
+    assert model.meta_["input_color"] == "y" and model.body_.input_shape[-1] == 1
+    ds = load_dataset(rgb_npz)
+    want = model.predict(rgb_to_y(ds.x_test))
+    assert (want == ds.y_test).mean() == pytest.approx(member["test_accuracy"])
+    pred = open_predictor(member["model"])
+    assert pred.input_shape == (16, 16, 3)
+    np.testing.assert_array_equal(pred.predict(ds.x_test), want)
+    assert cli("evaluate", member["model"], "--json") == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(member["test_accuracy"])
+    c_dir = tmp_path / "c"
+    assert cli("export", member["model"], "--format", "c", "--out", str(c_dir)) == 0
+    capsys.readouterr()
+    c_pred = open_predictor(c_dir)
+    assert c_pred.input_shape == (16, 16, 3)
+    np.testing.assert_array_equal(c_pred.predict(ds.x_test[:40]), want[:40])
+    onnx_path = tmp_path / "m.onnx"
+    assert cli("export", member["model"], "--format", "onnx", "--out", str(onnx_path)) == 0
+    capsys.readouterr()
+    np.testing.assert_array_equal(open_predictor(onnx_path).predict(ds.x_test[:40]), want[:40])
+    img = tmp_path / "one.png"
+    Image.fromarray(ds.x_test[0]).save(img)
+    assert cli("predict", member["model"], str(img), "--json") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert str(int(want[0])) in json.dumps(printed)

@@ -64,6 +64,9 @@ def add_parser(sub) -> None:
     q.add_argument("--bits", type=bit_width, default=8, help="bits per head weight (2..16)")
     q.add_argument("--per-class", action="store_true", help="one scale per output class")
     q.add_argument("--pow2", action="store_true", help="power-of-two scales (shifts in hardware)")
+    q.add_argument("--clip", choices=("mse", "absmax"), default="mse",
+                   help="weight scale: least-squared-error clipping level, or the largest weight "
+                        "(default: %(default)s)")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="do not fold the weights' mean rounding error (over the training "
                         "images' features) into the bias")
@@ -223,12 +226,13 @@ def cmd_quantize(args) -> int:
     before = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     # bias correction uses training images only (never validation or test)
     mu = None if args.no_bias_correction else training_feature_mean(model, ds.x_train[tr])
-    apply_quantization(model, args.bits, args.per_class, args.pow2, mu)
+    apply_quantization(model, args.bits, args.per_class, args.pow2, mu, args.clip)
     after = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     meta = _carried_meta(model)
     meta.update(dataset=ds.name, val_accuracy=after["val_accuracy"],
                 test_accuracy=after["test_accuracy"],
                 quantize={"bits": args.bits, "per_class": args.per_class, "pow2": args.pow2,
+                          "clip": args.clip,
                           "bias_correction_images": 0 if mu is None else int(len(tr)),
                           "source": str(src), "before": before, "after": after,
                           "val_size": int(len(va)), "seed": args.seed})
@@ -301,7 +305,7 @@ def cmd_export(args) -> int:
 
 
 _PROVENANCE_KEYS = ("dataset", "class_names", "preprocessing", "label_values", "seed",
-                    "val_fraction", "train_size")
+                    "val_fraction", "train_size", "input_color")
 
 
 def _write_c_provenance(model, out: Path) -> None:

@@ -1207,6 +1207,9 @@ def _dataset_vectors(config: dict, n: int = 8):
         ds = load_dataset(name)
     except Exception:   # no data here: the export still works, without test vectors
         return None
+    if config.get("input_color") == "y":  # fitted on luma: the C model takes Y images
+        from ..preprocess import rgb_to_y
+        return rgb_to_y(ds.x_test[:n])
     return ds.x_test[:n]
 
 

@@ -121,11 +121,19 @@ def build_onnx_model(model):
                        ("lbcnn_classes", ",".join(str(int(c)) for c in model.classes_)),
                        ("lbcnn_class_names", json.dumps(class_names(model))),
                        ("lbcnn_dataset", json.dumps((getattr(model, "meta_", {}) or {}).get("dataset"))),
-                       ("lbcnn_input", "uint8 NHWC raw pixels; scale applied inside")):
+                       ("lbcnn_input", "uint8 NHWC raw pixels; scale applied inside"),
+                       *_input_color(model)):
         entry = om.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(om, full_check=True)
     return om
+
+
+def _input_color(model) -> list[tuple[str, str]]:
+    """A Y-channel model's input is luma: the caller converts RGB with BT.601 first."""
+    if (getattr(model, "meta_", {}) or {}).get("input_color") == "y":
+        return [("lbcnn_input_color", "y")]
+    return []
 
 
 def is_cbcnn(model) -> bool:

@@ -14,7 +14,7 @@ from ..binary.pooling import pooled_size
 from ..errors import ConfigError
 
 FLOAT_BITS = 32  # ``bits`` = 32 means a float32 head (``lbcnn info`` counts 32 bits/weight)
-HEAD_BITS = (FLOAT_BITS, 8, 6, 5, 4)
+HEAD_BITS = (FLOAT_BITS, 8, 6, 5, 4, 3)
 DEFAULT_MULTIPLIERS = ((5, 10, 20, 30, 40, 60, 80), (1, 2, 4, 8), (1, 2, 4))
 
 
@@ -66,7 +66,7 @@ class SearchSpace:
     layers: tuple[int, ...] = (1, 2, 3)
     multipliers: tuple[tuple[int, ...], ...] = DEFAULT_MULTIPLIERS
     nl: tuple[int, ...] = (1, 2)
-    C: tuple[float, float] = (1e-5, 1e-1)
+    C: tuple[float, float] = (1e-5, 1.0)
     bits: tuple[int, ...] = HEAD_BITS
     color: tuple[str, ...] = ("rgb", "y")
     max_features: int = 16384
