@@ -68,6 +68,40 @@ def test_mse_clipping_brute_force_oracle():
     assert _rounding_error(w, np.clip(np.rint(w / s), -7, 7), s) == pytest.approx(min(errs), rel=1e-6)
 
 
+def test_output_clipping_oracle_and_identity_features_reduce_to_mse():
+    from lbcnn.heads.quantize import _CLIP_LEVELS, quantize_tensor
+
+    rng = np.random.default_rng(2)
+    w = rng.laplace(size=(30, 4)).astype(np.float32)
+    q_id, s_id = quantize_tensor(w, 3, axis=0, clip="output", feature_sample=np.eye(30))
+    q_mse, s_mse = quantize_tensor(w, 3, axis=0, clip="mse")
+    np.testing.assert_array_equal(s_id, s_mse)  # ||I e||^2 = ||e||^2
+    f = rng.normal(size=(50, 30)).astype(np.float32) * rng.uniform(0.1, 5, 30).astype(np.float32)
+    _, s = quantize_tensor(w, 3, axis=0, clip="output", feature_sample=f)
+    for c in range(4):  # per class: the best level of the grid for that class's logit error
+        col = w[:, c].astype(np.float64)
+
+        def logit_err(step):
+            return float(((f @ (col - np.clip(np.rint(col / step), -3, 3) * step)) ** 2).sum())
+        best = min(logit_err(np.float32(np.abs(col).max() * lv / 3)) for lv in _CLIP_LEVELS)
+        assert logit_err(s[c]) == pytest.approx(best, rel=1e-5)
+    with pytest.raises(ConfigError, match="needs a sample"):
+        quantize_tensor(w, 3, clip="output")
+    with pytest.raises(DataError, match="feature sample"):
+        quantize_tensor(w, 3, clip="output", feature_sample=np.ones((5, 7)))
+
+
+def test_feature_stats_sample_is_centred_training_rows(small, mnist):
+    from lbcnn.heads.quantize import training_feature_stats
+
+    x = mnist.x_train[:300]
+    mu, sample = training_feature_stats(small, x, batch_size=64, sample=40, seed=3)
+    full = small.body_.transform(x).astype(np.float64)
+    np.testing.assert_allclose(mu, full.mean(0), rtol=1e-6, atol=1e-6)
+    pick = np.sort(np.random.default_rng(3).choice(300, 40, replace=False))
+    np.testing.assert_allclose(sample, (full[pick] - mu).astype(np.float32), rtol=1e-5, atol=1e-4)
+
+
 def test_pow2_mse_scales_stay_powers_of_two():
     from lbcnn.heads.quantize import quantize_tensor
 

@@ -64,9 +64,10 @@ def add_parser(sub) -> None:
     q.add_argument("--bits", type=bit_width, default=8, help="bits per head weight (2..16)")
     q.add_argument("--per-class", action="store_true", help="one scale per output class")
     q.add_argument("--pow2", action="store_true", help="power-of-two scales (shifts in hardware)")
-    q.add_argument("--clip", choices=("mse", "absmax"), default="mse",
-                   help="weight scale: least-squared-error clipping level, or the largest weight "
-                        "(default: %(default)s)")
+    q.add_argument("--clip", choices=("output", "mse", "absmax"), default="output",
+                   help="weight scale: the clipping level with the least logit error on training "
+                        "features (output), the least weight error (mse), or the largest weight "
+                        "(absmax) (default: %(default)s)")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="do not fold the weights' mean rounding error (over the training "
                         "images' features) into the bias")
@@ -211,7 +212,7 @@ def _write_finetune_history(out: Path, history: list[dict], dataset: str) -> Non
 
 def cmd_quantize(args) -> int:
     from ..data.splits import finetune_split
-    from ..heads.quantize import apply_quantization, training_feature_mean
+    from ..heads.quantize import FEATURE_SAMPLE, apply_quantization, training_feature_stats
     from ..models.lbcnn import save_lbcnn
 
     from ..outputs import check_out_file
@@ -225,8 +226,11 @@ def cmd_quantize(args) -> int:
     val_seen = bool(getattr(model, "meta_", {}).get("finetune", {}).get("refit_full"))
     before = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     # bias correction uses training images only (never validation or test)
-    mu = None if args.no_bias_correction else training_feature_mean(model, ds.x_train[tr])
-    apply_quantization(model, args.bits, args.per_class, args.pow2, mu, args.clip)
+    mu, sample = training_feature_stats(model, ds.x_train[tr],
+                                        sample=FEATURE_SAMPLE if args.clip == "output" else 0)
+    if args.no_bias_correction:
+        mu = None
+    apply_quantization(model, args.bits, args.per_class, args.pow2, mu, args.clip, sample)
     after = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     meta = _carried_meta(model)
     meta.update(dataset=ds.name, val_accuracy=after["val_accuracy"],

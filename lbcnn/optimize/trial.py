@@ -14,7 +14,7 @@ import numpy as np
 from ..data.splits import kfold_ids, stratified_subset
 from ..errors import ConfigError
 from ..heads.elm import RidgeAccumulator, one_vs_rest_targets, solve_dual
-from ..heads.quantize import dequantize, quantize_head
+from ..heads.quantize import FEATURE_SAMPLE, dequantize, quantize_head
 from ..memory import require
 from ..models.lbcnn import LBCNN, LBCNNBody
 from .space import FLOAT_BITS, Config, features
@@ -95,7 +95,8 @@ def prepare(ds, train_size, val_fraction: float, seed: int, rung_sizes=(1000, 30
 
 
 def _fit_head(body: LBCNNBody, x, y, n_classes: int, C: float, bits: int):
-    """Float ELM head, then (bits < 32) the bias-corrected n-bit head; returns (W, b, solver).
+    """Float ELM head, then (bits < 32) the bias-corrected n-bit head with per-class scales
+    clipped for the least logit error (``heads.quantize``); returns (W, b, solver).
     The dual solve is used whenever samples do not outnumber features."""
     h = body.transform(x)
     t = one_vs_rest_targets(y, n_classes)
@@ -111,7 +112,9 @@ def _fit_head(body: LBCNNBody, x, y, n_classes: int, C: float, bits: int):
     b = np.zeros(n_classes, dtype=np.float32)
     if bits != FLOAT_BITS:
         mu = h.mean(0, dtype=np.float64)
-        meta, arrays = quantize_head(w, b, bits, feature_mean=mu)
+        pick = np.sort(np.random.default_rng(0).choice(n, min(FEATURE_SAMPLE, n), replace=False))
+        meta, arrays = quantize_head(w, b, bits, per_class=True, feature_mean=mu,
+                                     feature_sample=(h[pick] - mu).astype(np.float32))
         w, b = dequantize(meta, arrays)
     return w, b, solver
 
@@ -168,7 +171,8 @@ def _account(filters, nl, bits, input_shape, n_classes) -> dict:
     if bits != FLOAT_BITS:
         # the same meta apply_quantization writes, so the count is the saved model's
         meta, _ = quantize_head(np.zeros((1, n_classes), np.float32),
-                                np.zeros(n_classes, np.float32), bits, feature_mean=np.zeros(1))
+                                np.zeros(n_classes, np.float32), bits, per_class=True,
+                                feature_mean=np.zeros(1), feature_sample=np.zeros((1, 1)))
         model.head_meta_ = meta
     info = account(model, sizes=False)
     params = sum(r["weights"] for r in info["layers"] if r["layer"] != "head scales")
@@ -187,8 +191,8 @@ def cost(config: Config, input_shape, n_classes: int) -> dict:
 
 def refit(config: Config, seed: int, data: TrialData):
     """The front member's final model: ELM head on the whole training budget, then the
-    bias-corrected n-bit head, exactly as ``lbcnn quantize`` would build it."""
-    from ..heads.quantize import apply_quantization, training_feature_mean
+    bias-corrected n-bit head, exactly as ``lbcnn quantize --per-class`` would build it."""
+    from ..heads.quantize import apply_quantization, training_feature_stats
 
     t0 = time.perf_counter()
     x, y = data.budget(config.color)
@@ -198,5 +202,7 @@ def refit(config: Config, seed: int, data: TrialData):
     require(memory_need(d, len(x)) // 2, f"refitting {config.label()}", "narrow the search space")
     model.fit(x, np.asarray(y))
     if config.bits != FLOAT_BITS:
-        apply_quantization(model, config.bits, feature_mean=training_feature_mean(model, x))
+        mu, sample = training_feature_stats(model, x)
+        apply_quantization(model, config.bits, per_class=True, feature_mean=mu,
+                           feature_sample=sample)
     return model, time.perf_counter() - t0
