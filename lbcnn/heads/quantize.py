@@ -23,9 +23,9 @@ the step and most weights round to 0 or ±1 at 3–4 bits.
   ``F`` is given): the level minimizing the logit error ``||F (W - Q(W))||²``
   (per class with per-class scales). What matters is the error each feature's
   spread turns into, not the weights' own error: on GTSRB (Y, 10 filters,
-  43 classes) the 6-bit per-tensor head scored 82.8 % validation with absmax,
-  79.0 % with weight-MSE clipping and 86.0 % with per-class output clipping
-  (float 86.6 %).
+  43 classes) a 6-bit head scored 82.8 % validation with one absmax scale,
+  79.0 % with one weight-MSE-clipped scale and 86.0 % with per-class
+  output-clipped scales (float 86.6 %).
 - ``clip="mse"`` (the default without a feature sample): the level minimizing
   the weights' squared rounding error.
 - ``clip="absmax"``: the largest weight, the rule before clipping existed.
