@@ -17,7 +17,7 @@ import numpy as np
 
 from lbcnn.data import load_dataset
 from lbcnn.heads.elm import RidgeAccumulator, one_vs_rest_targets
-from lbcnn.heads.quantize import FEATURE_SAMPLE, dequantize, quantize_head
+from lbcnn.heads.quantize import dequantize, quantize_head, sample_rows
 from lbcnn.models.lbcnn import LBCNNBody
 from lbcnn.preprocess import rgb_to_y
 
@@ -46,7 +46,7 @@ def main():
         acc.update(h, one_vs_rest_targets(ds.y_train[tr], k))
         w = acc.solve()
         mu = h.mean(0, dtype=np.float64)
-        pick = np.sort(np.random.default_rng(0).choice(len(h), FEATURE_SAMPLE, replace=False))
+        pick = sample_rows(len(h))
         sample = (h[pick] - mu).astype(np.float32)
         hv, ho = body.transform(images(ds.x_train[va])), body.transform(images(ds.x_train[other]))
 

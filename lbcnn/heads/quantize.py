@@ -182,6 +182,13 @@ def head_from_arrays(meta: dict, arrays: dict):
     return w, b, kept
 
 
+def sample_rows(n: int, sample: int = FEATURE_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Sorted indices of the ``sample`` training rows (all if fewer) output clipping reads."""
+    if not sample or not n:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
+
+
 def training_feature_mean(model, X, batch_size: int = 2048) -> np.ndarray:
     """Mean feature vector of ``model``'s body over images ``X`` (float64, chunked)."""
     return training_feature_stats(model, X, batch_size, sample=0)[0]
@@ -192,9 +199,7 @@ def training_feature_stats(model, X, batch_size: int = 2048, sample: int = FEATU
     """(mean feature vector, ``sample`` seeded rows of centred features, or None) of
     ``model``'s body over images ``X``: what bias correction and output clipping read."""
     total, n = None, 0
-    n_img = len(X)
-    pick = np.sort(np.random.default_rng(seed).choice(n_img, min(sample, n_img), replace=False)) \
-        if sample and n_img else np.zeros(0, dtype=np.int64)
+    pick = sample_rows(len(X), sample, seed)
     rows = []
     for start, _, f in model.body_.iter_transform(X, batch_size):
         s = f.astype(np.float64).sum(0)

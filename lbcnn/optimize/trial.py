@@ -14,7 +14,7 @@ import numpy as np
 from ..data.splits import kfold_ids, stratified_subset
 from ..errors import ConfigError
 from ..heads.elm import RidgeAccumulator, one_vs_rest_targets, solve_dual
-from ..heads.quantize import FEATURE_SAMPLE, dequantize, quantize_head
+from ..heads.quantize import dequantize, quantize_head, sample_rows
 from ..memory import require
 from ..models.lbcnn import LBCNN, LBCNNBody
 from .space import FLOAT_BITS, Config, features
@@ -112,7 +112,7 @@ def _fit_head(body: LBCNNBody, x, y, n_classes: int, C: float, bits: int):
     b = np.zeros(n_classes, dtype=np.float32)
     if bits != FLOAT_BITS:
         mu = h.mean(0, dtype=np.float64)
-        pick = np.sort(np.random.default_rng(0).choice(n, min(FEATURE_SAMPLE, n), replace=False))
+        pick = sample_rows(n)  # the rows refit() samples, through training_feature_stats
         meta, arrays = quantize_head(w, b, bits, per_class=True, feature_mean=mu,
                                      feature_sample=(h[pick] - mu).astype(np.float32))
         w, b = dequantize(meta, arrays)
