@@ -226,8 +226,10 @@ def cmd_quantize(args) -> int:
     val_seen = bool(getattr(model, "meta_", {}).get("finetune", {}).get("refit_full"))
     before = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     # bias correction uses training images only (never validation or test)
-    mu, sample = training_feature_stats(model, ds.x_train[tr],
-                                        sample=FEATURE_SAMPLE if args.clip == "output" else 0)
+    mu, sample = None, None
+    if args.clip == "output" or not args.no_bias_correction:  # one pass serves both
+        mu, sample = training_feature_stats(model, ds.x_train[tr],
+                                            sample=FEATURE_SAMPLE if args.clip == "output" else 0)
     if args.no_bias_correction:
         mu = None
     apply_quantization(model, args.bits, args.per_class, args.pow2, mu, args.clip, sample)
