@@ -38,6 +38,16 @@ are max-pooled sums, large and all positive, so the weights' rounding errors
 ``(h - mu) . e``. On Olivetti 5,4 (100 kernel sets, paper split) this cut the
 8-bit head's changed test predictions from 36 to 9 of 15,000.
 
+Rounding: given the Gram of the centred training features, ``rounding="gptq"``
+replaces round-to-nearest with GPTQ (Frantar et al., 2023; Hassibi & Stork's
+optimal brain surgeon, one input feature at a time): after each feature's row of
+weights is rounded, its logit error is pushed onto the features not yet rounded,
+through the inverse Gram. Features are correlated (overlapping 3x3 windows,
+neighbouring pooled cells), so most of a row's rounding error can be cancelled
+by its neighbours. The scales stay those clipping chose. On GTSRB (Y, 30
+filters, 7,680 features, 43 classes, C=0.01) a 4-bit head scored 86.95 %
+validation with nearest rounding and 91.47 % with GPTQ (float 91.86 %).
+
 Only the integers and scales are stored in the model file; the dequantized
 float head is what ``predict`` uses.
 """
@@ -49,6 +59,10 @@ from ..errors import ConfigError, DataError
 
 SCALE_MODES = ("per_tensor", "per_class")
 CLIP_MODES = ("output", "mse", "absmax")
+ROUNDING_MODES = ("gptq", "nearest")
+GPTQ_DAMP = 0.01  # of the Gram's mean diagonal: keeps the inverse finite for dead or
+#                   collinear features (rank-deficient Grams when images < features)
+_GPTQ_BLOCK = 128  # rows updated together before the rest of the matrix sees the errors
 FEATURE_SAMPLE = 512  # training feature rows the output criterion weighs errors by
 _CLIP_LEVELS = np.geomspace(0.1, 1.0, 64)  # 10 % .. 100 % of the largest weight, 3.7 % apart
 
@@ -121,19 +135,116 @@ def quantize_tensor(x: np.ndarray, bits: int, axis=None, pow2: bool = False, cli
     return q, scale
 
 
+def gptq_bytes(d: int) -> int:
+    """Peak memory of ``gptq_round`` on ``d`` features: the permuted Gram and two
+    triangular factors in float32, plus float64 blocks (a small extra)."""
+    return 3 * int(d) * int(d) * 4 + 2 * _GPTQ_BLOCK * int(d) * 8
+
+
+def gptq_round(w: np.ndarray, scale: np.ndarray, qmax: int, gram: np.ndarray,
+               damp: float = GPTQ_DAMP, block: int = _GPTQ_BLOCK,
+               dtype=np.float32) -> np.ndarray:
+    """Integers ``q`` (same shape as ``w`` (d, k)) with ``q * scale`` close to ``w`` in
+    logit error ``(W - Q)^T gram (W - Q)``; ``scale`` is a scalar or one per column.
+
+    GPTQ: features in order of falling Gram diagonal (the largest errors are
+    rounded first, while most features remain to absorb them); ``U``, the upper
+    Cholesky factor of the damped inverse Gram, gives each step's compensation,
+    so the inverse is never updated feature by feature. See ``gptq_round_reference``
+    for the textbook form this equals. The factorization runs in ``dtype``
+    (float32: 5x faster than float64 at 8,000 features on 2 cores; the damping
+    keeps it well conditioned); the rounding loop in float64."""
+    from scipy.linalg import lapack
+
+    w = np.asarray(w, dtype=np.float64)
+    d = w.shape[0]
+    gram = np.asarray(gram)
+    if gram.shape != (d, d) or not np.isfinite(gram).all():
+        raise DataError(f"GPTQ needs a finite ({d}, {d}) feature Gram, got shape {gram.shape}")
+    single = np.dtype(dtype) == np.float32
+    potrf, trtri = (lapack.spotrf, lapack.strtri) if single else (lapack.dpotrf, lapack.dtrtri)
+    s = np.asarray(scale, dtype=np.float64)
+    diag = np.diag(gram).astype(np.float64)
+    order = np.argsort(-diag, kind="stable")
+    # H = R R^T with R upper (the Cholesky factor of the reversed matrix), so
+    # H^-1 = U^T U with U = R^-1 upper: one factorization and one triangular
+    # inverse, no full inverse; Fortran order spares LAPACK a copy.
+    rev = order[::-1]
+    h = np.asfortranarray(gram[np.ix_(rev, rev)], dtype=dtype)
+    h[np.diag_indices(d)] += damp * max(float(diag.mean()), 1e-12)
+    m, info = potrf(h, lower=1, overwrite_a=1)
+    del h
+    if info != 0:
+        raise DataError("GPTQ: the damped feature Gram is not positive definite")
+    u, info = trtri(np.asfortranarray(m[::-1, ::-1]), lower=0, overwrite_c=1)
+    del m
+    if info != 0:
+        raise DataError("GPTQ: the feature Gram's Cholesky factor is singular")
+    work = w[order].copy()
+    q = np.empty_like(work)
+    for a in range(0, d, block):
+        b = min(a + block, d)
+        ub = np.triu(u[a:b, a:b]).astype(np.float64)
+        err = np.empty((b - a, work.shape[1]))
+        for i in range(b - a):
+            q[a + i] = np.clip(np.rint(work[a + i] / s), -qmax, qmax)
+            err[i] = (work[a + i] - q[a + i] * s) / ub[i, i]
+            work[a + i + 1:b] -= np.outer(ub[i, i + 1:], err[i])
+        work[b:] -= u[a:b, b:].T.astype(np.float64) @ err
+    out = np.empty_like(q)
+    out[order] = q
+    return out
+
+
+def gptq_round_reference(w, scale, qmax, gram, damp: float = GPTQ_DAMP) -> np.ndarray:
+    """Optimal-brain-surgeon rounding in its plain form (the oracle ``gptq_round`` is
+    tested against): round one feature, move its error onto the rest with the
+    inverse Gram's column, then remove that feature from the inverse."""
+    w = np.array(w, dtype=np.float64)
+    h = np.array(gram, dtype=np.float64)
+    s = np.asarray(scale, dtype=np.float64)
+    d = len(w)
+    h[np.diag_indices(d)] += damp * max(float(np.diag(gram).mean()), 1e-12)
+    hinv = np.linalg.inv(h)
+    q = np.zeros_like(w)
+    for i in np.argsort(-np.diag(np.asarray(gram, np.float64)), kind="stable"):
+        q[i] = np.clip(np.rint(w[i] / s), -qmax, qmax)
+        delta = (w[i] - q[i] * s) / hinv[i, i]
+        w -= np.outer(hinv[:, i], delta)
+        w[i] = q[i] * s  # what the update leaves there, exactly
+        hinv -= np.outer(hinv[:, i], hinv[i, :]) / hinv[i, i]
+        hinv[i, :] = hinv[:, i] = 0
+    return q
+
+
 def quantize_head(coef: np.ndarray, intercept: np.ndarray, bits: int = 8,
                   per_class: bool = False, pow2: bool = False,
                   feature_mean: np.ndarray | None = None, clip: str | None = None,
-                  feature_sample: np.ndarray | None = None) -> tuple[dict, dict]:
+                  feature_sample: np.ndarray | None = None,
+                  feature_gram: np.ndarray | None = None,
+                  rounding: str | None = None) -> tuple[dict, dict]:
     """Return ``(meta, arrays)`` for the model file; ``feature_mean`` (d,) turns on
     bias correction and ``clip`` picks the weight scale (default: "output" given
-    ``feature_sample``, centred training features (n, d), else "mse"; see the module
-    docstring)."""
+    ``feature_sample``, centred training features (n, d), else "mse"); ``rounding``
+    "gptq" (the default given ``feature_gram``, the centred training features' Gram
+    (d, d)) or "nearest". See the module docstring."""
     bits = check_bits(bits)
     if clip is None:
         clip = "output" if feature_sample is not None else "mse"
+    if rounding is None:
+        rounding = "gptq" if feature_gram is not None else "nearest"
+    if rounding not in ROUNDING_MODES:
+        raise ConfigError(f"rounding must be one of {', '.join(ROUNDING_MODES)}, got {rounding!r}")
+    if rounding == "gptq" and feature_gram is None:
+        raise ConfigError("rounding='gptq' needs the Gram of the training features")
     wq, ws = quantize_tensor(coef, bits, axis=0 if per_class else None, pow2=pow2, clip=clip,
                              feature_sample=feature_sample)
+    if rounding == "gptq" and wq.size:
+        from ..memory import require
+        d = wq.shape[0]
+        require(gptq_bytes(d), f"GPTQ rounding of a {d:,}-feature head",
+                "quantize with rounding='nearest' (--rounding nearest), or use fewer features")
+        wq = gptq_round(coef, ws, 2 ** (bits - 1) - 1, feature_gram).astype(wq.dtype)
     bias = np.asarray(intercept, dtype=np.float32)
     if feature_mean is not None:
         mu = np.asarray(feature_mean, dtype=np.float64)
@@ -144,7 +255,8 @@ def quantize_head(coef: np.ndarray, intercept: np.ndarray, bits: int = 8,
     bias_bits = max(bits, 8)
     bq, bs = quantize_tensor(bias, bias_bits, axis=None, pow2=pow2)
     meta = {"kind": "fixed", "bits": bits, "scale": "per_class" if per_class else "per_tensor",
-            "pow2": bool(pow2), "bias_bits": bias_bits, "bias_scale": "per_tensor", "clip": clip}
+            "pow2": bool(pow2), "bias_bits": bias_bits, "bias_scale": "per_tensor", "clip": clip,
+            "rounding": rounding}
     if feature_mean is not None:
         meta["bias_corrected"] = True
     arrays = {"head/weight_q": wq, "head/scale": np.atleast_1d(ws).astype(np.float32),
@@ -189,16 +301,41 @@ def sample_rows(n: int, sample: int = FEATURE_SAMPLE, seed: int = 0) -> np.ndarr
     return np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
 
 
+def centred_gram(h: np.ndarray, mean: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
+    """The full symmetric Gram ``(h - mean)^T (h - mean)`` of feature rows ``h`` (n, d),
+    float32, formed chunk by chunk with ``ssyrk`` (upper triangle, then mirrored)."""
+    from scipy.linalg import blas
+
+    from ..memory import require
+
+    h = np.asarray(h)
+    d = h.shape[1]
+    require(4 * d * d + 4 * min(len(h), chunk) * d, f"the {d:,}² feature Gram for GPTQ rounding",
+            "quantize with rounding='nearest', or use fewer features")
+    mu = np.zeros(d) if mean is None else np.asarray(mean, dtype=np.float64)
+    g = np.zeros((d, d), dtype=np.float32, order="F")
+    for a in range(0, len(h), chunk):
+        c = np.ascontiguousarray(h[a:a + chunk] - mu, dtype=np.float32)
+        g = blas.ssyrk(1.0, c.T, beta=1.0, c=g, trans=0, lower=0, overwrite_c=1)
+    g = np.triu(g)
+    g += np.triu(g, 1).T
+    return g
+
+
 def training_feature_mean(model, X, batch_size: int = 2048) -> np.ndarray:
     """Mean feature vector of ``model``'s body over images ``X`` (float64, chunked)."""
     return training_feature_stats(model, X, batch_size, sample=0)[0]
 
 
 def training_feature_stats(model, X, batch_size: int = 2048, sample: int = FEATURE_SAMPLE,
-                           seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+                           seed: int = 0, gram: bool = False):
     """(mean feature vector, ``sample`` seeded rows of centred features, or None) of
-    ``model``'s body over images ``X``: what bias correction and output clipping read."""
-    total, n = None, 0
+    ``model``'s body over images ``X``: what bias correction and output clipping read.
+    ``gram=True`` adds a third item, the centred features' Gram (GPTQ rounding), from
+    the same pass over the images."""
+    from scipy.linalg import blas
+
+    total, n, g, shift = None, 0, None, None
     pick = sample_rows(len(X), sample, seed)
     rows = []
     for start, _, f in model.body_.iter_transform(X, batch_size):
@@ -208,24 +345,42 @@ def training_feature_stats(model, X, batch_size: int = 2048, sample: int = FEATU
         inside = pick[(pick >= start) & (pick < start + len(f))] - start
         if len(inside):
             rows.append(np.asarray(f[inside], dtype=np.float32))
+        if gram:
+            if g is None:
+                from ..memory import require
+                d = f.shape[1]
+                require(4 * d * d, f"the {d:,}² feature Gram for GPTQ rounding",
+                        "quantize with --rounding nearest, or use fewer features")
+                # shifted by the first batch's mean, so the float32 sums do not
+                # cancel the way raw (large, all-positive) features would
+                shift = f.astype(np.float64).mean(0)
+                g = np.zeros((d, d), dtype=np.float32, order="F")
+            c = np.ascontiguousarray(f - shift, dtype=np.float32)
+            g = blas.ssyrk(1.0, c.T, beta=1.0, c=g, trans=0, lower=0, overwrite_c=1)
     if not n:
         raise DataError("bias correction needs at least one training image")
     mean = total / n
-    if not rows:
-        return mean, None
-    return mean, (np.concatenate(rows) - mean).astype(np.float32)
+    out = [mean, None if not rows else (np.concatenate(rows) - mean).astype(np.float32)]
+    if gram:
+        g = np.triu(g)
+        g += np.triu(g, 1).T
+        delta = (mean - shift).astype(np.float32)
+        g -= n * np.outer(delta, delta)
+        out.append(g)
+    return tuple(out)
 
 
 def apply_quantization(model, bits: int = 8, per_class: bool = False, pow2: bool = False,
                        feature_mean: np.ndarray | None = None, clip: str | None = None,
-                       feature_sample: np.ndarray | None = None):
+                       feature_sample: np.ndarray | None = None,
+                       feature_gram: np.ndarray | None = None, rounding: str | None = None):
     """Quantize ``model``'s head in place; ``predict`` then uses the dequantized head.
-    ``feature_mean`` (from training images: ``training_feature_mean(model, x_train)``)
-    turns on bias correction."""
+    ``feature_mean`` (from training images: ``training_feature_stats(model, x_train)``)
+    turns on bias correction; ``feature_gram`` GPTQ rounding."""
     if getattr(model, "head_meta_", {}).get("kind") == "fixed":
         raise ConfigError("the model head is already fixed point; quantize the float model")
     meta, arrays = quantize_head(model.coef_, model.intercept_, bits, per_class, pow2, feature_mean,
-                                 clip, feature_sample)
+                                 clip, feature_sample, feature_gram, rounding)
     model.coef_, model.intercept_ = dequantize(meta, arrays)
     model.head_meta_ = meta
     model.head_arrays_ = arrays

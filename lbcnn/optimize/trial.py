@@ -14,7 +14,7 @@ import numpy as np
 from ..data.splits import kfold_ids, stratified_subset
 from ..errors import ConfigError
 from ..heads.elm import RidgeAccumulator, one_vs_rest_targets, solve_dual
-from ..heads.quantize import dequantize, quantize_head, sample_rows
+from ..heads.quantize import centred_gram, dequantize, quantize_head, sample_rows
 from ..memory import require
 from ..models.lbcnn import LBCNN, LBCNNBody
 from .space import FLOAT_BITS, Config, features
@@ -96,7 +96,8 @@ def prepare(ds, train_size, val_fraction: float, seed: int, rung_sizes=(1000, 30
 
 def _fit_head(body: LBCNNBody, x, y, n_classes: int, C: float, bits: int):
     """Float ELM head, then (bits < 32) the bias-corrected n-bit head with per-class scales
-    clipped for the least logit error (``heads.quantize``); returns (W, b, solver).
+    clipped for the least logit error and GPTQ rounding (``heads.quantize``); returns
+    (W, b, solver).
     The dual solve is used whenever samples do not outnumber features."""
     h = body.transform(x)
     t = one_vs_rest_targets(y, n_classes)
@@ -114,7 +115,8 @@ def _fit_head(body: LBCNNBody, x, y, n_classes: int, C: float, bits: int):
         mu = h.mean(0, dtype=np.float64)
         pick = sample_rows(n)  # the rows refit() samples, through training_feature_stats
         meta, arrays = quantize_head(w, b, bits, per_class=True, feature_mean=mu,
-                                     feature_sample=(h[pick] - mu).astype(np.float32))
+                                     feature_sample=(h[pick] - mu).astype(np.float32),
+                                     feature_gram=centred_gram(h, mu))
         w, b = dequantize(meta, arrays)
     return w, b, solver
 
@@ -125,8 +127,23 @@ def _correct(body: LBCNNBody, w, b, x, y) -> int:
     return int(((body.transform(x) @ w + b).argmax(1) == y).sum())
 
 
+# BLAS threads inside a trial. OpenBLAS sums in a different order with another thread
+# count, and GPTQ rounding carries such last-bit differences into other integers, so a
+# trial pins its count: then it gives the same numbers in this process, on a Ray
+# worker (which Ray starts with one thread per CPU it asked for) and on any machine.
+# Both cores are used by running two trials at once (--workers 2), not two threads.
+TRIAL_BLAS_THREADS = 1
+
+
 def evaluate(config: Config, seed: int, data: TrialData, rung: int) -> dict:
     """Validation accuracy of ``config``'s quantized head fitted on rung ``rung``'s images."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=TRIAL_BLAS_THREADS, user_api="blas"):
+        return _evaluate(config, seed, data, rung)
+
+
+def _evaluate(config: Config, seed: int, data: TrialData, rung: int) -> dict:
     t0 = time.perf_counter()
     x_fit, x_val = data.images(config.color)
     body = LBCNNBody.random(data.input_shape(config.color), config.filters, config.nl, seed,
@@ -151,11 +168,15 @@ def evaluate(config: Config, seed: int, data: TrialData, rung: int) -> dict:
 
 
 def memory_need(n_features: int, n_train: int) -> int:
-    """Peak bytes of one trial: the feature matrix plus the Gram (primal) or kernel (dual)."""
+    """Peak bytes of one trial: the feature matrix plus the Gram (primal) or kernel (dual),
+    plus GPTQ rounding's centred Gram and factors (``heads.quantize.gptq_bytes``)."""
+    from ..heads.quantize import gptq_bytes
+
     feats = 4 * n_features * n_train
+    rounding = 4 * n_features ** 2 + gptq_bytes(n_features)
     if n_features < n_train:
-        return feats + 2 * 4 * n_features ** 2
-    return feats + 2 * 8 * n_train ** 2
+        return feats + 2 * 4 * n_features ** 2 + rounding
+    return feats + 2 * 8 * n_train ** 2 + rounding
 
 
 @functools.lru_cache(maxsize=4096)
@@ -191,7 +212,8 @@ def cost(config: Config, input_shape, n_classes: int) -> dict:
 
 def refit(config: Config, seed: int, data: TrialData):
     """The front member's final model: ELM head on the whole training budget, then the
-    bias-corrected n-bit head, exactly as ``lbcnn quantize --per-class`` would build it."""
+    bias-corrected, GPTQ-rounded n-bit head, exactly as ``lbcnn quantize --per-class``
+    would build it."""
     from ..heads.quantize import apply_quantization, training_feature_stats
 
     t0 = time.perf_counter()
@@ -202,7 +224,7 @@ def refit(config: Config, seed: int, data: TrialData):
     require(memory_need(d, len(x)) // 2, f"refitting {config.label()}", "narrow the search space")
     model.fit(x, np.asarray(y))
     if config.bits != FLOAT_BITS:
-        mu, sample = training_feature_stats(model, x)
+        mu, sample, gram = training_feature_stats(model, x, gram=True)
         apply_quantization(model, config.bits, per_class=True, feature_mean=mu,
-                           feature_sample=sample)
+                           feature_sample=sample, feature_gram=gram)
     return model, time.perf_counter() - t0
