@@ -102,6 +102,75 @@ def test_feature_stats_sample_is_centred_training_rows(small, mnist):
     np.testing.assert_allclose(sample, (full[pick] - mu).astype(np.float32), rtol=1e-5, atol=1e-4)
 
 
+def _correlated_head(d, k, seed=0, n=60):
+    """Features with neighbour correlation (as overlapping windows give), a random head."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    x[:, 1:] += 0.8 * x[:, :-1]
+    w = rng.normal(size=(d, k))
+    return x, w, np.abs(w).max(0) / 7
+
+
+@pytest.mark.parametrize("d,k,block", [(7, 2, 16), (40, 3, 16), (150, 4, 32)])
+def test_gptq_round_equals_the_textbook_obs_oracle(d, k, block):
+    from lbcnn.heads.quantize import gptq_round, gptq_round_reference
+
+    x, w, s = _correlated_head(d, k, seed=d)
+    want = gptq_round_reference(w, s, 7, x.T @ x)
+    assert np.array_equal(gptq_round(w, s, 7, x.T @ x, block=block, dtype=np.float64), want)
+    # the float32 factorization (the default) may differ only at exact ties
+    assert np.mean(gptq_round(w, s, 7, (x.T @ x).astype(np.float32), block=block) == want) > 0.99
+
+
+def test_gptq_round_is_nearest_rounding_for_uncorrelated_features():
+    from lbcnn.heads.quantize import gptq_round
+
+    rng = np.random.default_rng(2)
+    w, s = rng.normal(size=(30, 3)), np.float64(0.2)
+    gram = np.diag(rng.uniform(0.5, 2.0, 30))  # nothing can absorb another feature's error
+    assert np.array_equal(gptq_round(w, s, 7, gram), np.clip(np.rint(w / s), -7, 7))
+
+
+@pytest.mark.parametrize("n,ratio", [(60, 0.2), (600, 0.7)])  # fewer images than features: more room
+def test_gptq_cuts_the_logit_error_of_correlated_features(n, ratio):
+    from lbcnn.heads.quantize import gptq_round
+
+    x, w, s = _correlated_head(300, 5, seed=1, n=n)
+    q = gptq_round(w, s, 7, x.T @ x)
+    assert np.abs(q).max() <= 7
+
+    def logit_err(q):
+        return float(((x @ (w - q * s)) ** 2).sum())
+    assert logit_err(q) < ratio * logit_err(np.clip(np.rint(w / s), -7, 7))
+
+
+def test_gptq_head_needs_a_gram_and_records_its_rounding():
+    from lbcnn.heads.quantize import centred_gram, quantize_head
+
+    x, w, _ = _correlated_head(20, 3)
+    w, b = w.astype(np.float32), np.zeros(3, np.float32)
+    with pytest.raises(ConfigError, match="needs the Gram"):
+        quantize_head(w, b, 4, rounding="gptq")
+    with pytest.raises(ConfigError, match="rounding must be"):
+        quantize_head(w, b, 4, rounding="stochastic")
+    with pytest.raises(DataError, match="feature Gram"):
+        quantize_head(w, b, 4, feature_gram=np.ones((3, 3)))
+    gram = centred_gram(x, x.mean(0), chunk=7)
+    np.testing.assert_allclose(gram, (x - x.mean(0)).T @ (x - x.mean(0)), rtol=1e-4, atol=1e-3)
+    assert quantize_head(w, b, 4, feature_gram=gram)[0]["rounding"] == "gptq"
+    assert quantize_head(w, b, 4)[0]["rounding"] == "nearest"
+
+
+def test_feature_stats_gram_is_the_centred_training_gram(small, mnist):
+    from lbcnn.heads.quantize import training_feature_stats
+
+    x = mnist.x_train[:300]
+    mu, _, gram = training_feature_stats(small, x, batch_size=64, sample=0, gram=True)
+    full = small.body_.transform(x).astype(np.float64) - mu
+    want = full.T @ full
+    np.testing.assert_allclose(gram, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 def test_pow2_mse_scales_stay_powers_of_two():
     from lbcnn.heads.quantize import quantize_tensor
 
@@ -134,7 +203,8 @@ def test_quantized_head_round_trips_as_integers(small, mnist, tmp_path):
     save_lbcnn(q, tmp_path / "q.npz")
     back = _load(tmp_path / "q.npz")
     assert back.head_meta_ == {"kind": "fixed", "bits": 8, "scale": "per_tensor", "pow2": False,
-                               "bias_bits": 8, "bias_scale": "per_tensor", "clip": "mse"}
+                               "bias_bits": 8, "bias_scale": "per_tensor", "clip": "mse",
+                               "rounding": "nearest"}
     wq = back.head_arrays_["head/weight_q"]
     assert wq.dtype == np.int8 and np.abs(wq.astype(int)).max() == 127
     np.testing.assert_array_equal(back.coef_, q.coef_)
@@ -589,6 +659,25 @@ def test_cli_quantize_export_info(small, tmp_path, capsys):
     assert info["head_bits"] == 784 * 10 * 8 + 10 * 8 + 32 * 11
     assert main(["info", str(tmp_path / "missing.npz")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_quantize_gptq_rounding_beats_nearest_on_training_logits(small, mnist, tmp_path,
+                                                                     capsys):
+    from lbcnn.cli import main
+
+    save_lbcnn(small, tmp_path / "m.npz", dataset="mnist")
+    for rounding in ("gptq", "nearest"):
+        assert main(["quantize", str(tmp_path / "m.npz"), "--dataset", "mnist", "--bits", "3",
+                     "--per-class", "--rounding", rounding,
+                     "--out", str(tmp_path / f"{rounding}.npz"), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["head"]["rounding"] == rounding
+    gptq, near = _load(tmp_path / "gptq.npz"), _load(tmp_path / "nearest.npz")
+    assert gptq.meta_["quantize"]["rounding"] == "gptq"
+    h = small.body_.transform(mnist.x_train[:2000]).astype(np.float64)
+
+    def logit_err(m):
+        return float(((h @ (m.coef_ - small.coef_) + m.intercept_ - small.intercept_) ** 2).sum())
+    assert logit_err(gptq) < 0.8 * logit_err(near)
 
 
 def test_cli_finetune_run_folder(small, tmp_path, capsys):

@@ -68,6 +68,10 @@ def add_parser(sub) -> None:
                    help="weight scale: the clipping level with the least logit error on training "
                         "features (output), the least weight error (mse), or the largest weight "
                         "(absmax) (default: %(default)s)")
+    q.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
+                   help="gptq: round feature by feature, cancelling each rounding error through "
+                        "the training features' correlations (GPTQ); nearest: round each weight "
+                        "alone (default: %(default)s)")
     q.add_argument("--no-bias-correction", action="store_true",
                    help="do not fold the weights' mean rounding error (over the training "
                         "images' features) into the bias")
@@ -226,19 +230,23 @@ def cmd_quantize(args) -> int:
     val_seen = bool(getattr(model, "meta_", {}).get("finetune", {}).get("refit_full"))
     before = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     # bias correction uses training images only (never validation or test)
-    mu, sample = None, None
-    if args.clip == "output" or not args.no_bias_correction:  # one pass serves both
-        mu, sample = training_feature_stats(model, ds.x_train[tr],
-                                            sample=FEATURE_SAMPLE if args.clip == "output" else 0)
+    mu, sample, gram = None, None, None
+    gptq = args.rounding == "gptq"
+    if args.clip == "output" or gptq or not args.no_bias_correction:  # one pass serves all
+        mu, sample, *rest = training_feature_stats(
+            model, ds.x_train[tr], sample=FEATURE_SAMPLE if args.clip == "output" else 0,
+            gram=gptq)
+        gram = rest[0] if gptq else None
     if args.no_bias_correction:
         mu = None
-    apply_quantization(model, args.bits, args.per_class, args.pow2, mu, args.clip, sample)
+    apply_quantization(model, args.bits, args.per_class, args.pow2, mu, args.clip, sample,
+                       gram, args.rounding)
     after = {"val_accuracy": _acc(model, xv, yv), "test_accuracy": _acc(model, ds.x_test, ds.y_test)}
     meta = _carried_meta(model)
     meta.update(dataset=ds.name, val_accuracy=after["val_accuracy"],
                 test_accuracy=after["test_accuracy"],
                 quantize={"bits": args.bits, "per_class": args.per_class, "pow2": args.pow2,
-                          "clip": args.clip,
+                          "clip": args.clip, "rounding": args.rounding,
                           "bias_correction_images": 0 if mu is None else int(len(tr)),
                           "source": str(src), "before": before, "after": after,
                           "val_size": int(len(va)), "seed": args.seed})
