@@ -251,6 +251,7 @@ def test_ray_workers_give_in_process_metrics(npz, tmp_path):
     (["--storage", "redis://localhost:6379"], "--storage must be a database URL"),
     (["--resume"], "no optimize study to resume"),
     (["--layers", "1", "--nf1", "0"], "depth multipliers must be >= 1"),
+    (["--flip"], "--flip refused for npz:"),
 ])
 def test_bad_input_is_one_line(npz, tmp_path, capsys, extra, message):
     if extra == ["--resume"]:
@@ -260,6 +261,41 @@ def test_bad_input_is_one_line(npz, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("lbcnn: error:") and "\n" not in err, err
     assert message in err, err
+
+
+def test_flip_mirrors_fit_images_only(data_dir):
+    """With --flip a trial fits on its rung's images plus their mirrors and validates on
+    the unmirrored validation images: the same numbers as a plain trial whose fit set
+    holds the mirrors explicitly. The refit sees the whole budget mirrored too."""
+    from lbcnn.data import load_dataset
+    from lbcnn.optimize import Config
+    from lbcnn.optimize.trial import TrialData, evaluate, prepare, refit
+
+    ds = load_dataset("olivetti", split="paper", seed=0)
+    flip = prepare(ds, None, 0.2, 0, (100,), flip=True)
+    n = len(flip.y_fit)
+    explicit = TrialData(np.concatenate([flip.x_fit, flip.x_fit[:, :, ::-1]]),
+                         np.concatenate([flip.y_fit, flip.y_fit]), flip.x_val, flip.y_val,
+                         flip.n_classes, flip.input_scale,
+                         [np.concatenate([r, r + n]) for r in flip.rungs])
+    cfg = Config((2,), 1, 1e-2, 4)
+    for rung in (0, 1):
+        a, b = evaluate(cfg, 5, flip, rung), evaluate(cfg, 5, explicit, rung)
+        assert a["val_accuracy"] == b["val_accuracy"] and a["n_val"] == len(flip.y_val) == 50
+    model, _ = refit(Config((2,), 1, 1e-2, 32), 5, flip)
+    x, y = flip.budget()
+    mirrored = model.body_.transform(x[:, :, ::-1]).astype(np.float64)
+    # the ridge head's normal equations hold over budget + mirrors, not over the budget alone
+    both = np.concatenate([model.body_.transform(x).astype(np.float64), mirrored])
+    w = model.coef_.astype(np.float64)
+
+    def normal_residual(h, labels):
+        t = np.where(labels[:, None] == np.arange(40), 1.0, -1.0)
+        return np.abs(h.T @ (h @ w - t) + w / 1e-2).max() / np.abs(h.T @ t).max()
+    fitted = normal_residual(both, np.concatenate([y, y]))
+    assert fitted < 1e-3 and normal_residual(both[:len(y)], y) > 5 * fitted
+    with pytest.raises(Exception, match="--flip refused for mnist"):
+        prepare(load_dataset("mnist"), 500, 0.1, 0, (100,), flip=True)
 
 
 @pytest.fixture(scope="module")

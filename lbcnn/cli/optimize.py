@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     s.add_argument("--cv", type=int, default=0, metavar="K",
                    help="rank by K-fold cross-validation over the whole budget (tiny datasets; "
                         "one rung, no pruning); 0 = one validation split")
+    s.add_argument("--flip", action="store_true",
+                   help="fit every head on the images and their left-right mirrors (faces, "
+                        "clothes; refused for digits and signs); validation is never mirrored")
     s.add_argument("--minutes", type=float, default=30.0,
                    help="search time budget; no bracket starts that would overrun it "
                         "(the final refits come on top)")
@@ -128,7 +131,7 @@ def run(args) -> int:
                    ray_address=args.ray, storage=args.storage, study_name=args.study_name,
                    resume=args.resume, force=args.force, sampler=args.sampler,
                    max_configs=args.max_configs, data_path=args.data_path, split=args.split,
-                   promote_against=args.promote_against,
+                   promote_against=args.promote_against, flip=args.flip,
                    progress=not quiet, log=log)
     if args.json:
         from ..outputs import strict_json

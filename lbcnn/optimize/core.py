@@ -74,8 +74,8 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
              workers: int = 0, ray_address: str | None = None, storage: str | None = None,
              study_name: str | None = None, resume: bool = False, force: bool = False,
              sampler: str = "tpe", max_configs: int | None = None, data_path=None,
-             split: str = "default", promote_against: str = "bracket", progress: bool = False,
-             log=None) -> OptimizeResult:
+             split: str = "default", promote_against: str = "bracket", flip: bool = False,
+             progress: bool = False, log=None) -> OptimizeResult:
     """Search architecture, head bits and C for the Pareto front of validation accuracy
     against ``objectives``' costs; returns the refit, test-scored front.
 
@@ -88,6 +88,10 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
     starved large models: at 1,000 images they are dominated by smaller ones that
     they beat at 9,000, and none above 196 kbits reached the top rung in 1,242
     configurations, so "bracket" is the default.
+    ``flip``: every fit (trial, CV fold, final refit) also sees its images mirrored
+    left-right; validation and held-out folds never do. Refused where a mirror can
+    change the class (digits, signs). On Olivetti (paper split, 2 x 5-fold CV) it
+    raised 5,4 with a 4-bit head from 98.0 % to 99.0-99.2 %.
     """
     if promote_against not in ("bracket", "study"):
         raise ConfigError(f"promote_against must be bracket or study, got {promote_against!r}")
@@ -142,9 +146,10 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
         if rungs is None:
             rungs = auto_rungs(ds.n_classes, len(ds.y_train) if train_size is None else train_size,
                                int(eta))
-        data = prepare(ds, train_size, val_fraction, seed, rungs, cv, space.colors(3))
+        data = prepare(ds, train_size, val_fraction, seed, rungs, cv, space.colors(3), flip)
         shape, k = ds.input_shape, ds.n_classes
         budget_n = len(data.budget("gray")[1])
+        fit_rows = budget_n * (2 if flip else 1)  # mirrored copies are extra rows to fit
         n_workers = max(1, int(workers)) if not ray_address else 1
         mem = memory_budget_bytes() // n_workers
 
@@ -154,7 +159,7 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
             if d > space.max_features:
                 return f"{d:,} features > --max-features {space.max_features:,}", \
                     d / space.max_features - 1
-            need = memory_need(d, budget_n)
+            need = memory_need(d, fit_rows)
             if need > mem:
                 return "over the memory plan", need / mem - 1
             kb = cost(cfg, shape, k)["kbits"]
@@ -167,6 +172,8 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
                        "val_fraction": val_fraction, "seed": seed, "cv": int(cv),
                        "rungs": data.rung_sizes, "objectives": list(objectives),
                        "space": space.to_dict()}
+        if flip:  # only when set, so studies from before the option still resume
+            fingerprint["flip"] = True
         name = study_name or state.get("study_name") or \
             f"lbcnn-{ds.name.replace(':', '-')}-{budget_n}-seed{seed}"
 

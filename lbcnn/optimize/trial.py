@@ -45,6 +45,7 @@ class TrialData:
     rungs: list[np.ndarray]
     folds: np.ndarray | None = None
     luma: dict = field(default_factory=dict)  # "fit"/"val" -> Y-channel copies for colour data
+    flip: bool = False  # every fit also sees its images mirrored left-right; never validation
 
     @property
     def rung_sizes(self) -> list[int]:
@@ -67,8 +68,18 @@ class TrialData:
         return np.concatenate([xf, xv]), np.concatenate([self.y_fit, self.y_val])
 
 
+def with_mirrors(x: np.ndarray, y: np.ndarray, flip: bool):
+    """(x, y) plus, when ``flip``, every image mirrored left-right with its label."""
+    if not flip:
+        return x, y
+    return np.concatenate([x, x[:, :, ::-1]]), np.concatenate([y, y])
+
+
 def prepare(ds, train_size, val_fraction: float, seed: int, rung_sizes=(1000, 3000),
-            cv: int = 0, colors=("rgb",)) -> TrialData:
+            cv: int = 0, colors=("rgb",), flip: bool = False) -> TrialData:
+    if flip:
+        from ..data.augment import check_flip_allowed
+        check_flip_allowed(ds.name)
     tr, va = ds.split(train_size, val_fraction, seed)
     if cv:
         pool = np.concatenate([tr, va])
@@ -91,6 +102,7 @@ def prepare(ds, train_size, val_fraction: float, seed: int, rung_sizes=(1000, 30
     if data.x_fit.shape[-1] == 3 and "y" in colors:
         from ..preprocess import rgb_to_y
         data.luma = {"fit": rgb_to_y(data.x_fit), "val": rgb_to_y(data.x_val)}
+    data.flip = bool(flip)
     return data
 
 
@@ -152,14 +164,14 @@ def _evaluate(config: Config, seed: int, data: TrialData, rung: int) -> dict:
         correct, solver = 0, ""
         for f in range(int(data.folds.max()) + 1):
             fit, held = data.folds != f, data.folds == f
-            w, b, solver = _fit_head(body, x_fit[fit], data.y_fit[fit], data.n_classes, config.C,
-                                     config.bits)
+            w, b, solver = _fit_head(body, *with_mirrors(x_fit[fit], data.y_fit[fit], data.flip),
+                                     data.n_classes, config.C, config.bits)
             correct += _correct(body, w, b, x_fit[held], data.y_fit[held])
         acc, n_train, n_val = correct / len(data.y_fit), len(data.y_fit), len(data.y_fit)
     else:
         idx = data.rungs[rung]
-        w, b, solver = _fit_head(body, x_fit[idx], data.y_fit[idx], data.n_classes, config.C,
-                                 config.bits)
+        w, b, solver = _fit_head(body, *with_mirrors(x_fit[idx], data.y_fit[idx], data.flip),
+                                 data.n_classes, config.C, config.bits)
         acc, n_train, n_val = _correct(body, w, b, x_val, data.y_val) / len(data.y_val), len(idx), \
             len(data.y_val)
     return {"rung": int(rung), "n_train": int(n_train), "n_val": int(n_val),
@@ -217,7 +229,7 @@ def refit(config: Config, seed: int, data: TrialData):
     from ..heads.quantize import apply_quantization, training_feature_stats
 
     t0 = time.perf_counter()
-    x, y = data.budget(config.color)
+    x, y = with_mirrors(*data.budget(config.color), data.flip)
     model = LBCNN(filters=config.filters, nl=config.nl, C=config.C, random_state=seed,
                   input_scale=data.input_scale, device="cpu")
     d = features(x.shape[1:], config.filters)
