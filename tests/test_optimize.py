@@ -115,6 +115,42 @@ def test_optimize_api_front_kbits_and_test_once(npz, tmp_path, monkeypatch):
     assert s["infeasible"] == sum(r["state"] == "INFEASIBLE" for r in res.trials)
 
 
+def test_normalized_margin_and_cv_tie_break():
+    from lbcnn.optimize.trial import normalized_margins, rank_accuracy
+
+    z = np.array([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0]])
+    y = np.array([0, 0])
+    want = np.array([(2 - 1) / z[0].std(), (0 - 3) / z[1].std()])
+    np.testing.assert_allclose(normalized_margins(z, y), want)
+    # C shrinks or shifts every logit of a row alike: the margin does not move
+    np.testing.assert_allclose(normalized_margins(0.1 * z + 5, y), want)
+    n = 250
+    assert rank_accuracy({"val_accuracy": 0.9, "n_val": n}) == 0.9  # no CV: accuracy itself
+    hi = {"val_accuracy": 247 / n, "n_val": n, "val_margin": 9.0}
+    lo = {"val_accuracy": 247 / n, "n_val": n, "val_margin": 0.5}
+    more = {"val_accuracy": 248 / n, "n_val": n, "val_margin": -9.0}
+    assert rank_accuracy(lo) < rank_accuracy(hi) < rank_accuracy(more)
+
+
+def test_cv_front_reports_plain_accuracy_and_ranks_ties_by_margin(npz, tmp_path):
+    from lbcnn.optimize import optimize
+    from lbcnn.optimize.trial import rank_accuracy
+
+    res = optimize(npz, train_size=200, cv=4, space=_space(), max_configs=6,
+                   out=tmp_path / "cv", seed=2)
+    done = [r for r in res.trials if r["state"] == "COMPLETE"]
+    assert len(done) == 6 and res.front
+    for m in res.front:  # whole images out of 200: no tie-break term in what is reported
+        assert round(m["val_accuracy"] * 200, 9) == round(m["val_accuracy"] * 200)
+    import optuna
+    study = optuna.load_study(study_name=res.summary["study_name"],
+                              storage=f"sqlite:///{tmp_path / 'cv' / 'study.db'}")
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        r0 = t.user_attrs["rung0"]
+        assert "val_margin" in r0 and t.values[0] == pytest.approx(rank_accuracy(r0), abs=0)
+        assert 0 < t.values[0] - r0["val_accuracy"] < 1 / 400
+
+
 def test_front_is_pareto_and_kbits_equal_lbcnn_info(npz, tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli("optimize", "--dataset", npz, *SMALL, "--max-configs", "18", "--bracket", "9",

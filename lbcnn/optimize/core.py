@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..memory import memory_budget_bytes
 from .pareto import pareto_front, promote
 from .space import Config, SearchSpace, features
-from .trial import cost, kernel_seed, memory_need, prepare, refit
+from .trial import cost, kernel_seed, memory_need, prepare, rank_accuracy, refit
 
 OBJECTIVES = {"accuracy": "maximize", "kbits": "minimize", "macs": "minimize"}
 
@@ -255,14 +255,16 @@ def _search(study, space, data, shape, k, objectives, infeasible, runner, run_se
     best = {"acc": None}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if max_kbits is None or t.user_attrs.get("kbits", math.inf) <= max_kbits:
-            best["acc"] = max(best["acc"] or 0.0, t.values[objectives.index("accuracy")])
+            top = t.user_attrs.get(f"rung{last}", {}).get("val_accuracy")
+            if top is not None:
+                best["acc"] = max(best["acc"] or 0.0, top)
     # every rung's earlier results (this run's and, on resume or a shared study, others')
     history = [[] for _ in data.rungs]
     for t in study.get_trials(deepcopy=False):
         for r in range(last + 1):
             res = t.user_attrs.get(f"rung{r}")
             if res is not None and "kbits" in t.user_attrs:
-                history[r].append(_objective_values(objectives, res["val_accuracy"], t.user_attrs))
+                history[r].append(_objective_values(objectives, rank_accuracy(res), t.user_attrs))
     bar = progress_bar(deadline) if progress else None
     done = {"n": 0, "pruned": 0}
 
@@ -298,7 +300,7 @@ def _search(study, space, data, shape, k, objectives, infeasible, runner, run_se
                 results = runner.map([(m["config"], m["seed"], r) for m in alive])
                 for m, res in zip(alive, results):
                     m["trial"].set_user_attr(f"rung{r}", res)
-                    m["acc"] = res["val_accuracy"]
+                    m["acc"], m["val"] = rank_accuracy(res), res["val_accuracy"]
                 points = [_objective_values(objectives, m["acc"], m["cost"]) for m in alive]
                 context = list(history[r])
                 history[r].extend(points)
@@ -307,7 +309,7 @@ def _search(study, space, data, shape, k, objectives, infeasible, runner, run_se
                         study.tell(m["trial"], _objective_values(objectives, m["acc"], m["cost"]))
                         done["n"] += 1
                         if max_kbits is None or m["cost"]["kbits"] <= max_kbits:
-                            best["acc"] = max(best["acc"] or 0.0, m["acc"])
+                            best["acc"] = max(best["acc"] or 0.0, m["val"])
                     break
                 keep = set(promote(points, maximize, 1.0 / eta,
                                    context if promote_against == "study" else None).tolist())
@@ -381,7 +383,8 @@ def _final_front(study, objectives, max_kbits, ds, data, run_dir, say) -> list[d
         if cfg.color == "y":
             from ..preprocess import rgb_to_y
             x_test = rgb_to_y(x_test)
-        val = float(t.values[objectives.index("accuracy")])
+        # the ranked value may carry a tie-break; the member reports the accuracy itself
+        val = float(t.user_attrs[f"rung{len(data.rungs) - 1}"]["val_accuracy"])
         path = None
         if run_dir is not None:
             path = run_dir / "models" / f"trial-{t.number:05d}.npz"
