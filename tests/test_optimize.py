@@ -242,6 +242,86 @@ def test_sigkill_then_resume_loses_no_completed_trial(npz, tmp_path):
     assert summary["front"]
 
 
+# -- a shared PostgreSQL study -----------------------------------------------------------
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on a Unix socket (skipped without the server binaries
+    or psycopg2). As root the server runs as ``nobody``: PostgreSQL refuses root."""
+    import shutil
+    import tempfile
+
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[test]')")
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
+    as_user = []
+    root = tempfile.mkdtemp(prefix="lbcnn-pg-", dir="/tmp")  # short: socket paths are limited
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        if not runuser:
+            pytest.skip("running as root without runuser to start PostgreSQL as another user")
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        os.chown(root, nobody.pw_uid, nobody.pw_gid)
+        as_user = [runuser, "-u", "nobody", "--"]
+    data = os.path.join(root, "data")
+    subprocess.run([*as_user, initdb, "-D", data, "-A", "trust", "-U", "lbcnn"], check=True,
+                   capture_output=True, timeout=120)
+    opts = f"-k {root} -p 54329 -c listen_addresses=''"
+    subprocess.run([*as_user, pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(root, "log"),
+                    "-w", "start"], check=True, capture_output=True, timeout=120)
+    try:
+        import psycopg2
+        con = psycopg2.connect(dbname="postgres", user="lbcnn", host=root, port=54329)
+        con.autocommit = True
+        con.cursor().execute("CREATE DATABASE study")
+        con.close()
+        yield f"postgresql://lbcnn@/study?host={root}&port=54329"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_processes_share_one_postgresql_study(npz, tmp_path, postgres_url):
+    """Two optimize processes (as on two machines) join one study through --storage: every
+    trial lands once in the shared database, each process sees the other's results, and a
+    third process resumes the study from the database alone."""
+    import optuna
+
+    def run(name, *extra):
+        return subprocess.Popen(
+            [sys.executable, "-m", "lbcnn", "optimize", "--dataset", npz, *SMALL,
+             "--bracket", "3", "--storage", postgres_url, "--study-name", "shared",
+             "--out", str(tmp_path / name), "--json", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [run("a", "--max-configs", "6"), run("b", "--max-configs", "6")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    fitted = [t for t in study.trials if "config" in t.user_attrs and t.state.is_finished()]
+    assert len(fitted) == 12 and len({t.number for t in fitted}) == 12
+    assert len({t.user_attrs["owner"] for t in fitted}) == 2
+    completed = {t.number for t in fitted if t.state.name == "COMPLETE"}
+    for _, out in outs:
+        summary = json.loads(out)
+        assert summary["evaluated_this_run"] == 6
+        assert {m["trial"] for m in summary["front"]} <= completed
+    # a third process joins later: it sees all 12 results, and its front is the whole study's
+    r = subprocess.run([sys.executable, "-m", "lbcnn", "optimize", "--dataset", npz, *SMALL,
+                        "--bracket", "3", "--storage", postgres_url, "--study-name", "shared",
+                        "--out", str(tmp_path / "c"), "--max-configs", "3", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    assert summary["trials"] == 15 and summary["evaluated_this_run"] == 3
+    again = optuna.load_study(study_name="shared", storage=postgres_url)
+    done = [t for t in again.trials if t.state.name == "COMPLETE"]
+    best = max(t.values[0] for t in done)
+    assert max(m["val_accuracy"] for m in summary["front"]) == pytest.approx(best)
+
+
 # -- Ray ------------------------------------------------------------------------------
 def test_ray_workers_give_in_process_metrics(npz, tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
