@@ -45,8 +45,9 @@ weights is rounded, its logit error is pushed onto the features not yet rounded,
 through the inverse Gram. Features are correlated (overlapping 3x3 windows,
 neighbouring pooled cells), so most of a row's rounding error can be cancelled
 by its neighbours. The scales stay those clipping chose. On GTSRB (Y, 30
-filters, 7,680 features, 43 classes, C=0.01) a 4-bit head scored 86.95 %
-validation with nearest rounding and 91.47 % with GPTQ (float 91.86 %).
+filters, 7,680 features, 43 classes, C=0.01) a 4-bit head scored 88.19 %
+validation with nearest rounding and 91.47 % with GPTQ (float 91.86 %), a 3-bit
+head 77.34 % and 90.45 % (benchmarks/head_rounding.py).
 
 Only the integers and scales are stored in the model file; the dequantized
 float head is what ``predict`` uses.
