@@ -246,11 +246,12 @@ def test_sigkill_then_resume_loses_no_completed_trial(npz, tmp_path):
 @pytest.fixture
 def postgres_url():
     """A throw-away PostgreSQL server on a Unix socket (skipped without the server binaries
-    or psycopg2). As root the server runs as ``nobody``: PostgreSQL refuses root."""
+    or psycopg, SQLAlchemy's default PostgreSQL driver). As root the server runs as
+    ``nobody``: PostgreSQL refuses to run as root."""
     import shutil
     import tempfile
 
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[test]')")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
     if not (initdb and pg_ctl):
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
@@ -271,11 +272,10 @@ def postgres_url():
     subprocess.run([*as_user, pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(root, "log"),
                     "-w", "start"], check=True, capture_output=True, timeout=120)
     try:
-        import psycopg2
-        con = psycopg2.connect(dbname="postgres", user="lbcnn", host=root, port=54329)
-        con.autocommit = True
-        con.cursor().execute("CREATE DATABASE study")
-        con.close()
+        import psycopg
+        with psycopg.connect(dbname="postgres", user="lbcnn", host=root, port=54329,
+                             autocommit=True) as con:
+            con.execute("CREATE DATABASE study")
         yield f"postgresql://lbcnn@/study?host={root}&port=54329"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"],
@@ -304,7 +304,7 @@ def test_two_processes_share_one_postgresql_study(npz, tmp_path, postgres_url):
     assert len(fitted) == 12 and len({t.number for t in fitted}) == 12
     assert len({t.user_attrs["owner"] for t in fitted}) == 2
     completed = {t.number for t in fitted if t.state.name == "COMPLETE"}
-    for _, out in outs:
+    for out, _ in outs:
         summary = json.loads(out)
         assert summary["evaluated_this_run"] == 6
         assert {m["trial"] for m in summary["front"]} <= completed

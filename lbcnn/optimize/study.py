@@ -33,11 +33,13 @@ def open_storage(url: str):
         return optuna.storages.RDBStorage(url)
     except ModuleNotFoundError as exc:
         raise ConfigError(f"the database driver for {url.split('://')[0]} is not installed "
-                          f"({exc.name}); pip install psycopg2-binary (PostgreSQL) or pymysql "
-                          f"(MySQL)") from None
+                          f"({exc.name}); pip install -e \".[postgres]\" (PostgreSQL, psycopg) or "
+                          f"pymysql (MySQL)") from None
     except Exception as exc:  # sqlalchemy's OperationalError and friends
-        raise ConfigError(f"cannot open the study storage {_redact(url)}: "
-                          f"{str(exc).splitlines()[0][:200]}") from None
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if "DB access module" in first:  # Optuna's wording for a missing driver
+            first += ' (PostgreSQL: pip install -e ".[postgres]"; MySQL: pip install pymysql)'
+        raise ConfigError(f"cannot open the study storage {_redact(url)}: {first}") from None
 
 
 def _redact(url: str) -> str:
