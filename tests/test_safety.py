@@ -202,9 +202,11 @@ def test_sigkill_at_a_random_trial_then_resume_equals_uninterrupted(tmp_path, ti
 
 def test_ctrl_c_leaves_a_resumable_folder(tmp_path, tiny):
     out = tmp_path / "run"
+    # the child must not inherit an ignored SIGINT (pytest run in a background job is)
     proc = subprocess.Popen([sys.executable, "-m", "lbcnn", "search", "--dataset", tiny,
                              "--filters", "6", "--trials", "400", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     history = out / "history.json"
     deadline = time.time() + 120
     while time.time() < deadline and not history.exists():

@@ -26,20 +26,30 @@ def check_storage_url(url: str) -> str:
     return url
 
 
-def open_storage(url: str):
+def open_storage(url: str, attempts: int = 5):
+    """Optuna's RDB storage for ``url``. Processes that start together on a fresh
+    database race to create its tables, and the loser sees a duplicate-key error
+    (PostgreSQL's pg_type); once the winner is done the tables exist, so a failed
+    open is retried a few times before it is reported."""
+    import time
+
     import optuna
 
-    try:
-        return optuna.storages.RDBStorage(url)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"the database driver for {url.split('://')[0]} is not installed "
-                          f"({exc.name}); pip install -e \".[postgres]\" (PostgreSQL, psycopg) or "
-                          f"pymysql (MySQL)") from None
-    except Exception as exc:  # sqlalchemy's OperationalError and friends
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        if "DB access module" in first:  # Optuna's wording for a missing driver
-            first += ' (PostgreSQL: pip install -e ".[postgres]"; MySQL: pip install pymysql)'
-        raise ConfigError(f"cannot open the study storage {_redact(url)}: {first}") from None
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"the database driver for {url.split('://')[0]} is not installed "
+                              f"({exc.name}); pip install -e \".[postgres]\" (PostgreSQL, "
+                              f"psycopg) or pymysql (MySQL)") from None
+        except Exception as exc:  # sqlalchemy's OperationalError and friends
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if "DB access module" in first:  # Optuna's wording for a missing driver
+                first += ' (PostgreSQL: pip install -e ".[postgres]"; MySQL: pip install pymysql)'
+            elif attempt + 1 < attempts and ("duplicate key" in first or "already exists" in first):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise ConfigError(f"cannot open the study storage {_redact(url)}: {first}") from None
 
 
 def _redact(url: str) -> str:
