@@ -302,11 +302,24 @@ def sample_rows(n: int, sample: int = FEATURE_SAMPLE, seed: int = 0) -> np.ndarr
     return np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
 
 
+def _add_rows_gram(g: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``g`` (Fortran float32, upper triangle) plus ``rows^T rows``, in place via ``ssyrk``."""
+    from scipy.linalg import blas
+
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    return blas.ssyrk(1.0, rows.T, beta=1.0, c=g, trans=0, lower=0, overwrite_c=1)
+
+
+def _mirrored(g: np.ndarray) -> np.ndarray:
+    """The full symmetric matrix from ``ssyrk``'s upper triangle."""
+    g = np.triu(g)
+    g += np.triu(g, 1).T
+    return g
+
+
 def centred_gram(h: np.ndarray, mean: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
     """The full symmetric Gram ``(h - mean)^T (h - mean)`` of feature rows ``h`` (n, d),
     float32, formed chunk by chunk with ``ssyrk`` (upper triangle, then mirrored)."""
-    from scipy.linalg import blas
-
     from ..memory import require
 
     h = np.asarray(h)
@@ -317,10 +330,8 @@ def centred_gram(h: np.ndarray, mean: np.ndarray | None = None, chunk: int = 409
     g = np.zeros((d, d), dtype=np.float32, order="F")
     for a in range(0, len(h), chunk):
         c = np.ascontiguousarray(h[a:a + chunk] - mu, dtype=np.float32)
-        g = blas.ssyrk(1.0, c.T, beta=1.0, c=g, trans=0, lower=0, overwrite_c=1)
-    g = np.triu(g)
-    g += np.triu(g, 1).T
-    return g
+        g = _add_rows_gram(g, c)
+    return _mirrored(g)
 
 
 def training_feature_mean(model, X, batch_size: int = 2048) -> np.ndarray:
@@ -334,8 +345,6 @@ def training_feature_stats(model, X, batch_size: int = 2048, sample: int = FEATU
     ``model``'s body over images ``X``: what bias correction and output clipping read.
     ``gram=True`` adds a third item, the centred features' Gram (GPTQ rounding), from
     the same pass over the images."""
-    from scipy.linalg import blas
-
     total, n, g, shift = None, 0, None, None
     pick = sample_rows(len(X), sample, seed)
     rows = []
@@ -357,14 +366,13 @@ def training_feature_stats(model, X, batch_size: int = 2048, sample: int = FEATU
                 shift = f.astype(np.float64).mean(0)
                 g = np.zeros((d, d), dtype=np.float32, order="F")
             c = np.ascontiguousarray(f - shift, dtype=np.float32)
-            g = blas.ssyrk(1.0, c.T, beta=1.0, c=g, trans=0, lower=0, overwrite_c=1)
+            g = _add_rows_gram(g, c)
     if not n:
         raise DataError("bias correction needs at least one training image")
     mean = total / n
     out = [mean, None if not rows else (np.concatenate(rows) - mean).astype(np.float32)]
     if gram:
-        g = np.triu(g)
-        g += np.triu(g, 1).T
+        g = _mirrored(g)
         delta = (mean - shift).astype(np.float32)
         g -= n * np.outer(delta, delta)
         out.append(g)
