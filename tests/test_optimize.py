@@ -202,15 +202,22 @@ def test_sigkill_then_resume_loses_no_completed_trial(npz, tmp_path):
             time.sleep(0.5)
             if not (out / "run.json").exists():
                 continue
+            # Freeze the run while reading the study, so that the state seen is the state the
+            # kill lands on: a trial seen running cannot finish between the look and the kill.
+            proc.send_signal(signal.SIGSTOP)
+            kill_now = False
             try:
                 st = optuna.load_study(study_name=_study_name(out), storage=storage)
                 finished = [t for t in st.trials if t.state.is_finished()]
-            except Exception:
-                continue
-            # a trial being fitted (not one still being drawn) when the kill lands
-            running = [t for t in st.trials if t.state.name == "RUNNING" and "config" in t.user_attrs]
-            if len(finished) >= 3 and running:
+                # a trial being fitted (not one still being drawn)
+                running = [t for t in st.trials
+                           if t.state.name == "RUNNING" and "config" in t.user_attrs]
+                kill_now = len(finished) >= 3 and bool(running)
+            except Exception:  # frozen inside a write: look again later
+                pass
+            if kill_now:
                 break
+            proc.send_signal(signal.SIGCONT)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
