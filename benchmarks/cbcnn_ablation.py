@@ -10,7 +10,7 @@ the epoch count and the teacher without touching test information.
 Run by hand (long; not part of the test suite), e.g. from the repository root:
 
     LBCNN_DATA=../shared/data python benchmarks/cbcnn_ablation.py --dataset fashion_mnist \\
-        --epochs 6 --precision bf16 > benchmarks/notes/cbcnn_ablation_fashion.json
+        --epochs 6 > benchmarks/notes/cbcnn_ablation_fashion.json
     LBCNN_DATA=../shared/data python benchmarks/cbcnn_ablation.py --dataset gtsrb \\
         --preset cbcnn32 --y-channel --equalize --standardize --epochs 10 \\
         --base shift=2,rotate=10,zoom=0.1 > benchmarks/notes/cbcnn_ablation_gtsrb.json

@@ -70,7 +70,8 @@ def add_parser(sub) -> None:
                    help="augmentation: random zoom, fraction")
     c.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="training forward pass; bf16 autocast is ~1.6x faster on CPUs with "
-                        "AVX512-BF16 (evaluation stays float32)")
+                        "AVX512-BF16 and much slower without it: time it with "
+                        "benchmarks/bench_cbcnn_train.py (evaluation stays float32)")
     r = t.add_argument_group("cbcnn training recipe (docs/cbcnn_recipe.md)")
     r.add_argument("--recipe", choices=["paper", "fast"],
                    help="preset bundle of the options below; explicit options override it. "
