@@ -75,7 +75,10 @@ def main(argv=None) -> int:
     p.add_argument("--standardize", action="store_true")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--base", help="settings added to every run, e.g. shift=2,rotate=10,zoom=0.1")
-    p.add_argument("--options", help="comma-separated subset of the options (default: all)")
+    p.add_argument("--options", help="comma-separated subset of the options (default: all); "
+                   "join options with '+' to run them together, e.g. onecycle3e-3+erase0.25")
+    p.add_argument("--skip-baseline", action="store_true",
+                   help="do not train the baseline (no deltas), e.g. for an equal-time rerun")
     p.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
     p.add_argument("--list", action="store_true", help="list the options and exit")
     args = p.parse_args(argv)
@@ -105,20 +108,21 @@ def main(argv=None) -> int:
     pre = {"y_channel": args.y_channel, "equalize": args.equalize,
            "standardize": args.standardize, "input_scale": ds.input_scale}
     chosen = list(OPTIONS) if not args.options else args.options.split(",")
-    unknown = [o for o in chosen if o not in OPTIONS]
+    unknown = [part for o in chosen for part in o.split("+") if part not in OPTIONS]
     if unknown:
         raise SystemExit(f"unknown options {unknown}; see --list")
-    if ds.name not in FLIP_SAFE and "flip" in chosen:
-        chosen.remove("flip")  # refused for this dataset (mirroring changes the class)
+    if ds.name not in FLIP_SAFE:  # refused for this dataset (mirroring changes the class)
+        chosen = [o for o in chosen if "flip" not in o.split("+")]
     base = {**recipe_settings("paper", ds.name), **_base_settings(args.base)}
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cbcnn_ablation_"))
 
     def run(name: str, change) -> dict:
         settings = dict(base)
-        if isinstance(change, str):          # a whole recipe, on top of --base
-            settings.update(recipe_settings(change, ds.name))
-        else:
-            settings.update(change)
+        for part in change:
+            if isinstance(part, str):          # a whole recipe, on top of --base
+                settings.update(recipe_settings(part, ds.name))
+            else:
+                settings.update(part)
         out = root / name.replace(":", "_")
         t0 = time.perf_counter()
         try:
@@ -142,11 +146,11 @@ def main(argv=None) -> int:
                                                "wall_seconds")}), file=sys.stderr, flush=True)
         return rec
 
-    baseline = run("baseline", {})
+    baseline = None if args.skip_baseline else run("baseline", [])
     runs = []
     for name in chosen:
-        rec = run(name, OPTIONS[name])
-        if "skipped" not in rec:
+        rec = run(name, [OPTIONS[part] for part in name.split("+")])
+        if "skipped" not in rec and baseline is not None:
             rec["delta_val_pp"] = round(100 * (rec["val_accuracy"] - baseline["val_accuracy"]), 2)
         runs.append(rec)
     report = {"dataset": ds.name, "epochs": args.epochs, "train_size": args.train_size,
