@@ -46,7 +46,7 @@ def _cli(argv, capsys):
 
 
 # -- flip -----------------------------------------------------------------------------
-def test_flip_refused_on_mnist_gtsrb_and_unknown_datasets(tiny, data_dir, capsys):
+def test_flip_refused_on_mnist_gtsrb_and_unknown_datasets(tiny, data_dir, capsys, monkeypatch):
     from lbcnn.data.augment import FLIP_SAFE, check_flip_allowed
     from lbcnn.train_cbcnn import train_cbcnn
     for name in ("mnist", "gtsrb", "npz:/tmp/some.npz", "folder:/tmp/signs"):
@@ -64,8 +64,10 @@ def test_flip_refused_on_mnist_gtsrb_and_unknown_datasets(tiny, data_dir, capsys
     rc, err = _cli(["train", "--model", "cbcnn", "--dataset", "mnist", "--train-size", "200",
                     "--blocks", "4", "--dense", "", "--epochs", "1", "--flip"], capsys)
     assert rc == 2 and len(err) == 1 and "--flip refused for mnist" in err[0]
-    # --recipe fast asks for flips only where they are safe
+    # a recipe that flips asks for flips only where they are safe
+    from lbcnn import train_cbcnn as tc
     from lbcnn.train_cbcnn import recipe_settings
+    monkeypatch.setitem(tc.RECIPES, "fast", {**tc.RECIPES["fast"], "flip": True})
     assert recipe_settings("fast", "fashion_mnist")["flip"] is True
     assert recipe_settings("fast", "mnist")["flip"] is False
     assert recipe_settings("fast", "gtsrb")["flip"] is False
@@ -551,3 +553,19 @@ def test_cli_float_twin_then_teacher(tmp_path, capsys):
     assert (tmp_path / "s" / "model.npz").exists()
     rc, err = _cli(argv + ["--teacher", twin["teacher_path"], "--seed", "1"], capsys)
     assert rc == 2 and len(err) == 1 and "validation images" in err[0]
+
+
+# -- a time budget ---------------------------------------------------------------------
+def test_time_budget_stop_reads_no_test_until_the_resumed_run_ends(tiny, tmp_path):
+    from lbcnn.train_cbcnn import train_cbcnn
+    kw = dict(**TINY, epochs=3, seed=0, out_dir=tmp_path / "run", progress=False)
+    first = train_cbcnn(tiny, **kw, max_seconds=1e-9)
+    assert first["stopped_by_time_budget"] and first["epochs_run"] == 1
+    assert first["test_accuracy"] is None  # a run to be resumed does not read the test set
+    assert (tmp_path / "run" / "model.npz").is_file()  # its best model so far is not lost
+    done = train_cbcnn(tiny, **kw, resume=True)
+    assert not done["stopped_by_time_budget"] and done["epochs_run"] == 3
+    assert done["test_accuracy"] is not None and 0.0 <= done["test_accuracy"] <= 1.0
+    whole = train_cbcnn(tiny, **{**kw, "out_dir": tmp_path / "whole"})
+    for k, v in whole["final_state"].items():
+        assert torch.equal(v, done["final_state"][k]), k

@@ -210,6 +210,10 @@ def _train_cbcnn(args, ds) -> dict:
                     zoom=args.zoom, float_twin=args.float_twin,
                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
                     **recipe)
+    if r["stopped_by_time_budget"]:
+        say(args, f"stopped by --max-minutes after epoch {r['epochs_run']} of {args.epochs}; the "
+                  f"best-validation model is saved. Continue with --resume; the test set is "
+                  f"read when the run ends")
     teacher = r.get("teacher")
     return {"model": "cbcnn float twin" if args.float_twin else "cbcnn", "dataset": ds.name,
             "blocks": list(blocks), "dense": list(dense),
