@@ -161,7 +161,9 @@ def main(argv=None) -> int:
                       "below ~2 validation-set standard errors are noise",
               "val_size": int(len(ds.split(args.train_size, args.val_fraction, args.seed)[1])),
               "baseline": baseline, "runs": sorted(runs, key=lambda r: -r.get("val_accuracy", -1.0)),
-              "runs_dir": str(root)}
+              # relative where it can be, so that a saved report names no machine's folders
+              "runs_dir": str(root.resolve().relative_to(Path.cwd().resolve()))
+              if root.resolve().is_relative_to(Path.cwd().resolve()) else str(root)}
     print(json.dumps(report, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
     return 0
 
