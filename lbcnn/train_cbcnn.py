@@ -242,8 +242,9 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     ``max_seconds`` stops before an epoch that would not finish within the
     budget (judged by the slowest epoch so far); the best-validation weights
     are kept as usual, and ``test_accuracy`` stays None until a resumed run
-    ends (``lbcnn evaluate`` reads it on demand). ``precision="bf16"`` runs the training forward pass
-    under bfloat16 autocast (1.6x faster steps on a Zen 4 CPU; the latent
+    ends (``lbcnn evaluate`` reads it on demand). ``precision="bf16"`` runs the
+    training forward pass under bfloat16 autocast (1.6x faster steps on a CPU
+    with AVX512-BF16, 12x slower on one without; the latent
     weights, Adam state and every evaluation stay float32, so validation,
     test and the saved model are exact). ``shift`` (pixels), ``rotate``
     (degrees) and ``zoom`` (fraction) draw a random affine warp per training
