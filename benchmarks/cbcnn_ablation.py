@@ -10,10 +10,10 @@ the epoch count and the teacher without touching test information.
 Run by hand (long; not part of the test suite), e.g. from the repository root:
 
     LBCNN_DATA=../shared/data python benchmarks/cbcnn_ablation.py --dataset fashion_mnist \\
-        --epochs 6 > benchmarks/notes/cbcnn_ablation_fashion.json
+        --epochs 6 > benchmarks/cbcnn_ablation_fashion.json
     LBCNN_DATA=../shared/data python benchmarks/cbcnn_ablation.py --dataset gtsrb \\
         --preset cbcnn32 --y-channel --equalize --standardize --epochs 10 \\
-        --base shift=2,rotate=10,zoom=0.1 > benchmarks/notes/cbcnn_ablation_gtsrb.json
+        --base shift=2,rotate=10,zoom=0.1 > benchmarks/cbcnn_ablation_gtsrb.json
 
 Prints one JSON object: the settings, the baseline, and per option its validation accuracy,
 best epoch, the difference to the baseline (percentage points) and seconds. ``--options``
@@ -57,6 +57,12 @@ def _base_settings(text: str | None) -> dict:
             raise SystemExit(f"--base: unsupported setting {key!r}")
         out[key] = int(value) if key == "batch_size" else float(value)
     return out
+
+
+def _relative_to_cwd(path: Path) -> str:
+    """Relative where it can be, so that a saved report names no machine's folders."""
+    path, cwd = path.resolve(), Path.cwd().resolve()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
 
 
 def main(argv=None) -> int:
@@ -161,9 +167,7 @@ def main(argv=None) -> int:
                       "below ~2 validation-set standard errors are noise",
               "val_size": int(len(ds.split(args.train_size, args.val_fraction, args.seed)[1])),
               "baseline": baseline, "runs": sorted(runs, key=lambda r: -r.get("val_accuracy", -1.0)),
-              # relative where it can be, so that a saved report names no machine's folders
-              "runs_dir": str(root.resolve().relative_to(Path.cwd().resolve()))
-              if root.resolve().is_relative_to(Path.cwd().resolve()) else str(root)}
+              "runs_dir": _relative_to_cwd(root)}
     print(json.dumps(report, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
     return 0
 
