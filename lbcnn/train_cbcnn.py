@@ -265,6 +265,10 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     validation split only; it never sees the test set. ``float_twin=True``
     trains the float twin itself (cross-entropy, no test evaluation) and
     writes ``teacher.npz`` instead of ``model.npz``.
+
+    ``log(message)`` receives the notes for people: the split sizes before
+    training and, when no live progress bar is drawn (``progress=False``, or
+    output to a file or pipe), one line per epoch.
     """
     from .data import Dataset, load_dataset
     from .distill import check_distill_settings, is_float_twin, kd_loss, make_float_twin
@@ -534,6 +538,12 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 plot_curves(history, out / "curves.png",
                             f"CBCNN {'float twin ' if twin else ''}{dataset.name}")
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val {100 * val_acc:.2f} %")
+            if log is not None and not (progress and bar.console.is_terminal):
+                # a bar cannot redraw in a log file or a pipe: one line per epoch instead
+                log(f"{'float twin ' if twin else ''}epoch {epoch + 1}/{epochs}: loss "
+                    f"{rec['train_loss']:.4f}, val {100 * val_acc:.2f} % (best "
+                    f"{100 * best['val_accuracy']:.2f} % at epoch {best['epoch']}), "
+                    f"{time.perf_counter() - epoch_start:.0f} s")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, {**rec, "phase": phase})
             if max_seconds is not None:

@@ -569,3 +569,20 @@ def test_time_budget_stop_reads_no_test_until_the_resumed_run_ends(tiny, tmp_pat
     whole = train_cbcnn(tiny, **{**kw, "out_dir": tmp_path / "whole"})
     for k, v in whole["final_state"].items():
         assert torch.equal(v, done["final_state"][k]), k
+
+
+# -- progress in a log file --------------------------------------------------------------
+def test_one_log_line_per_epoch_when_no_bar_is_drawn(tiny):
+    """``nohup lbcnn train ... > log`` must show how the run goes: a bar cannot redraw in a
+    file, so each epoch gets a line with its validation accuracy and the best so far."""
+    from lbcnn.train_cbcnn import train_cbcnn
+    for progress in (False, True):  # True: pytest's captured stdout is not a terminal
+        lines = []
+        r = train_cbcnn(tiny, **TINY, epochs=3, progress=progress, log=lines.append)
+        epoch_lines = [ln for ln in lines if ln.startswith("epoch ")]
+        assert [ln.split(":")[0] for ln in epoch_lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+        for ln, rec in zip(epoch_lines, r["history"]):
+            assert f"val {100 * rec['val_accuracy']:.2f} %" in ln, ln
+        best = max(r["history"], key=lambda h: h["val_accuracy"])
+        assert f"at epoch {r['best_epoch']})" in epoch_lines[-1] and best["epoch"] == r["best_epoch"]
+        assert "\n" not in "".join(lines)
