@@ -572,14 +572,21 @@ def test_time_budget_stop_reads_no_test_until_the_resumed_run_ends(tiny, tmp_pat
 
 
 # -- progress in a log file --------------------------------------------------------------
-def test_one_log_line_per_epoch_when_no_bar_is_drawn(tiny):
+def test_one_log_line_per_epoch_when_no_bar_is_drawn(tiny, monkeypatch):
     """``nohup lbcnn train ... > log`` must show how the run goes: a bar cannot redraw in a
     file, so each epoch gets a line with its validation accuracy and the best so far."""
+    import rich.console
     from lbcnn.train_cbcnn import train_cbcnn
-    for progress in (False, True):  # True: pytest's captured stdout is not a terminal
+    # (progress, output is a terminal, epoch lines expected); fixed here, not left to how
+    # pytest was started (``-s`` in a terminal would otherwise change the answer)
+    for progress, terminal, expect in ((False, True, 3), (True, False, 3), (True, True, 0)):
+        monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda self: terminal))
         lines = []
         r = train_cbcnn(tiny, **TINY, epochs=3, progress=progress, log=lines.append)
         epoch_lines = [ln for ln in lines if ln.startswith("epoch ")]
+        assert len(epoch_lines) == expect, (progress, terminal, lines)
+        if not expect:
+            continue
         assert [ln.split(":")[0] for ln in epoch_lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
         for ln, rec in zip(epoch_lines, r["history"]):
             assert f"val {100 * rec['val_accuracy']:.2f} %" in ln, ln
