@@ -178,7 +178,17 @@ def load_teacher(path, *, input_shape, n_classes: int, preprocess: dict, split: 
         if tuple(a.shape) != tuple(v.shape) or (a.dtype.kind == "f" and not np.isfinite(a).all()):
             raise DataError(f"--teacher {path}: array {k!r} is damaged (shape or NaN/inf)")
     net.load_state_dict({k: torch.as_tensor(np.asarray(arrays[k])).to(sd[k].dtype) for k in sd})
-    net.to(device if device is not None else "cpu").eval()
+    return frozen_teacher(net.to(device if device is not None else "cpu")), config
+
+
+def frozen_teacher(net):
+    """``net`` in eval mode, without gradients and channels-last, in place; returned.
+
+    Channels-last because the student's training batches are: a teacher left in the
+    default layout converts every batch and runs its forward pass 2x slower on a CPU
+    (``benchmarks/bench_teacher_layout.py``).
+    """
+    net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return net, config
+    return net.to(memory_format=torch.channels_last)

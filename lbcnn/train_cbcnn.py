@@ -271,7 +271,8 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     output to a file or pipe), one line per epoch.
     """
     from .data import Dataset, load_dataset
-    from .distill import check_distill_settings, is_float_twin, kd_loss, make_float_twin
+    from .distill import (check_distill_settings, frozen_teacher, is_float_twin, kd_loss,
+                          make_float_twin)
 
     if isinstance(dataset, str):
         dataset = load_dataset(dataset)
@@ -390,9 +391,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
             teacher_wall = float(t_res["wall_seconds"])
             path = t_res.get("teacher_path")
             if path is None:  # no out_dir: the in-memory best-validation twin
-                teacher_net = t_res["model"].net.eval()
-                for p in teacher_net.parameters():
-                    p.requires_grad_(False)
+                teacher_net = frozen_teacher(t_res["model"].net)
                 teacher_info = {"val_accuracy": t_res["best_val_accuracy"],
                                 "best_epoch": t_res["best_epoch"], "epochs": t_kw["epochs"]}
         else:

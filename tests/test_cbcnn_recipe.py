@@ -200,8 +200,13 @@ def test_float_twin_teacher_file_and_split_check(tiny, tmp_path):
     pre = r["model"].preprocess.to_dict()
     teacher, cfg = load_teacher(path, input_shape=(12, 12, 1), n_classes=3, preprocess=pre,
                                 split=split_fingerprint(tiny.name, tr, va))
-    with torch.no_grad():
-        assert torch.equal(teacher(x), net.eval()(x))
+    for k, v in net.state_dict().items():                # the file holds the twin exactly
+        assert torch.equal(teacher.state_dict()[k], v), k
+    # in the student's batch layout (channels-last: 2x faster teacher steps on a CPU)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():  # layouts sum in another order: equal to float32 rounding
+        torch.testing.assert_close(teacher(x.contiguous(memory_format=torch.channels_last)),
+                                   net.eval()(x), rtol=1e-5, atol=1e-5)
     assert cfg["val_accuracy"] == r["best_val_accuracy"] and cfg["best_epoch"] == r["best_epoch"]
     # a student on another split (seed) would be chosen on images its teacher trained on
     with pytest.raises(ConfigError, match="validation images"):
@@ -222,6 +227,27 @@ def test_float_twin_teacher_file_and_split_check(tiny, tmp_path):
         other = train_cbcnn(tiny, **kw, **extra)
         assert any(not torch.equal(v, plain["final_state"][k])
                    for k, v in other["final_state"].items()), extra
+
+
+def test_frozen_teacher_runs_in_the_students_channels_last_layout():
+    from lbcnn.distill import frozen_teacher, make_float_twin
+    from lbcnn.models.cbcnn import CBCNN
+    from lbcnn.preprocess import Preprocess
+    torch.manual_seed(0)
+    net = make_float_twin(CBCNN(None, (4, 6), (), (8, 8, 1), 3, False, Preprocess.from_dict({}),
+                                torch.device("cpu")).net)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        before = net.eval()(x)
+    teacher = frozen_teacher(net)
+    convs = [p for p in teacher.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert convs  # a 4 -> 6 channel conv: the only kind whose layout can differ
+    assert all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in convs)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        after = teacher(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
 # -- exact resume during a distillation run -------------------------------------------------
