@@ -185,7 +185,7 @@ def frozen_teacher(net):
     """``net`` in eval mode, without gradients and channels-last, in place; returned.
 
     Channels-last because the student's training batches are: a teacher left in the
-    default layout converts every batch and runs its forward pass 2x slower on a CPU
+    default layout converts every batch and runs its forward pass 1.6-1.9x slower on a CPU
     (``benchmarks/bench_teacher_layout.py``).
     """
     net.eval()

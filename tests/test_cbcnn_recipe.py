@@ -202,7 +202,7 @@ def test_float_twin_teacher_file_and_split_check(tiny, tmp_path):
                                 split=split_fingerprint(tiny.name, tr, va))
     for k, v in net.state_dict().items():                # the file holds the twin exactly
         assert torch.equal(teacher.state_dict()[k], v), k
-    # in the student's batch layout (channels-last: 2x faster teacher steps on a CPU)
+    # in the student's batch layout (channels-last: a faster teacher forward pass on a CPU)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     with torch.no_grad():  # layouts sum in another order: equal to float32 rounding
         torch.testing.assert_close(teacher(x.contiguous(memory_format=torch.channels_last)),
