@@ -202,9 +202,10 @@ def test_float_twin_teacher_file_and_split_check(tiny, tmp_path):
                                 split=split_fingerprint(tiny.name, tr, va))
     for k, v in net.state_dict().items():                # the file holds the twin exactly
         assert torch.equal(teacher.state_dict()[k], v), k
-    # in the student's batch layout (channels-last: a faster teacher forward pass on a CPU)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    with torch.no_grad():  # layouts sum in another order: equal to float32 rounding
+    # fed the student's channels-last batches, it sums in another order than the twin did:
+    # equal to float32 rounding (the exact weights are checked above)
+    with torch.no_grad():
         torch.testing.assert_close(teacher(x.contiguous(memory_format=torch.channels_last)),
                                    net.eval()(x), rtol=1e-5, atol=1e-5)
     assert cfg["val_accuracy"] == r["best_val_accuracy"] and cfg["best_epoch"] == r["best_epoch"]
