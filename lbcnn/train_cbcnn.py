@@ -523,7 +523,8 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
             val_loss, val_acc = _evaluate(net, x_val, y_val, n_classes, 512, device, loss_fn)
             rec = {"epoch": epoch + 1, "lr": lr, "train_loss": tot_loss / max(seen, 1),
                    "train_accuracy": correct / max(seen, 1), "val_loss": val_loss,
-                   "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
+                   # training time since the run began, so a resumed run's curve keeps rising
+                   "val_accuracy": val_acc, "seconds": wall_before + time.perf_counter() - t0}
             history.append(rec)
             if val_acc > best["val_accuracy"]:
                 best = {"val_accuracy": val_acc, "epoch": epoch + 1, "state": _cpu_state(net.state_dict())}

@@ -205,12 +205,19 @@ def test_resume_after_interruption_gives_identical_state(mnist_small, tmp_path, 
         raise Interrupt
     with pytest.raises(Interrupt):
         train_cbcnn(mnist_small, out_dir=tmp_path / "b", on_epoch_end=stop, **kw)
-    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 0
+    ck = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ck["epoch"] == 0
+    # pretend the first part took 1000 s: the resumed epochs must count from there
+    ck["wall_seconds"] = 1000.0
+    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
     resumed = train_cbcnn(mnist_small, out_dir=tmp_path / "b", resume=True, **kw)
     for k, v in full["final_state"].items():
         assert torch.equal(v, resumed["final_state"][k]), k
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(full["history"]) == strip(resumed["history"])
+    # "seconds" is the run's training time so far, resumed parts included
+    secs = [r["seconds"] for r in resumed["history"]]
+    assert secs[0] < 1000.0 < secs[1] <= resumed["wall_seconds"]
     ca, cb = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
