@@ -378,7 +378,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                         train_size=train_size, preprocess=pre.to_dict(), device=device,
                         progress=progress, precision=precision, shift=shift, rotate=rotate,
                         zoom=zoom, flip=flip, erase=erase, lr_schedule=lr_schedule,
-                        warmup=warmup, float_twin=True)
+                        warmup=warmup, float_twin=True, log=log)
             # On resume the teacher run resumes too: a finished one only re-checks its
             # settings against its checkpoint (a changed teacher setting is refused) and
             # rewrites teacher.npz from its best-validation weights.

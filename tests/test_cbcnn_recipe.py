@@ -620,3 +620,21 @@ def test_one_log_line_per_epoch_when_no_bar_is_drawn(tiny, monkeypatch):
         best = max(r["history"], key=lambda h: h["val_accuracy"])
         assert f"at epoch {r['best_epoch']})" in epoch_lines[-1] and best["epoch"] == r["best_epoch"]
         assert "\n" not in "".join(lines)
+
+
+def test_distill_run_logs_the_teacher_epochs_too(tiny, monkeypatch):
+    """A ``--distill`` run spends its first part on the float twin; a log file must show
+    those epochs as well, or it stays empty for the whole teacher phase."""
+    import rich.console
+    from lbcnn.train_cbcnn import train_cbcnn
+    monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda self: False))
+    lines = []
+    train_cbcnn(tiny, **TINY, epochs=2, distill=True, teacher_epochs=3, progress=True,
+                log=lines.append)
+    teacher = [ln.split(":")[0] for ln in lines if ln.startswith("float twin epoch ")]
+    student = [ln.split(":")[0] for ln in lines if ln.startswith("epoch ")]
+    assert teacher == ["float twin epoch 1/3", "float twin epoch 2/3", "float twin epoch 3/3"], lines
+    assert student == ["epoch 1/2", "epoch 2/2"], lines
+    # the split sizes come once for each phase, the teacher's first
+    sizes = [i for i, ln in enumerate(lines) if "validation images" in ln]
+    assert len(sizes) == 2 and "(float teacher)" in lines[sizes[0]], lines
