@@ -107,6 +107,10 @@ def add_parser(sub) -> None:
                         "(default 0.5)")
     r.add_argument("--temperature", type=positive_float, default=None, metavar="T",
                    help="distillation temperature (default 4)")
+    r.add_argument("--recalibrate-bn", action="store_true",
+                   help="after training, re-estimate the chosen epoch's batch-norm statistics "
+                        "on the clean (unaugmented) training images and keep them if "
+                        "validation accuracy rises; the deployed thresholds come from them")
     r.add_argument("--float-twin", action="store_true",
                    help="train the float twin (same layers, real weights, ReLU) and write "
                         "RUN/teacher.npz for --teacher; no test-set evaluation")
@@ -170,6 +174,9 @@ def _print_summary(summary: dict) -> None:
     table.add_column("value", justify="right")
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     rows = [("best validation accuracy", pct(summary.get("best_val_accuracy"))),
+            *([("validation, BN re-estimated", pct(summary["bn_recalibration"]["val_accuracy_after"])
+                + (" (kept)" if summary["bn_recalibration"]["kept"] else " (not kept)"))]
+              if summary.get("bn_recalibration") else []),
             ("test accuracy", pct(summary.get("test_accuracy"))),
             ("epochs run", str(summary.get("epochs_run"))),
             ("chosen epoch (validation)", str(summary.get("best_epoch", "")) or "-"),
@@ -209,6 +216,7 @@ def _train_cbcnn(args, ds) -> dict:
                     log=lambda m: say(args, m),
                     precision=args.precision, shift=args.shift, rotate=args.rotate,
                     zoom=args.zoom, float_twin=args.float_twin,
+                    recalibrate_bn=args.recalibrate_bn,
                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
                     **recipe)
     if r["stopped_by_time_budget"]:
@@ -226,6 +234,7 @@ def _train_cbcnn(args, ds) -> dict:
             "teacher": None if teacher is None else {k: v for k, v in teacher.items()},
             "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
             "best_val_accuracy": r["best_val_accuracy"], "test_accuracy": r["test_accuracy"],
+            "bn_recalibration": r["bn_recalibration"], "val_accuracy": r["val_accuracy"],
             "wall_seconds": r["wall_seconds"], "stopped_by_time_budget": r["stopped_by_time_budget"],
             "out": args.out, **({"teacher_path": r["teacher_path"]} if "teacher_path" in r else {})}
 
@@ -257,6 +266,8 @@ def _recipe(args, dataset_name: str) -> dict:
         raise ConfigError("--teacher-epochs goes with --distill")
     if args.float_twin and uses_teacher:
         raise ConfigError("--float-twin trains the teacher itself: drop --teacher/--distill")
+    if args.float_twin and args.recalibrate_bn:
+        raise ConfigError("--recalibrate-bn is for the binary network, not the --float-twin")
     if args.float_twin and not args.out:
         raise ConfigError("--float-twin needs --out, the folder that receives teacher.npz")
     settings.update(teacher=args.teacher, teacher_epochs=args.teacher_epochs,
