@@ -29,10 +29,6 @@ from lbcnn.outputs import check_out_file
 from lbcnn.train_cbcnn import recalibrate_batch_norm
 
 
-def accuracy(model, x, y) -> float:
-    return float((model.predict(x) == model.classes_[y]).mean())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -51,13 +47,13 @@ def main() -> None:
     ds = load_dataset(args.dataset)
     tr_idx, val_idx = ds.split(args.train_size, args.val_fraction, args.seed)
     x_val, y_val = ds.x_train[val_idx], ds.y_train[val_idx]
-    before = accuracy(model, x_val, y_val)
+    before = float(model.score(x_val, model.classes_[y_val]))
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         recalibrate_batch_norm(model.net, model.to_tensor(ds.x_train[tr_idx]).cpu(),
                                args.batch_size)
     seconds = time.perf_counter() - t0
-    after = accuracy(model, x_val, y_val)
+    after = float(model.score(x_val, model.classes_[y_val]))
     if args.out:
         meta = {k: v for k, v in model.meta_.items()
                 if k not in ("family", "preset", "net", "preprocess", "classes")}
