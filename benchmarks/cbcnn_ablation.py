@@ -44,6 +44,8 @@ OPTIONS = {
     "distill0.5T4": {"distill": True, "distill_weight": 0.5, "temperature": 4.0},
     "distill0.9T4": {"distill": True, "distill_weight": 0.9, "temperature": 4.0},
     "distill0.5T2": {"distill": True, "distill_weight": 0.5, "temperature": 2.0},
+    "ema0.997": {"ema": 0.997},
+    "ema0.999": {"ema": 0.999},
     "recipe:fast": "fast",
 }
 
@@ -145,11 +147,17 @@ def main(argv=None) -> int:
                "best_epoch": r["best_epoch"], "val_curve": [h["val_accuracy"] for h in r["history"]],
                "wall_seconds": round(r["wall_seconds"], 1),
                "elapsed_seconds": round(time.perf_counter() - t0, 1)}
+        if "raw_val_accuracy" in r["history"][0]:  # a weight-average run: the trained net too
+            raw = [h["raw_val_accuracy"] for h in r["history"]]
+            rec["raw_val_accuracy"] = max(raw)
+            rec["raw_best_epoch"] = raw.index(max(raw)) + 1
+            rec["raw_val_curve"] = raw
         if r.get("teacher"):
             rec["teacher_val_accuracy"] = r["teacher"]["val_accuracy"]
             rec["teacher_seconds"] = round(r["teacher"]["wall_seconds"], 1)
         print(json.dumps({k: rec[k] for k in ("option", "val_accuracy", "best_epoch",
-                                               "wall_seconds")}), file=sys.stderr, flush=True)
+                                               "raw_val_accuracy", "wall_seconds") if k in rec}),
+              file=sys.stderr, flush=True)
         return rec
 
     baseline = None if args.skip_baseline else run("baseline", [])

@@ -16,6 +16,7 @@ strings and containers (``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -187,6 +188,26 @@ def _evaluate(net, x: torch.Tensor, y: torch.Tensor, n_classes, batch_size, devi
 
 
 @torch.no_grad()
+def update_weight_average(avg: torch.nn.Module, net: torch.nn.Module, decay: float,
+                          step: int) -> None:
+    """One step of the exponential moving average of ``net``'s parameters and BN
+    running statistics into ``avg`` (same architecture), with the usual warm-up
+    ``min(decay, (1 + step) / (10 + step))`` so the random start is forgotten early.
+
+    The average is taken over the latent (clipped real) weights; the deployed network
+    is their sign. Integer buffers (BN's batch counter) are copied.
+    """
+    d = min(float(decay), (1.0 + step) / (10.0 + step))
+    for a, p in zip(avg.parameters(), net.parameters()):
+        a.lerp_(p.detach(), 1.0 - d)
+    for a, b in zip(avg.buffers(), net.buffers()):
+        if a.is_floating_point():
+            a.lerp_(b, 1.0 - d)
+        else:
+            a.copy_(b)
+
+
+@torch.no_grad()
 def recalibrate_batch_norm(net: torch.nn.Module, x: torch.Tensor, batch_size: int = 100,
                            device=None) -> torch.nn.Module:
     """Re-estimate every BN layer's running mean and variance on ``x`` (network input,
@@ -267,7 +288,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 warmup: float | None = None, teacher=None, distill: bool = False,
                 teacher_epochs: int | None = None, distill_weight: float = 0.5,
                 temperature: float = 4.0, float_twin: bool = False,
-                recalibrate_bn: bool = False, log=None) -> dict:
+                recalibrate_bn: bool = False, ema: float | None = None, log=None) -> dict:
     """Train a CBCNN on ``dataset`` (a ``Dataset`` or a registry name).
 
     Returns a dict with ``model`` (best-validation weights), ``history``,
@@ -302,6 +323,11 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     (unaugmented) training images after training and keeps them only if validation
     accuracy rises (``recalibrate_batch_norm``); ``result["bn_recalibration"]`` says
     what validation saw.
+    ``ema`` D keeps an exponential moving average of the weights and BN statistics,
+    updated after every step with decay ``min(D, (1 + n) / (10 + n))`` at step n
+    (``update_weight_average``); validation, the epoch choice and the saved model use
+    the average, training itself is unchanged, and each epoch's record keeps the
+    trained network's own validation accuracy as ``raw_val_accuracy``.
     The teacher is trained on this run's training split and chosen on its
     validation split only; it never sees the test set. ``float_twin=True``
     trains the float twin itself (cross-entropy, no test evaluation) and
@@ -341,6 +367,11 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     if flip:
         from .data.augment import check_flip_allowed
         check_flip_allowed(dataset.name)
+    if ema is not None and not (isinstance(ema, (int, float)) and math.isfinite(ema)
+                                and 0.0 < ema < 1.0):
+        raise ConfigError(f"ema decay must be in (0, 1), got {ema}")
+    if ema is not None and float_twin:
+        raise ConfigError("the weight average is for the binary network, not the float twin")
     if teacher is not None and distill:
         raise ConfigError("give a teacher file or distill (train the teacher here), not both")
     if float_twin and (teacher is not None or distill):
@@ -393,7 +424,8 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 "distill": bool(distill),
                 "teacher_epochs": int(teacher_epochs or epochs) if distill else None,
                 "distill_weight": float(distill_weight) if use_teacher else None,
-                "temperature": float(temperature) if use_teacher else None}
+                "temperature": float(temperature) if use_teacher else None,
+                "ema": float(ema) if ema is not None else None}
     if resume and use_teacher and ckpt_path.exists():
         # refuse a changed setting before a teacher is trained or loaded, not after
         _check_resume_config(load_checkpoint(ckpt_path)["config"], settings, ckpt_path)
@@ -500,6 +532,15 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         best = {"val_accuracy": ck["best_val_accuracy"], "epoch": ck["best_epoch"],
                 "state": ck["best_model"]}
         start_epoch = int(ck["epoch"]) + 1
+    ema_net = None
+    if ema is not None:
+        ema_net = copy.deepcopy(net)
+        if start_epoch:
+            if "ema_model" not in ck:
+                raise DataError(f"checkpoint {ckpt_path} holds no weight average")
+            ema_net.load_state_dict(ck["ema_model"])
+        for prm in ema_net.parameters():
+            prm.requires_grad_(False)
 
     phase = "teacher" if twin else "student"
     if log is not None:  # every option is checked by now: sizes come before the long work
@@ -557,23 +598,33 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 opt.step()
                 if not twin:
                     net.clip_latent_()
+                if ema_net is not None:
+                    update_weight_average(ema_net, net, ema, epoch * steps + s)
                 tot_loss += loss.item() * len(idx)
                 correct += int((outb.argmax(1) == yb).sum())
                 seen += len(idx)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {tot_loss / seen:.4f}")
             val_loss, val_acc = _evaluate(net, x_val, y_val, n_classes, 512, device, loss_fn)
-            rec = {"epoch": epoch + 1, "lr": lr, "train_loss": tot_loss / max(seen, 1),
+            extra = {}
+            if ema_net is not None:  # the average is what gets chosen and deployed
+                extra = {"raw_val_accuracy": val_acc, "raw_val_loss": val_loss}
+                val_loss, val_acc = _evaluate(ema_net, x_val, y_val, n_classes, 512, device, loss_fn)
+            rec = {**extra, "epoch": epoch + 1, "lr": lr, "train_loss": tot_loss / max(seen, 1),
                    "train_accuracy": correct / max(seen, 1), "val_loss": val_loss,
                    # training time since the run began, so a resumed run's curve keeps rising
                    "val_accuracy": val_acc, "seconds": wall_before + time.perf_counter() - t0}
             history.append(rec)
             if val_acc > best["val_accuracy"]:
-                best = {"val_accuracy": val_acc, "epoch": epoch + 1, "state": _cpu_state(net.state_dict())}
+                chosen_net = ema_net if ema_net is not None else net
+                best = {"val_accuracy": val_acc, "epoch": epoch + 1,
+                        "state": _cpu_state(chosen_net.state_dict())}
             if ckpt_path is not None:
                 _atomic_torch_save({"config": run_config, "epoch": epoch, "model": _cpu_state(net.state_dict()),
                                     "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                                     "history": history, "best_val_accuracy": best["val_accuracy"],
                                     "best_epoch": best["epoch"], "best_model": best["state"],
+                                    **({"ema_model": _cpu_state(ema_net.state_dict())}
+                                       if ema_net is not None else {}),
                                     "wall_seconds": wall_before + time.perf_counter() - t0},
                                    ckpt_path)
                 plot_curves(history, out / "curves.png",

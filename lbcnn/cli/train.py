@@ -19,6 +19,14 @@ def _probability(text: str) -> float:
     return value
 
 
+def _open_unit(text: str) -> float:
+    """A number strictly between 0 and 1 (a decay)."""
+    value = finite_float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
 def _threshold(text: str):
     if text == "otsu":
         return text
@@ -111,6 +119,10 @@ def add_parser(sub) -> None:
                    help="after training, re-estimate the chosen epoch's batch-norm statistics "
                         "on the clean (unaugmented) training images and keep them if "
                         "validation accuracy rises; the deployed thresholds come from them")
+    r.add_argument("--ema", type=_open_unit, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the latent weights and batch-norm "
+                        "statistics (decay per step, e.g. 0.999); validation, the epoch choice "
+                        "and the saved model use the average, training is unchanged")
     r.add_argument("--float-twin", action="store_true",
                    help="train the float twin (same layers, real weights, ReLU) and write "
                         "RUN/teacher.npz for --teacher; no test-set evaluation")
@@ -249,7 +261,7 @@ def _recipe(args, dataset_name: str) -> dict:
     from ..train_cbcnn import recipe_settings
 
     settings = {"lr_schedule": "exp", "lr_start": 1e-3, "lr_end": 1e-4, "warmup": None,
-                "flip": False, "erase": 0.0, "distill": False}
+                "flip": False, "erase": 0.0, "distill": False, "ema": None}
     if args.recipe:
         settings.update(recipe_settings(args.recipe, dataset_name))
     for key in settings:
@@ -266,6 +278,8 @@ def _recipe(args, dataset_name: str) -> dict:
         raise ConfigError("--teacher-epochs goes with --distill")
     if args.float_twin and uses_teacher:
         raise ConfigError("--float-twin trains the teacher itself: drop --teacher/--distill")
+    if args.float_twin and args.ema is not None:
+        raise ConfigError("--ema is for the binary network, not the --float-twin")
     if args.float_twin and args.recalibrate_bn:
         raise ConfigError("--recalibrate-bn is for the binary network, not the --float-twin")
     if args.float_twin and not args.out:
