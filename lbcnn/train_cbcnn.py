@@ -188,16 +188,18 @@ def _evaluate(net, x: torch.Tensor, y: torch.Tensor, n_classes, batch_size, devi
 
 
 @torch.no_grad()
-def update_weight_average(avg: torch.nn.Module, net: torch.nn.Module, decay: float,
-                          step: int) -> None:
+def update_weight_average(avg: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
     """One step of the exponential moving average of ``net``'s parameters and BN
-    running statistics into ``avg`` (same architecture), with the usual warm-up
-    ``min(decay, (1 + step) / (10 + step))`` so the random start is forgotten early.
+    running statistics into ``avg`` (same architecture): ``avg = decay avg + (1 - decay) net``.
 
-    The average is taken over the latent (clipped real) weights; the deployed network
-    is their sign. Integer buffers (BN's batch counter) are copied.
+    The average starts as a copy of the initial network, whose share fades as decay^steps.
+    No warm-up ramp such as ``min(decay, (1 + n) / (10 + n))``: at our step counts
+    (a few thousand) that ramp, not the decay, would set the horizon, and every decay
+    from 0.997 up would give the same average. The average is taken over the latent
+    (clipped real) weights; the deployed network is their sign. Integer buffers (BN's
+    batch counter) are copied.
     """
-    d = min(float(decay), (1.0 + step) / (10.0 + step))
+    d = float(decay)
     for a, p in zip(avg.parameters(), net.parameters()):
         a.lerp_(p.detach(), 1.0 - d)
     for a, b in zip(avg.buffers(), net.buffers()):
@@ -324,8 +326,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     accuracy rises (``recalibrate_batch_norm``); ``result["bn_recalibration"]`` says
     what validation saw.
     ``ema`` D keeps an exponential moving average of the weights and BN statistics,
-    updated after every step with decay ``min(D, (1 + n) / (10 + n))`` at step n
-    (``update_weight_average``); validation, the epoch choice and the saved model use
+    updated after every step with decay D (``update_weight_average``); validation, the epoch choice and the saved model use
     the average, training itself is unchanged, and each epoch's record keeps the
     trained network's own validation accuracy as ``raw_val_accuracy``.
     The teacher is trained on this run's training split and chosen on its
@@ -599,7 +600,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 if not twin:
                     net.clip_latent_()
                 if ema_net is not None:
-                    update_weight_average(ema_net, net, ema, epoch * steps + s)
+                    update_weight_average(ema_net, net, ema)
                 tot_loss += loss.item() * len(idx)
                 correct += int((outb.argmax(1) == yb).sum())
                 seen += len(idx)

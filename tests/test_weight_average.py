@@ -37,16 +37,17 @@ def test_average_step_against_hand_computation():
     net[1].num_batches_tracked.fill_(7)
     a_w, n_w = avg[0].weight.detach().clone(), net[0].weight.detach().clone()
     a_m = avg[1].running_mean.clone()
-    # step 0: the warm-up caps the decay at 1/10, so the average is 90 % the new weights
-    update_weight_average(avg, net, 0.999, step=0)
-    assert torch.allclose(avg[0].weight, 0.1 * a_w + 0.9 * n_w, atol=1e-6)
-    assert torch.allclose(avg[1].running_mean, 0.1 * a_m + 0.9 * 2.0, atol=1e-6)
+    update_weight_average(avg, net, 0.9)
+    assert torch.allclose(avg[0].weight, 0.9 * a_w + 0.1 * n_w, atol=1e-6)
+    assert torch.allclose(avg[1].running_mean, 0.9 * a_m + 0.1 * 2.0, atol=1e-6)
     assert int(avg[1].num_batches_tracked) == 7  # counters are copied, not averaged
-    # late steps: the decay itself
-    before = avg[0].weight.detach().clone()
-    update_weight_average(avg, net, 0.9, step=10_000)
-    assert torch.allclose(avg[0].weight, 0.9 * before + 0.1 * n_w, atol=1e-6)
-    assert not avg[0].weight.requires_grad or avg[0].weight.grad is None
+    # n steps towards fixed weights: the start's share is decay^n, whatever n is
+    for decay in (0.99, 0.999):
+        start = avg[0].weight.detach().clone()
+        for _ in range(50):
+            update_weight_average(avg, net, decay)
+        assert torch.allclose(avg[0].weight, decay ** 50 * start + (1 - decay ** 50) * n_w,
+                              atol=1e-5)
 
 
 def test_training_is_unchanged_and_the_average_is_what_gets_chosen(tiny, tmp_path):
@@ -67,6 +68,10 @@ def test_training_is_unchanged_and_the_average_is_what_gets_chosen(tiny, tmp_pat
     _, val_idx = tiny.split(None, 0.1, 3)
     acc = float((model.predict(tiny.x_train[val_idx]) == tiny.y_train[val_idx]).mean())
     assert acc == pytest.approx(avg["best_val_accuracy"])
+    # the decay sets the average (no warm-up ramp overriding it)
+    train_cbcnn(tiny, out_dir=tmp_path / "ema5", progress=False, ema=0.5, **KW)
+    ck5 = torch.load(tmp_path / "ema5" / "checkpoint.pt", weights_only=False)
+    assert not torch.equal(ck5["ema_model"]["features.0.weight"], ck["ema_model"]["features.0.weight"])
     if avg["best_epoch"] == len(avg["history"]):
         w_avg = ck["ema_model"]["features.0.weight"]
         assert not torch.equal(w_avg, ck["model"]["features.0.weight"])
