@@ -383,7 +383,7 @@ def test_recipe_presets_and_explicit_options_override_them():
         base = dict(recipe=None, lr_schedule=None, lr_start=None, lr_end=None, warmup=None,
                     flip=None, erase=None, distill=None, teacher=None, teacher_epochs=None,
                     distill_weight=None, temperature=None, float_twin=False, out="x",
-                    resume=False)
+                    resume=False, ema=None, recalibrate_bn=False)
         return argparse.Namespace(**{**base, **kw})
     default = _recipe(ns(), "fashion_mnist")
     paper = _recipe(ns(recipe="paper"), "fashion_mnist")
@@ -395,6 +395,8 @@ def test_recipe_presets_and_explicit_options_override_them():
     assert (over["flip"], over["erase"], over["lr_schedule"], over["lr_start"]) == (
         False, 0.0, "cosine", 3e-3)
     assert _recipe(ns(distill=True), "mnist")["distill_weight"] == 0.5
+    assert default["ema"] is None and fast["ema"] is None  # no recipe averages the weights
+    assert _recipe(ns(recipe="fast", ema=0.99), "fashion_mnist")["ema"] == 0.99
     with pytest.raises(ConfigError, match="unknown recipe"):
         recipe_settings("slow", "mnist")
 
