@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from bars import bars_dataset
 from lbcnn.errors import ConfigError
 from lbcnn.models.cbcnn import CBCNNNet, folded_forward
 from lbcnn.train_cbcnn import recalibrate_batch_norm
@@ -65,16 +66,6 @@ def test_a_trailing_one_image_batch_is_skipped_and_too_few_images_refused():
 
 
 # -- train_cbcnn(recalibrate_bn=True) and lbcnn train --recalibrate-bn -----------------------
-def _bars(n=200, side=12, seed=0):
-    from lbcnn.data import Dataset
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = (rng.random((n, side, side, 1)) * 60).astype(np.uint8)
-    for k in range(3):
-        x[y == k, 1 + 3 * k:4 + 3 * k, 2:side - 2, 0] = 250
-    return Dataset("fashion_mnist", x, y, x[:40].copy(), y[:40].copy(), 3)
-
-
 def _val_accuracy(model, ds, seed=0):
     _, val_idx = ds.split(None, 0.1, seed)
     return float((model.predict(ds.x_train[val_idx]) == ds.y_train[val_idx]).mean())
@@ -84,7 +75,7 @@ def test_training_keeps_recalibrated_statistics_only_when_validation_rises(tmp_p
     from lbcnn.models import load_model
     from lbcnn.train_cbcnn import train_cbcnn
     torch.set_num_threads(1)
-    ds = _bars()
+    ds = bars_dataset(n=200)
     kw = dict(blocks=(4,), dense=(), epochs=2, erase=0.5, seed=0, progress=False)
     plain = train_cbcnn(ds, **kw)
     r = train_cbcnn(ds, **kw, recalibrate_bn=True, out_dir=tmp_path / "run")
@@ -106,7 +97,7 @@ def test_training_keeps_recalibrated_statistics_only_when_validation_rises(tmp_p
 def test_statistics_that_lower_validation_are_not_kept(monkeypatch):
     import lbcnn.train_cbcnn as tc
     torch.set_num_threads(1)
-    ds = _bars()
+    ds = bars_dataset(n=200)
     kw = dict(blocks=(4,), dense=(), epochs=2, seed=0, progress=False)
     plain = tc.train_cbcnn(ds, **kw)
 
@@ -128,7 +119,7 @@ def test_cli_reports_the_recalibration_and_refuses_it_for_the_float_twin(tmp_pat
     import json
 
     from lbcnn.cli import main
-    ds = _bars(n=160)
+    ds = bars_dataset(n=160)
     np.savez(tmp_path / "ds.npz", x=ds.x_train, y=ds.y_train)
     argv = ["train", "--model", "cbcnn", "--dataset", f"npz:{tmp_path / 'ds.npz'}", "--blocks",
             "4", "--dense", "", "--epochs", "1", "--batch-size", "40", "--erase", "0.5", "--json"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from bars import bars_dataset
 from lbcnn.errors import ConfigError, DataError, LbcnnError
 
 torch.set_num_threads(1)
@@ -18,20 +19,9 @@ torch.set_num_threads(1)
 TINY = dict(blocks=(4,), dense=())
 
 
-def _synthetic(name="fashion_mnist", n=240, side=12, seed=0):
-    """Three classes of bars at different heights on noise: learnable in a few steps."""
-    from lbcnn.data import Dataset
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = (rng.random((n, side, side, 1)) * 60).astype(np.uint8)
-    for k in range(3):
-        x[y == k, 1 + 3 * k:4 + 3 * k, 2:side - 2, 0] = 250
-    return Dataset(name, x, y, x[:40].copy(), y[:40].copy(), 3)
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    return _synthetic()
+    return bars_dataset()
 
 
 def _cli(argv, capsys):
@@ -59,7 +49,7 @@ def test_flip_refused_on_mnist_gtsrb_and_unknown_datasets(tiny, data_dir, capsys
         check_flip_allowed(name)
     # the training API refuses before any compute, whatever the images are
     with pytest.raises(ConfigError, match="--flip refused for gtsrb"):
-        train_cbcnn(_synthetic("gtsrb"), **TINY, epochs=1, flip=True, progress=False)
+        train_cbcnn(bars_dataset("gtsrb"), **TINY, epochs=1, flip=True, progress=False)
     # the command line, on the real MNIST: one line, exit 2
     rc, err = _cli(["train", "--model", "cbcnn", "--dataset", "mnist", "--train-size", "200",
                     "--blocks", "4", "--dense", "", "--epochs", "1", "--flip"], capsys)
@@ -467,7 +457,7 @@ def test_ablation_script_reports_validation_only(tmp_path, capsys):
         "cbcnn_ablation", Path(__file__).resolve().parents[1] / "benchmarks" / "cbcnn_ablation.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    ds = _synthetic(n=160)
+    ds = bars_dataset(n=160)
     np.savez(tmp_path / "ds.npz", x=ds.x_train, y=ds.y_train)
     rc = mod.main(["--dataset", f"npz:{tmp_path / 'ds.npz'}", "--epochs", "1", "--blocks", "4",
                    "--dense", "", "--options", "flip,warmup1,distill0.5T4,recipe:fast",
@@ -531,7 +521,7 @@ def test_cli_resume_of_a_distillation_run_stopped_in_the_teacher_phase(tmp_path,
 
     import lbcnn.train_cbcnn as tc
     from lbcnn.cli import main
-    ds = _synthetic(n=200)
+    ds = bars_dataset(n=200)
     np.savez(tmp_path / "ds.npz", x=ds.x_train, y=ds.y_train)
     argv = ["train", "--model", "cbcnn", "--dataset", f"npz:{tmp_path / 'ds.npz'}", "--blocks",
             "4", "--dense", "", "--epochs", "2", "--batch-size", "40", "--distill", "--erase",
@@ -565,7 +555,7 @@ def test_cli_float_twin_then_teacher(tmp_path, capsys):
     import json
 
     from lbcnn.cli import main
-    ds = _synthetic(n=160)
+    ds = bars_dataset(n=160)
     np.savez(tmp_path / "ds.npz", x=ds.x_train, y=ds.y_train)
     argv = ["train", "--model", "cbcnn", "--dataset", f"npz:{tmp_path / 'ds.npz'}", "--blocks",
             "4", "--dense", "", "--epochs", "1", "--batch-size", "40", "--json"]

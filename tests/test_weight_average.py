@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from bars import bars_dataset
 from lbcnn.errors import ConfigError
 
 torch.set_num_threads(1)
@@ -13,19 +14,9 @@ KW = dict(**TINY, epochs=3, batch_size=40, seed=3, lr_start=3e-3, erase=0.25,
           lr_schedule="onecycle", lr_end=1e-5)
 
 
-def _bars(n=240, side=12, seed=0):
-    from lbcnn.data import Dataset
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = (rng.random((n, side, side, 1)) * 60).astype(np.uint8)
-    for k in range(3):
-        x[y == k, 1 + 3 * k:4 + 3 * k, 2:side - 2, 0] = 250
-    return Dataset("fashion_mnist", x, y, x[:40].copy(), y[:40].copy(), 3)
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    return _bars()
+    return bars_dataset()
 
 
 def test_average_step_against_hand_computation():
