@@ -326,9 +326,10 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     accuracy rises (``recalibrate_batch_norm``); ``result["bn_recalibration"]`` says
     what validation saw.
     ``ema`` D keeps an exponential moving average of the weights and BN statistics,
-    updated after every step with decay D (``update_weight_average``); validation, the epoch choice and the saved model use
-    the average, training itself is unchanged, and each epoch's record keeps the
-    trained network's own validation accuracy as ``raw_val_accuracy``.
+    updated after every step with decay D (``update_weight_average``); validation, the
+    epoch choice and the saved model use the average, training itself is unchanged, and
+    each epoch's record keeps the trained network's own validation accuracy as
+    ``raw_val_accuracy``.
     The teacher is trained on this run's training split and chosen on its
     validation split only; it never sees the test set. ``float_twin=True``
     trains the float twin itself (cross-entropy, no test evaluation) and
