@@ -94,9 +94,9 @@ def add_parser(sub) -> None:
                         "npz:/folder: data); allowed for fashion_mnist, cifar10, olivetti")
     r.add_argument("--erase", type=_probability, default=None, metavar="P",
                    help="augmentation: random erasing, a box of 2-33 %% of the image set to 0 "
-                        "in each training image with probability P (default 0)")
+                        "in each training image with probability P (default 0, or the --recipe's)")
     r.add_argument("--lr-schedule", choices=["exp", "onecycle", "cosine"], default=None,
-                   help="exp: exponential decay per epoch (default); cosine: per step from "
+                   help="exp: exponential decay per epoch (default, or the --recipe's); cosine: per step from "
                         "--lr-start to --lr-end; onecycle: rise from lr-start/25 to --lr-start, "
                         "then cosine to --lr-end")
     r.add_argument("--warmup", type=nonneg_float, default=None, metavar="EPOCHS",
