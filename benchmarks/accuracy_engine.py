@@ -15,7 +15,7 @@ from lbcnn.data import load_dataset
 from lbcnn.deploy.c_export import CFLAGS, export_c, find_cc
 from lbcnn.engine import NumpyEngine, compile_plan, dequantized_model
 from lbcnn.models import load_model
-from lbcnn.search import search
+from lbcnn.train.search import search
 
 
 def run(name, ds, model, source):

@@ -20,7 +20,8 @@ import time
 import torch
 
 from lbcnn.models.cbcnn import CBCNN, PRESETS
-from lbcnn.train_cbcnn import TRAIN_FORMAT, squared_hinge
+from lbcnn.train.cbcnn import TRAIN_FORMAT
+from lbcnn.train.losses import squared_hinge
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def main():
         from lbcnn.models import load_model
         model, source = load_model(args.model), args.model
     else:
-        from lbcnn.search import search
+        from lbcnn.train.search import search
         model = search(ds, filters=(40, 4), trials=1, train_size=10000, seed=0,
                        device="cpu", progress=False).model
         source = "search(mnist, 40,4, trials=1, train_size=10000, seed=0)"

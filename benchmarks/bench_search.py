@@ -84,7 +84,7 @@ def main():
     from lbcnn.data import load_dataset
     from lbcnn.heads.elm import RidgeAccumulator, one_vs_rest_targets
     from lbcnn.models.lbcnn import LBCNNBody, fit_elm
-    from lbcnn.search import _score, search, trial_seeds
+    from lbcnn.train.search import _score, search, trial_seeds
 
     ds = load_dataset("mnist")
     tr, va = ds.split(10000, 0.1, 0)

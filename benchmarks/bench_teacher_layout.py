@@ -24,7 +24,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from lbcnn.distill import make_float_twin
+    from lbcnn.train.distill import make_float_twin
     from lbcnn.models.cbcnn import CBCNN, PRESETS
     from lbcnn.preprocess import Preprocess
 

@@ -101,7 +101,8 @@ def main(argv=None) -> int:
     from lbcnn.errors import LbcnnError
     from lbcnn.data.augment import FLIP_SAFE
     from lbcnn.models.cbcnn import PRESETS
-    from lbcnn.train_cbcnn import recipe_settings, train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn_recipe import recipe_settings
 
     full = load_dataset(args.dataset, args.data_path, seed=args.seed)
     # the test split is removed: nothing chosen here can depend on it

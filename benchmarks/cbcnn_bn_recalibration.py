@@ -6,7 +6,7 @@ batches; each BN + sign folds into a fixed threshold per channel, so those stati
 set the deployed thresholds. This script rebuilds the run's own training/validation
 split (same dataset, ``--train-size``, ``--val-fraction`` and ``--seed`` as the run),
 re-estimates the statistics on the clean training images
-(``lbcnn.train_cbcnn.recalibrate_batch_norm``) and prints validation accuracy before and
+(``lbcnn.train.cbcnn.recalibrate_batch_norm``) and prints validation accuracy before and
 after as one JSON object. It never reads the test split. With ``--out`` it writes the
 recalibrated model (a normal model file) for ``lbcnn evaluate`` / export.
 
@@ -26,7 +26,7 @@ from lbcnn.data import load_dataset
 from lbcnn.models import load_model
 from lbcnn.models.cbcnn import save_cbcnn
 from lbcnn.outputs import check_out_file
-from lbcnn.train_cbcnn import recalibrate_batch_norm
+from lbcnn.train.cbcnn import recalibrate_batch_norm
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 from lbcnn.data import load_dataset
 from lbcnn.data.splits import kfold_ids
 from lbcnn.models.lbcnn import LBCNNBody
-from lbcnn.optimize.trial import _correct, _fit_head, with_mirrors
+from lbcnn.train.optimize.trial import _correct, _fit_head, with_mirrors
 
 CASES = [((5, 2, 1), 6), ((5, 2), 4), ((5, 4), 4), ((10, 1, 1), 6), ((5, 4, 1), 6)]
 CS = (0.003, 0.03, 0.3)

@@ -25,7 +25,7 @@ import numpy as np
 from lbcnn import load_dataset
 from lbcnn.heads.quantize import dequantize, quantize_head, training_feature_mean
 from lbcnn.models.lbcnn import LBCNN
-from lbcnn.search import trial_seeds
+from lbcnn.train.search import trial_seeds
 
 
 MODES = ("per_tensor", "per_tensor_bias_corrected", "per_class_pow2",

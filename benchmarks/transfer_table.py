@@ -1,6 +1,6 @@
 """Issue 6 transfer table: one (target, per-class budget) cell per call.
 
-For each head (float, binary): ``lbcnn.transfer.transfer`` with
+For each head (float, binary): ``lbcnn.train.transfer.transfer`` with
 ``compare_scratch=True`` (scratch = same architecture, same labelled images and
 train/validation split, the transfer run's wall-clock as its time budget, at
 least one epoch). Once per cell it also trains a longer scratch reference
@@ -21,7 +21,7 @@ import torch
 
 from lbcnn.data import load_dataset
 from lbcnn.models import load_model
-from lbcnn.transfer import (_budget_split, backbone_input, per_class_indices, plan_conversion,
+from lbcnn.train.transfer import (_budget_split, backbone_input, per_class_indices, plan_conversion,
                             scratch, summary, transfer)
 
 

@@ -15,3 +15,7 @@ class ConfigError(LbcnnError):
 
 class MemoryPlanError(LbcnnError):
     """A planned allocation would not fit in memory."""
+
+
+class Interrupted(LbcnnError):
+    """Ctrl-C during a run whose finished work is on disk and can be resumed."""

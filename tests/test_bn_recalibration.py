@@ -6,7 +6,7 @@ import torch
 from bars import bars_dataset
 from lbcnn.errors import ConfigError
 from lbcnn.models.cbcnn import CBCNNNet, folded_forward
-from lbcnn.train_cbcnn import recalibrate_batch_norm
+from lbcnn.train.cbcnn import recalibrate_batch_norm
 
 
 def test_running_stats_are_the_average_of_the_batch_statistics():
@@ -73,7 +73,7 @@ def _val_accuracy(model, ds, seed=0):
 
 def test_training_keeps_recalibrated_statistics_only_when_validation_rises(tmp_path):
     from lbcnn.models import load_model
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     torch.set_num_threads(1)
     ds = bars_dataset(n=200)
     kw = dict(blocks=(4,), dense=(), epochs=2, erase=0.5, seed=0, progress=False)
@@ -95,7 +95,7 @@ def test_training_keeps_recalibrated_statistics_only_when_validation_rises(tmp_p
 
 
 def test_statistics_that_lower_validation_are_not_kept(monkeypatch):
-    import lbcnn.train_cbcnn as tc
+    import lbcnn.train.cbcnn as tc
     torch.set_num_threads(1)
     ds = bars_dataset(n=200)
     kw = dict(blocks=(4,), dense=(), epochs=2, seed=0, progress=False)

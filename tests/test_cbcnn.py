@@ -26,7 +26,7 @@ def mnist_small(mnist):
 
 @pytest.fixture(scope="module")
 def trained(mnist_small):
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     return train_cbcnn(mnist_small, blocks=(16, 32, 32), dense=(64,), epochs=2, batch_size=32,
                        lr_start=3e-3, lr_end=1e-3, train_size=2000, seed=0, progress=False)
 
@@ -194,7 +194,8 @@ def test_short_training_rises_well_above_chance(trained):
 @pytest.mark.parametrize("augment", [{}, {"shift": 1.5, "rotate": 8.0, "zoom": 0.1}],
                          ids=["plain", "augmented"])
 def test_resume_after_interruption_gives_identical_state(mnist_small, tmp_path, augment):
-    from lbcnn.train_cbcnn import load_checkpoint, train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
+    from lbcnn.train.checkpoint import load_checkpoint
     kw = dict(**SMALL, epochs=2, batch_size=50, train_size=500, seed=3, progress=False, **augment)
     full = train_cbcnn(mnist_small, out_dir=tmp_path / "a", **kw)
 
@@ -234,7 +235,8 @@ def test_resume_after_interruption_gives_identical_state(mnist_small, tmp_path, 
 
 
 def test_bf16_training_learns_and_evaluates_in_float32(mnist_small, tmp_path):
-    from lbcnn.train_cbcnn import load_checkpoint, train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
+    from lbcnn.train.checkpoint import load_checkpoint
     r = train_cbcnn(mnist_small, blocks=(16, 32, 32), dense=(64,), epochs=2, batch_size=32,
                     lr_start=3e-3, lr_end=1e-3, train_size=2000, seed=0, progress=False,
                     precision="bf16", out_dir=tmp_path)
@@ -257,7 +259,7 @@ def test_bf16_training_learns_and_evaluates_in_float32(mnist_small, tmp_path):
 
 # -- bad configs -----------------------------------------------------------------
 def test_bad_configs_give_clear_errors(mnist_small):
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     with pytest.raises(ConfigError, match="zero/negative-width"):
         CBCNNNet((28, 28, 1), blocks=(8, 0, 8))
     with pytest.raises(ConfigError, match="zero/negative-width"):

@@ -38,7 +38,7 @@ def _cli(argv, capsys):
 # -- flip -----------------------------------------------------------------------------
 def test_flip_refused_on_mnist_gtsrb_and_unknown_datasets(tiny, data_dir, capsys, monkeypatch):
     from lbcnn.data.augment import FLIP_SAFE, check_flip_allowed
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     for name in ("mnist", "gtsrb", "npz:/tmp/some.npz", "folder:/tmp/signs"):
         with pytest.raises(ConfigError, match=r"--flip refused for .*allowed for") as exc:
             check_flip_allowed(name)
@@ -55,8 +55,8 @@ def test_flip_refused_on_mnist_gtsrb_and_unknown_datasets(tiny, data_dir, capsys
                     "--blocks", "4", "--dense", "", "--epochs", "1", "--flip"], capsys)
     assert rc == 2 and len(err) == 1 and "--flip refused for mnist" in err[0]
     # a recipe that flips asks for flips only where they are safe
-    from lbcnn import train_cbcnn as tc
-    from lbcnn.train_cbcnn import recipe_settings
+    from lbcnn.train import cbcnn_recipe as tc
+    from lbcnn.train.cbcnn_recipe import recipe_settings
     monkeypatch.setitem(tc.RECIPES, "fast", {**tc.RECIPES["fast"], "flip": True})
     assert recipe_settings("fast", "fashion_mnist")["flip"] is True
     assert recipe_settings("fast", "mnist")["flip"] is False
@@ -115,7 +115,7 @@ def test_flip_and_erase_draws_depend_only_on_seed_and_epoch():
 
 # -- learning-rate schedules ---------------------------------------------------------------
 def test_lr_schedules_at_known_steps():
-    from lbcnn.train_cbcnn import ONECYCLE_DIV, lr_at
+    from lbcnn.train.cbcnn_recipe import ONECYCLE_DIV, lr_at
     a, b = 1e-3, 1e-5
     # exp: unchanged, per epoch, whatever the step
     for e in range(5):
@@ -148,7 +148,7 @@ def test_lr_schedules_at_known_steps():
 
 # -- the distillation loss ------------------------------------------------------------------
 def test_kd_loss_matches_hand_computation_on_a_2x3_batch():
-    from lbcnn.distill import kd_loss
+    from lbcnn.train.distill import kd_loss
     s = np.array([[1.0, -0.5, 0.2], [0.3, 2.0, -1.0]])
     t = np.array([[2.0, 0.0, -1.0], [-0.5, 1.5, 0.5]])
     T = 2.0
@@ -174,8 +174,8 @@ def test_kd_loss_matches_hand_computation_on_a_2x3_batch():
 # -- the float twin and its file ---------------------------------------------------------------
 def test_float_twin_teacher_file_and_split_check(tiny, tmp_path):
     from lbcnn.binary.layers import BinaryActivation
-    from lbcnn.distill import TEACHER_FILE, load_teacher, split_fingerprint
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.distill import TEACHER_FILE, load_teacher, split_fingerprint
+    from lbcnn.train.cbcnn import train_cbcnn
     kw = dict(**TINY, epochs=2, batch_size=40, seed=0, progress=False, lr_start=3e-3)
     r = train_cbcnn(tiny, float_twin=True, out_dir=tmp_path / "t", **kw)
     assert r["test_accuracy"] is None                   # the teacher never sees the test set
@@ -221,7 +221,7 @@ def test_float_twin_teacher_file_and_split_check(tiny, tmp_path):
 
 
 def test_frozen_teacher_runs_in_the_students_channels_last_layout():
-    from lbcnn.distill import frozen_teacher, make_float_twin
+    from lbcnn.train.distill import frozen_teacher, make_float_twin
     from lbcnn.models.cbcnn import CBCNN
     from lbcnn.preprocess import Preprocess
     torch.manual_seed(0)
@@ -258,7 +258,7 @@ def _same_run(a, b):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny, tmp_path_factory):
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     out = tmp_path_factory.mktemp("full")
     return train_cbcnn(tiny, out_dir=out, progress=False, **RECIPE_KW), out
 
@@ -266,7 +266,8 @@ def uninterrupted(tiny, tmp_path_factory):
 @pytest.mark.parametrize("phase", ["teacher", "student"])
 def test_resume_after_interruption_during_distillation_gives_identical_weights(
         tiny, tmp_path, uninterrupted, phase):
-    from lbcnn.train_cbcnn import load_checkpoint, train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
+    from lbcnn.train.checkpoint import load_checkpoint
     full, full_out = uninterrupted
 
     class Interrupt(Exception):
@@ -315,7 +316,7 @@ def test_resume_after_sigkill_during_distillation_gives_identical_weights(
     the uninterrupted run (what a run killed later than the teacher phase holds)."""
     import shutil
 
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     full, full_out = uninterrupted
     shutil.copytree(full_out / "teacher", tmp_path / "run" / "teacher")
 
@@ -338,7 +339,8 @@ def test_resume_after_sigkill_during_distillation_gives_identical_weights(
 
 
 def test_old_checkpoints_without_recipe_keys_still_resume(tiny, tmp_path):
-    from lbcnn.train_cbcnn import CONFIG_DEFAULTS, load_checkpoint, train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
+    from lbcnn.train.checkpoint import CONFIG_DEFAULTS, load_checkpoint
     kw = dict(**TINY, epochs=2, batch_size=40, seed=2, progress=False)
     full = train_cbcnn(tiny, **kw)
 
@@ -367,7 +369,7 @@ def test_recipe_presets_and_explicit_options_override_them():
     import argparse
 
     from lbcnn.cli.train import _recipe
-    from lbcnn.train_cbcnn import RECIPES, recipe_settings
+    from lbcnn.train.cbcnn_recipe import RECIPES, recipe_settings
 
     def ns(**kw):
         base = dict(recipe=None, lr_schedule=None, lr_start=None, lr_end=None, warmup=None,
@@ -427,7 +429,7 @@ def test_bad_recipe_options_give_one_line_errors(tmp_path, capsys, extra, messag
 
 
 def test_library_refuses_bad_recipe_values(tiny):
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     kw = dict(**TINY, epochs=2, progress=False)
     for bad, match in [({"erase": -0.1}, "erase"), ({"erase": 1.01}, "erase"),
                        ({"erase": float("nan")}, "erase"),
@@ -480,8 +482,8 @@ def test_damaged_teacher_files_give_one_line_errors(tiny, tmp_path):
     """Edited configs and arrays of a real teacher file: each refused with one line."""
     import json
 
-    from lbcnn.distill import TEACHER_FILE, load_teacher, split_fingerprint
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.distill import TEACHER_FILE, load_teacher, split_fingerprint
+    from lbcnn.train.cbcnn import train_cbcnn
     r = train_cbcnn(tiny, **TINY, epochs=1, batch_size=40, seed=0, progress=False,
                     float_twin=True, out_dir=tmp_path / "t")
     with np.load(tmp_path / "t" / TEACHER_FILE, allow_pickle=False) as z:
@@ -519,7 +521,7 @@ def test_cli_resume_of_a_distillation_run_stopped_in_the_teacher_phase(tmp_path,
     equals an uninterrupted run's, array for array."""
     import json
 
-    import lbcnn.train_cbcnn as tc
+    import lbcnn.train.cbcnn as tc
     from lbcnn.cli import main
     ds = bars_dataset(n=200)
     np.savez(tmp_path / "ds.npz", x=ds.x_train, y=ds.y_train)
@@ -528,12 +530,12 @@ def test_cli_resume_of_a_distillation_run_stopped_in_the_teacher_phase(tmp_path,
             "0.5", "--lr-schedule", "onecycle", "--distill-weight", "0.7", "--json"]
     assert main(argv + ["--out", str(tmp_path / "a")]) == 0
     full = json.loads(capsys.readouterr().out)
-    plot = tc.plot_curves
+    plot = tc.plot_training_curves
 
     def stop_after_first_checkpoint(*a, **k):
         plot(*a, **k)
         raise KeyboardInterrupt
-    monkeypatch.setattr(tc, "plot_curves", stop_after_first_checkpoint)
+    monkeypatch.setattr(tc, "plot_training_curves", stop_after_first_checkpoint)
     assert main(argv + ["--out", str(tmp_path / "b")]) == 130
     monkeypatch.undo()
     assert (tmp_path / "b" / "teacher" / "checkpoint.pt").exists()
@@ -576,7 +578,7 @@ def test_cli_float_twin_then_teacher(tmp_path, capsys):
 
 # -- a time budget ---------------------------------------------------------------------
 def test_time_budget_stop_reads_no_test_until_the_resumed_run_ends(tiny, tmp_path):
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     kw = dict(**TINY, epochs=3, seed=0, out_dir=tmp_path / "run", progress=False)
     first = train_cbcnn(tiny, **kw, max_seconds=1e-9)
     assert first["stopped_by_time_budget"] and first["epochs_run"] == 1
@@ -595,7 +597,7 @@ def test_one_log_line_per_epoch_when_no_bar_is_drawn(tiny, monkeypatch):
     """``nohup lbcnn train ... > log`` must show how the run goes: a bar cannot redraw in a
     file, so each epoch gets a line with its validation accuracy and the best so far."""
     import rich.console
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     # (progress, output is a terminal, epoch lines expected); fixed here, not left to how
     # pytest was started (``-s`` in a terminal would otherwise change the answer)
     for progress, terminal, expect in ((False, True, 3), (True, False, 3), (True, True, 0)):
@@ -618,7 +620,7 @@ def test_distill_run_logs_the_teacher_epochs_too(tiny, monkeypatch):
     """A ``--distill`` run spends its first part on the float twin; a log file must show
     those epochs as well, or it stays empty for the whole teacher phase."""
     import rich.console
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda self: False))
     lines = []
     train_cbcnn(tiny, **TINY, epochs=2, distill=True, teacher_epochs=3, progress=True,

@@ -92,7 +92,7 @@ def test_corrupt_npz_and_empty_class_folder_errors(tmp_path, data_dir):
 def test_search_cross_validation_scores_every_training_image(mnist):
     from lbcnn.data import Dataset
     from lbcnn.errors import ConfigError
-    from lbcnn.search import search
+    from lbcnn.train.search import search
 
     ds = Dataset("mnist", mnist.x_train[:600], mnist.y_train[:600], mnist.x_test[:300],
                  mnist.y_test[:300], 10)

@@ -21,7 +21,7 @@ N_TEST = 2000
 def tiny(mnist, tmp_path_factory):
     """A CBCNN blocks 8,8,8 / dense 16 trained one epoch on 2000 real MNIST images."""
     from lbcnn.models.cbcnn import save_cbcnn
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
 
     res = train_cbcnn(mnist, preset=None, blocks=(8, 8, 8), dense=(16,), epochs=1,
                       train_size=2000, progress=False, seed=0)

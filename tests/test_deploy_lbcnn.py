@@ -273,7 +273,7 @@ def test_bias_correction_moves_the_mean_rounding_error_into_the_bias(small, mnis
 
 # -- fine-tuning ----------------------------------------------------------------
 def test_finetune_head_only_picks_epoch_on_validation(small, mnist):
-    from lbcnn.heads.finetune import finetune_head
+    from lbcnn.train.head_finetune import finetune_head
 
     m = copy.deepcopy(small)
     kernels = [k["conv"].copy() for k in m.body_.kernels]
@@ -293,7 +293,7 @@ def test_finetune_head_only_picks_epoch_on_validation(small, mnist):
 
 
 def test_finetune_streamed_equals_in_memory(small, mnist):
-    from lbcnn.heads.finetune import finetune_head
+    from lbcnn.train.head_finetune import finetune_head
 
     x, y = mnist.x_train, mnist.y_train
     a, b = copy.deepcopy(small), copy.deepcopy(small)
@@ -306,7 +306,7 @@ def test_finetune_streamed_equals_in_memory(small, mnist):
 
 
 def test_finetune_with_shift_augmentation_streamed_equals_in_memory(small, mnist):
-    from lbcnn.heads.finetune import finetune_head
+    from lbcnn.train.head_finetune import finetune_head
 
     x, y = mnist.x_train, mnist.y_train
     a, b, c = copy.deepcopy(small), copy.deepcopy(small), copy.deepcopy(small)
@@ -340,7 +340,7 @@ def test_finetune_with_shift_augmentation_streamed_equals_in_memory(small, mnist
 
 
 def test_finetune_refit_full_replays_chosen_epochs_on_train_plus_val(small, mnist):
-    from lbcnn.heads.finetune import finetune_head
+    from lbcnn.train.head_finetune import finetune_head
 
     x, y = mnist.x_train, mnist.y_train
     args = (x[2000:3000], y[2000:3000], x[3000:3500], y[3000:3500])
@@ -360,7 +360,7 @@ def test_finetune_refit_full_replays_chosen_epochs_on_train_plus_val(small, mnis
 
 
 def test_finetune_cosine_schedule_anneals_per_epoch(small, mnist):
-    from lbcnn.heads.finetune import finetune_head
+    from lbcnn.train.head_finetune import finetune_head
 
     x, y = mnist.x_train, mnist.y_train
     r = finetune_head(copy.deepcopy(small), x[2000:2600], y[2000:2600], x[3000:3300],
@@ -384,7 +384,7 @@ def test_transform_into_buffer_equals_fresh(small, mnist):
 
 
 def test_finetune_elm_full_resolves_head(small, mnist):
-    from lbcnn.heads.finetune import finetune_head
+    from lbcnn.train.head_finetune import finetune_head
 
     m = copy.deepcopy(small)
     x, y = mnist.x_train, mnist.y_train
@@ -400,7 +400,7 @@ def test_finetune_elm_full_resolves_head(small, mnist):
 
 
 def test_finetune_rejects_unknown_labels(small, mnist):
-    from lbcnn.heads.finetune import finetune_head
+    from lbcnn.train.head_finetune import finetune_head
 
     with pytest.raises(DataError, match="not among"):
         finetune_head(copy.deepcopy(small), mnist.x_train[:10], np.full(10, 42),

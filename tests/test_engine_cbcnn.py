@@ -40,7 +40,7 @@ def model_features_hwc(model, x) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny(mnist):
     torch.set_num_threads(1)
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
 
     r = train_cbcnn(mnist, preset=None, blocks=(8, 8, 8), dense=(16,), epochs=3,
                     train_size=3000, batch_size=50, lr_start=1e-2, lr_end=1e-3,

@@ -170,7 +170,7 @@ def test_corrupted_model_bytes(workdir, data):
 def test_corrupted_checkpoints(workdir, data):
     import torch
 
-    from lbcnn.train_cbcnn import load_checkpoint
+    from lbcnn.train.checkpoint import load_checkpoint
     root, _ = workdir
     good = {"config": {"a": 1}, "epoch": 0, "model": {"w": torch.zeros(3)}, "optimizer": {},
             "torch_rng": torch.get_rng_state(), "history": [], "best_val_accuracy": 0.5,

@@ -33,7 +33,7 @@ def plans(mnist):
     torch.set_num_threads(1)
     from lbcnn.models.hybrid import Hybrid
     from lbcnn.models.lbcnn import LBCNN
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
 
     x, y = mnist.x_train, mnist.y_train
     lb = LBCNN(filters=(4, 2), random_state=0, device="cpu").fit(x[:1000], y[:1000])

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from lbcnn.optimize.pareto import (crowding_distance, nondominated_ranks, pareto_front,
+from lbcnn.train.optimize.pareto import (crowding_distance, nondominated_ranks, pareto_front,
                                    pareto_order, promote)
 
 
@@ -36,7 +36,7 @@ SMALL = ["--train-size", "500", "--rungs", "100,200", "--layers", "1,2", "--nf1"
 
 
 def _space():
-    from lbcnn.optimize import SearchSpace
+    from lbcnn.train.optimize import SearchSpace
     return SearchSpace(layers=(1, 2), multipliers=((2, 4, 8), (1, 2), (1,)), nl=(1,),
                        C=(1e-3, 1e-1), bits=(32, 8, 4))
 
@@ -89,7 +89,7 @@ def test_crowding_prefers_the_spread():
 # -- the search ---------------------------------------------------------------------
 def test_optimize_api_front_kbits_and_test_once(npz, tmp_path, monkeypatch):
     from lbcnn.models.lbcnn import LBCNN
-    from lbcnn.optimize import optimize
+    from lbcnn.train.optimize import optimize
 
     calls = []
     orig = LBCNN.score
@@ -116,7 +116,7 @@ def test_optimize_api_front_kbits_and_test_once(npz, tmp_path, monkeypatch):
 
 
 def test_normalized_margin_and_cv_tie_break():
-    from lbcnn.optimize.trial import normalized_margins, rank_accuracy
+    from lbcnn.train.optimize.trial import normalized_margins, rank_accuracy
 
     z = np.array([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0]])
     y = np.array([0, 0])
@@ -133,8 +133,8 @@ def test_normalized_margin_and_cv_tie_break():
 
 
 def test_cv_front_reports_plain_accuracy_and_ranks_ties_by_margin(npz, tmp_path):
-    from lbcnn.optimize import optimize
-    from lbcnn.optimize.trial import rank_accuracy
+    from lbcnn.train.optimize import optimize
+    from lbcnn.train.optimize.trial import rank_accuracy
 
     res = optimize(npz, train_size=200, cv=4, space=_space(), max_configs=6,
                    out=tmp_path / "cv", seed=2)
@@ -333,9 +333,9 @@ def test_two_processes_share_one_postgresql_study(npz, tmp_path, postgres_url):
 def test_ray_workers_give_in_process_metrics(npz, tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
     from lbcnn.data import load_dataset
-    from lbcnn.optimize import Config, optimize
-    from lbcnn.optimize.runner import LocalRunner, RayRunner
-    from lbcnn.optimize.trial import evaluate, prepare
+    from lbcnn.train.optimize import Config, optimize
+    from lbcnn.train.optimize.runner import LocalRunner, RayRunner
+    from lbcnn.train.optimize.trial import evaluate, prepare
 
     ds = load_dataset(npz)
     data = prepare(ds, 500, 0.1, 0, (100, 200))
@@ -391,8 +391,8 @@ def test_flip_mirrors_fit_images_only(data_dir):
     the unmirrored validation images: the same numbers as a plain trial whose fit set
     holds the mirrors explicitly. The refit sees the whole budget mirrored too."""
     from lbcnn.data import load_dataset
-    from lbcnn.optimize import Config
-    from lbcnn.optimize.trial import TrialData, evaluate, prepare, refit
+    from lbcnn.train.optimize import Config
+    from lbcnn.train.optimize.trial import TrialData, evaluate, prepare, refit
 
     ds = load_dataset("olivetti", split="paper", seed=0)
     flip = prepare(ds, None, 0.2, 0, (100,), flip=True)

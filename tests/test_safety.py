@@ -75,8 +75,8 @@ def no_compute(monkeypatch):
         calls.append(1)
         raise AssertionError("compute started")
 
-    import lbcnn.search  # noqa: F401  (the package attribute `search` is the function)
-    monkeypatch.setattr(sys.modules["lbcnn.search"], "fit_elm", spy)
+    import lbcnn.train.search  # noqa: F401
+    monkeypatch.setattr(sys.modules["lbcnn.train.search"], "fit_elm", spy)
     return calls
 
 
@@ -310,7 +310,7 @@ def test_corrupt_checkpoints_give_one_line(tmp_path):
 
     import torch
 
-    from lbcnn.train_cbcnn import load_checkpoint
+    from lbcnn.train.checkpoint import load_checkpoint
     good = {"config": {}, "epoch": 0, "model": {"w": torch.zeros(2)}, "optimizer": {},
             "torch_rng": torch.get_rng_state(), "history": [], "best_val_accuracy": 0.5,
             "best_epoch": 1, "best_model": None}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lbcnn.data import Dataset
 from lbcnn.errors import ConfigError
-from lbcnn.transfer import (TransferModel, apply_conversion, backbone_state, per_class_indices,
+from lbcnn.train.transfer import (TransferModel, apply_conversion, backbone_state, per_class_indices,
                             plan_conversion, transfer)
 
 torch.set_num_threads(1)
@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def backbone(mnist, tmp_path_factory):
     """A tiny CBCNN trained for 1 epoch on 2000 MNIST images, saved as a model file."""
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     ds = Dataset("mnist", mnist.x_train, mnist.y_train, mnist.x_test[:500], mnist.y_test[:500], 10)
     out = tmp_path_factory.mktemp("bb")
     r = train_cbcnn(ds, blocks=(16, 32, 32), dense=(64,), epochs=1, batch_size=32, lr_start=3e-3,

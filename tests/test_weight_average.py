@@ -20,7 +20,7 @@ def tiny():
 
 
 def test_average_step_against_hand_computation():
-    from lbcnn.train_cbcnn import update_weight_average
+    from lbcnn.train.cbcnn import update_weight_average
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     avg = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
@@ -43,7 +43,7 @@ def test_average_step_against_hand_computation():
 
 def test_training_is_unchanged_and_the_average_is_what_gets_chosen(tiny, tmp_path):
     from lbcnn.models import load_model
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     plain = train_cbcnn(tiny, out_dir=tmp_path / "plain", progress=False, **KW)
     avg = train_cbcnn(tiny, out_dir=tmp_path / "ema", progress=False, ema=0.9, **KW)
     for k, v in plain["final_state"].items():  # the average only watches training
@@ -69,7 +69,7 @@ def test_training_is_unchanged_and_the_average_is_what_gets_chosen(tiny, tmp_pat
 
 
 def test_resume_after_interruption_gives_the_same_average(tiny, tmp_path):
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     full = train_cbcnn(tiny, out_dir=tmp_path / "full", progress=False, ema=0.95, **KW)
 
     class Interrupt(Exception):
@@ -95,7 +95,7 @@ def test_resume_after_interruption_gives_the_same_average(tiny, tmp_path):
 
 @pytest.mark.parametrize("bad", [0.0, 1.0, -0.5, float("nan")])
 def test_library_refuses_bad_decays(tiny, bad):
-    from lbcnn.train_cbcnn import train_cbcnn
+    from lbcnn.train.cbcnn import train_cbcnn
     with pytest.raises(ConfigError, match="ema decay"):
         train_cbcnn(tiny, progress=False, ema=bad, **KW)
 

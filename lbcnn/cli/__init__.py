@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 import sys
 
-from ..errors import LbcnnError
+from ..errors import Interrupted, LbcnnError
 
 # the order subcommands are listed in ``lbcnn --help``; modules not named here follow
 _ORDER = ("search", "optimize", "train", "deploy", "evaluate", "predict", "mcu", "transfer")
@@ -77,7 +77,6 @@ def _inherit_formatter(sub) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..search import Interrupted
     try:
         return args.func(args)
     except Interrupted as exc:

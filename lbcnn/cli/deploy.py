@@ -133,7 +133,7 @@ def _acc(model, x, y) -> float:
 
 def cmd_finetune(args) -> int:
     from ..data.splits import finetune_split
-    from ..heads.finetune import finetune_head
+    from ..train.head_finetune import finetune_head
     from ..models.lbcnn import save_lbcnn
 
     from ..outputs import check_out_file

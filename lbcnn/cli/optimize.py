@@ -32,7 +32,7 @@ def _words(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub) -> None:
-    from ..optimize.space import DEFAULT_MULTIPLIERS, HEAD_BITS, SearchSpace
+    from ..train.optimize.space import DEFAULT_MULTIPLIERS, HEAD_BITS, SearchSpace
 
     d = SearchSpace()
     s = sub.add_parser("optimize", help="multi-objective search over architecture, head bits and "
@@ -106,7 +106,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..errors import ConfigError
-    from ..optimize import SearchSpace, optimize
+    from ..train.optimize import SearchSpace, optimize
 
     C = tuple(args.C_range)
     if len(C) == 1:
@@ -118,8 +118,8 @@ def run(args) -> int:
     quiet = args.json
     log = None if quiet else (lambda m: print(m, file=sys.stderr))
     # cheap option errors first, then the data (folder options honoured), then the search
-    from ..optimize import parse_objectives
-    from ..optimize.study import check_storage_url
+    from ..train.optimize import parse_objectives
+    from ..train.optimize.study import check_storage_url
     parse_objectives(args.objectives)
     if args.storage:
         check_storage_url(args.storage)
@@ -139,7 +139,7 @@ def run(args) -> int:
         return 0
     from rich.console import Console
 
-    from ..optimize.report import front_table
+    from ..train.optimize.report import front_table
     s = res.summary
     con = Console()
     con.print(front_table(res.front, f"{s['dataset']}: Pareto front of {s['trials']} "

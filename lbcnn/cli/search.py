@@ -47,7 +47,7 @@ def _settings(args) -> dict:
 
     given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
     if args.resume:
-        from ..search import read_run_config
+        from ..train.search import read_run_config
         if not args.out:
             raise ConfigError("--resume needs --out, the run folder to continue")
         saved = read_run_config(args.out)
@@ -72,7 +72,7 @@ def _settings(args) -> dict:
 def run(args) -> int:
     from ..outputs import strict_json
     from ..report import summary_table
-    from ..search import search
+    from ..train.search import search
 
     from ..settings import resolve_device
 

@@ -201,7 +201,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def _train_cbcnn(args, ds) -> dict:
-    from ..train_cbcnn import train_cbcnn
+    from ..train.cbcnn import train_cbcnn
 
     pre = {"y_channel": args.y_channel, "equalize": args.equalize, "standardize": args.standardize,
            "input_scale": ds.input_scale}
@@ -252,13 +252,13 @@ def _train_cbcnn(args, ds) -> dict:
 
 
 def _recipe_flips(name: str) -> bool:
-    from ..train_cbcnn import RECIPES
+    from ..train.cbcnn_recipe import RECIPES
     return bool(RECIPES.get(name, {}).get("flip"))
 
 
 def _recipe(args, dataset_name: str) -> dict:
     """The recipe settings: built-in defaults, then ``--recipe``'s, then explicit options."""
-    from ..train_cbcnn import recipe_settings
+    from ..train.cbcnn_recipe import recipe_settings
 
     settings = {"lr_schedule": "exp", "lr_start": 1e-3, "lr_end": 1e-4, "warmup": None,
                 "flip": False, "erase": 0.0, "distill": False, "ema": None}

@@ -1,4 +1,4 @@
-"""``lbcnn transfer``: the CLI shell over ``lbcnn.transfer`` (imports torch lazily)."""
+"""``lbcnn transfer``: the CLI shell over ``lbcnn.train.transfer`` (imports torch lazily)."""
 from __future__ import annotations
 
 from .common import add_data_args, batch_int, fraction, positive_float, positive_int, seed_int
@@ -39,7 +39,7 @@ def run(args) -> int:
     import sys
 
     from ..data import load_dataset
-    from ..transfer import summary, transfer
+    from ..train.transfer import summary, transfer
 
     if args.out:
         from ..outputs import prepare_run_dir

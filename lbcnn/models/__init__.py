@@ -1,9 +1,20 @@
-"""Model families, in a small timm-style registry."""
+"""Model families, in a small timm-style registry, and the trainer each family's
+estimator calls in ``fit``.
+
+Trainers live in ``lbcnn.train``, which sits after the models on the data's path:
+it registers each family's trainer here (``register_trainer``), and ``trainer_for``
+imports ``lbcnn.train`` by name on the first lookup, so no model module imports a
+trainer and ``CBCNN().fit(X, y)`` still trains.
+"""
 from __future__ import annotations
 
 from ..errors import ConfigError
+from ..registry import Registry
 
 _REGISTRY: dict[str, type] = {}
+
+# family -> trainer(dataset, *, model, **settings) -> result dict with "history"
+TRAINERS = Registry("trainer", providers=("lbcnn.train",))
 
 
 def register_model(name: str, cls: type) -> type:
@@ -21,6 +32,17 @@ def create_model(name: str, **kwargs):
     return _REGISTRY[name](**kwargs)
 
 
+def register_trainer(family: str, trainer) -> None:
+    TRAINERS.register(family, trainer)
+
+
+def trainer_for(family: str):
+    trainer = TRAINERS.get(family)
+    if trainer is None:
+        raise ConfigError(f"no trainer registered for the {family} family")
+    return trainer
+
+
 from . import lbcnn as _lbcnn  # noqa: E402,F401  (registers the family)
 from . import cbcnn as _cbcnn  # noqa: E402,F401  (registers the family)
 from . import hybrid as _hybrid  # noqa: E402,F401  (registers the family)
@@ -28,9 +50,8 @@ from . import hybrid as _hybrid  # noqa: E402,F401  (registers the family)
 
 def load_model(path):
     """Load any native model file, dispatching on its family."""
-    from ..io import load_model_file
-
     from ..errors import DataError, LbcnnError
+    from ..io import load_model_file
 
     config, arrays = load_model_file(path)
     loaders = {"lbcnn": _lbcnn.load_lbcnn, "cbcnn": _cbcnn.load_cbcnn,

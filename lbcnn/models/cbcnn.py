@@ -392,9 +392,10 @@ class CBCNN(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, **train_kwargs):
         """Build a fresh network for ``X``'s shape and ``y``'s classes and train it with
-        ``train_cbcnn`` (``train_kwargs`` override the estimator's own settings)."""
+        the CBCNN trainer (``lbcnn.train.cbcnn.train_cbcnn``, found through
+        ``trainer_for``; ``train_kwargs`` override the estimator's own settings)."""
         from ..data import Dataset
-        from ..train_cbcnn import train_cbcnn
+        from . import trainer_for
 
         X = self._images(X, reset=True)
         classes, y_idx = validate_targets(y, len(X))
@@ -426,10 +427,10 @@ class CBCNN(ClassifierMixin, BaseEstimator):
                      len(classes))
         device_param = self._device_param
         try:
-            result = train_cbcnn(ds, model=self, **kwargs)
+            result = trainer_for("cbcnn")(ds, model=self, **kwargs)
         except (DataError, ConfigError) as exc:
             raise as_value_error(exc) from None
-        finally:  # train_cbcnn sets model.device; the hyperparameter stays as given
+        finally:  # the trainer sets model.device; the hyperparameter stays as given
             self._device_param = device_param
         self.history_ = result["history"]
         return self

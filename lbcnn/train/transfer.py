@@ -46,9 +46,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .binary.layers import BinaryLinear, clip_all_latent_
-from .binary.quantizers import sign_pm1
-from .errors import ConfigError, DataError
+from ..binary.layers import BinaryLinear, clip_all_latent_
+from ..binary.quantizers import sign_pm1
+from ..errors import ConfigError, DataError
 
 HEADS = ("float", "binary")
 
@@ -128,7 +128,7 @@ def plan_conversion(src_shape, dst_shape, accepted_channels, resize: str = "auto
 
 
 def apply_conversion(x, plan: dict) -> np.ndarray:
-    from .preprocess import rgb_to_y
+    from ..preprocess import rgb_to_y
 
     x = _as_nhwc_uint8(x)
     if plan["gray"]:
@@ -142,8 +142,8 @@ def apply_conversion(x, plan: dict) -> np.ndarray:
 
 # -- backbones ----------------------------------------------------------------
 def _family(model) -> str:
-    from .models.cbcnn import CBCNN
-    from .models.lbcnn import LBCNN
+    from ..models.cbcnn import CBCNN
+    from ..models.lbcnn import LBCNN
 
     if isinstance(model, CBCNN):
         return "cbcnn"
@@ -175,7 +175,7 @@ def backbone_state(model) -> dict[str, np.ndarray]:
     """Copies of every parameter, BN buffer and kernel: for bitwise before/after checks."""
     if _family(model) == "cbcnn":
         return {k: v.detach().cpu().numpy().copy() for k, v in model.net.state_dict().items()}
-    from .models.lbcnn import body_to_arrays
+    from ..models.lbcnn import body_to_arrays
     return {k: v.copy() for k, v in body_to_arrays(model.body_).items()}
 
 
@@ -220,7 +220,7 @@ def make_head(kind: str, n_features: int, n_classes: int, binary_input: bool) ->
 def _loss(kind, out, y):
     if kind == "float":
         return F.cross_entropy(out, y)
-    from .train_cbcnn import squared_hinge
+    from .losses import squared_hinge
     return squared_hinge(out, y, out.shape[1])
 
 
@@ -385,7 +385,7 @@ def per_class_indices(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 def _budget_split(y_budget: np.ndarray, per_class: int, val_fraction: float, seed: int,
                   groups: np.ndarray | None = None):
     """(fit, val) indices into the budget; ``groups`` (GTSRB tracks) are held out whole."""
-    from .data.splits import train_val_split
+    from ..data.splits import train_val_split
 
     if per_class < 2:
         return np.arange(len(y_budget)), np.empty(0, dtype=np.int64)
@@ -395,7 +395,7 @@ def _budget_split(y_budget: np.ndarray, per_class: int, val_fraction: float, see
 # -- the API --------------------------------------------------------------------
 def _load_backbone(backbone):
     if isinstance(backbone, (str, Path)):
-        from .models import load_model
+        from ..models import load_model
 
         p = Path(backbone)
         if p.is_dir():
@@ -416,7 +416,7 @@ def transfer(backbone, dataset, head: str = "float", per_class: int = 10, *, epo
     new ``head`` ("float" or "binary") for ``dataset`` (a name or ``Dataset``) on
     ``per_class`` labelled images per class. Returns a dict of results with the
     trained ``TransferModel`` under ``"model"`` (and ``"scratch"`` when asked)."""
-    from .data import Dataset, load_dataset
+    from ..data import Dataset, load_dataset
 
     if head not in HEADS:
         raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
@@ -490,7 +490,7 @@ def transfer(backbone, dataset, head: str = "float", per_class: int = 10, *, epo
         "notes": notes, "backbone_unchanged": True, "history": fit["history"], "model": tm,
     }
     if family == "cbcnn" and path is not None:
-        from .io import load_model_file
+        from ..io import load_model_file
         result["backbone_dataset"] = load_model_file(path)[0].get("dataset")
     if compare_scratch:
         result["scratch"] = scratch(model, dataset, plan, xb, yb, tr, va, budget_seconds=wall,
@@ -509,7 +509,7 @@ def scratch(backbone, dataset, plan, xb, yb, tr, va, *, budget_seconds: float, l
     x_test = apply_conversion(dataset.x_test, plan)
     xb = apply_conversion(xb, plan)
     if family == "lbcnn":
-        from .models.lbcnn import LBCNN
+        from ..models.lbcnn import LBCNN
 
         t0 = time.perf_counter()
         m = LBCNN(filters=backbone.body_.filters, nl=backbone.body_.nl, C=backbone.C,
@@ -520,7 +520,7 @@ def scratch(backbone, dataset, plan, xb, yb, tr, va, *, budget_seconds: float, l
                 "fit_size": int(len(tr)), "val_size": 0, "epochs_run": 1, "wall_seconds": wall,
                 "time_budget_seconds": budget_seconds, "test_accuracy": m.score(x_test, dataset.y_test),
                 "best_val_accuracy": None}
-    from .models.cbcnn import CBCNN
+    from ..models.cbcnn import CBCNN
 
     net0 = backbone.net
     torch.manual_seed(seed)
@@ -551,7 +551,7 @@ def summary(result: dict) -> dict:
 def _write_out(out: Path, result: dict) -> None:
     import json
 
-    from .io import atomic_write_text, save_model_file
+    from ..io import atomic_write_text, save_model_file
 
     tm = result["model"]
     arrays = {f"head/{k}": v.detach().cpu().numpy() for k, v in tm.head.state_dict().items()}

@@ -78,7 +78,7 @@ def plot_front(rows: list[dict], front: list[dict], path: Path, dataset: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report import _save_fig
+    from ...report import _save_fig
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     done = [r for r in rows if r["state"] == "COMPLETE"]
@@ -125,7 +125,7 @@ FRONT_FIELDS = ["trial", "label", "filters", "nl", "C", "bits", "color", "kernel
 
 
 def write_outputs(run_dir: Path, rows, front, summary, dataset: str, objectives) -> None:
-    from ..outputs import write_csv, write_json
+    from ...outputs import write_csv, write_json
 
     fields = list(TRIAL_FIELDS)
     for row in rows:

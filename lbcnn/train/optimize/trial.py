@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.splits import kfold_ids, stratified_subset
-from ..errors import ConfigError
-from ..heads.elm import RidgeAccumulator, one_vs_rest_targets, solve_dual
-from ..heads.quantize import centred_gram, dequantize, quantize_head, sample_rows
-from ..memory import require
-from ..models.lbcnn import LBCNN, LBCNNBody
+from ...data.splits import kfold_ids, stratified_subset
+from ...errors import ConfigError
+from ...heads.elm import RidgeAccumulator, one_vs_rest_targets, solve_dual
+from ...heads.quantize import centred_gram, dequantize, quantize_head, sample_rows
+from ...memory import require
+from ...models.lbcnn import LBCNN, LBCNNBody
 from .space import FLOAT_BITS, Config, features
 
 
@@ -78,7 +78,7 @@ def with_mirrors(x: np.ndarray, y: np.ndarray, flip: bool):
 def prepare(ds, train_size, val_fraction: float, seed: int, rung_sizes=(1000, 3000),
             cv: int = 0, colors=("rgb",), flip: bool = False) -> TrialData:
     if flip:
-        from ..data.augment import check_flip_allowed
+        from ...data.augment import check_flip_allowed
         check_flip_allowed(ds.name)
     tr, va = ds.split(train_size, val_fraction, seed)
     if cv:
@@ -100,7 +100,7 @@ def prepare(ds, train_size, val_fraction: float, seed: int, rung_sizes=(1000, 30
         data = TrialData(ds.x_train[tr], y_fit, ds.x_train[va], ds.y_train[va], ds.n_classes,
                          ds.input_scale, rungs)
     if data.x_fit.shape[-1] == 3 and "y" in colors:
-        from ..preprocess import rgb_to_y
+        from ...preprocess import rgb_to_y
         data.luma = {"fit": rgb_to_y(data.x_fit), "val": rgb_to_y(data.x_val)}
     data.flip = bool(flip)
     return data
@@ -209,7 +209,7 @@ def rank_accuracy(result: dict) -> float:
 def memory_need(n_features: int, n_train: int) -> int:
     """Peak bytes of one trial: the feature matrix plus the Gram (primal) or kernel (dual),
     plus GPTQ rounding's centred Gram and factors (``heads.quantize.gptq_bytes``)."""
-    from ..heads.quantize import gptq_bytes
+    from ...heads.quantize import gptq_bytes
 
     feats = 4 * n_features * n_train
     rounding = 4 * n_features ** 2 + gptq_bytes(n_features)
@@ -220,7 +220,7 @@ def memory_need(n_features: int, n_train: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _account(filters, nl, bits, input_shape, n_classes) -> dict:
-    from ..deploy.accounting import account
+    from ...deploy.accounting import account
 
     model = LBCNN(filters=filters, nl=nl)
     model.body_ = LBCNNBody.random(input_shape, filters, nl, 0)
@@ -253,7 +253,7 @@ def refit(config: Config, seed: int, data: TrialData):
     """The front member's final model: ELM head on the whole training budget, then the
     bias-corrected, GPTQ-rounded n-bit head, exactly as ``lbcnn quantize --per-class``
     would build it."""
-    from ..heads.quantize import apply_quantization, training_feature_stats
+    from ...heads.quantize import apply_quantization, training_feature_stats
 
     t0 = time.perf_counter()
     x, y = with_mirrors(*data.budget(config.color), data.flip)

@@ -4,8 +4,9 @@ for the best checkpoint, an atomic checkpoint each epoch and an exact ``resume``
 
 Recipe options (docs/cbcnn_recipe.md): horizontal flips and random erasing
 per image, a warm-up, and knowledge distillation from the float twin of the
-network (``lbcnn.distill``), trained first in the same run (``distill``) or
-read from a file (``teacher``); ``RECIPES`` bundles them.
+network (``distill``), trained first in the same run (``distill=True``) or
+read from a file (``teacher``); ``cbcnn_recipe.RECIPES`` bundles them. Checkpoints
+and resuming: ``checkpoint``.
 
 Determinism: the network is initialised from ``torch.manual_seed(seed)``; the
 epoch-``e`` shuffle comes from ``numpy.random.default_rng([seed, e])``, the
@@ -25,152 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
-from .outputs import atomic_write_with
-from .models.cbcnn import CBCNN, save_cbcnn
-from .preprocess import Preprocess
+from ..errors import ConfigError, DataError
+from ..models import register_trainer
+from ..models.cbcnn import CBCNN, save_cbcnn
+from ..preprocess import Preprocess
+from ..report import plot_training_curves
+from .cbcnn_recipe import SCHEDULES, lr_at
+from .checkpoint import CHECKPOINT, check_resume_config, cpu_state, load_checkpoint, save_checkpoint
+from .losses import cross_entropy, squared_hinge
 
-CHECKPOINT = "checkpoint.pt"
 # NHWC activations: CPU max-pooling is ~10x faster than on NCHW and the convs a
 # little faster; a whole cbcnn32 training step is 1.36x faster (bench_cbcnn_train.py).
 # Values do not depend on the layout; the returned network is NCHW again.
 TRAIN_FORMAT = torch.channels_last
-
-
-def squared_hinge(out: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """mean over samples and classes of max(0, 1 - t * out)^2, t the +-1 one-hot target."""
-    t = torch.full_like(out, -1.0)
-    t.scatter_(1, y.view(-1, 1), 1.0)
-    return torch.clamp(1.0 - t * out, min=0.0).pow(2).mean()
-
-
-SCHEDULES = ("exp", "onecycle", "cosine")
-ONECYCLE_DIV = 25.0    # one-cycle starts at lr_start / 25 (torch's OneCycleLR default)
-ONECYCLE_RISE = 0.3    # ... and peaks after 30 % of the steps unless warmup says otherwise
-
-
-def lr_at(epoch: int, epochs: int, lr_start: float, lr_end: float, schedule: str = "exp",
-          warmup: float | None = None, step: int = 0, steps: int = 1) -> float:
-    """The learning rate of step ``step`` (of ``steps``) in epoch ``epoch`` (of ``epochs``).
-
-    - ``exp``: exponential decay per epoch, lr_start at epoch 0 and lr_end at the last
-      epoch (constant within an epoch; today's default).
-    - ``cosine``: per step, lr_start at the first step to lr_end at the last,
-      ``lr_end + (lr_start - lr_end) (1 + cos(pi u)) / 2`` with ``u`` = step index / (steps - 1).
-    - ``onecycle``: per step, a cosine rise from lr_start / 25 to lr_start over the first
-      ``warmup`` epochs (default 30 % of the run), then a cosine fall to lr_end.
-
-    ``warmup`` W > 0 (epochs) for ``exp`` and ``cosine`` multiplies the rate by
-    ``min(1, t / W)``, t the epochs done at the end of the step (a linear warm-up).
-    """
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"lr schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    epochs, steps = int(epochs), max(int(steps), 1)
-    i, n = epoch * steps + step, epochs * steps
-    u = i / (n - 1) if n > 1 else 0.0
-    if schedule == "onecycle":
-        rise = (ONECYCLE_RISE if not warmup else float(warmup) / epochs)
-        low = lr_start / ONECYCLE_DIV
-        if u <= rise:
-            return float(low + (lr_start - low) * (1 - math.cos(math.pi * u / rise)) / 2)
-        v = (u - rise) / (1 - rise)
-        return float(lr_end + (lr_start - lr_end) * (1 + math.cos(math.pi * v)) / 2)
-    if schedule == "exp":
-        lr = lr_start if epochs <= 1 else lr_start * (lr_end / lr_start) ** (epoch / (epochs - 1))
-    else:
-        lr = lr_end + (lr_start - lr_end) * (1 + math.cos(math.pi * u)) / 2
-    if warmup:
-        lr = lr * min(1.0, (epoch + (step + 1) / steps) / float(warmup))
-    return float(lr)
-
-
-# --recipe presets: defaults that explicit options override. "paper" is the recipe the
-# CBCNN paper describes. "fast" keeps the options that bought validation accuracy in
-# benchmarks/cbcnn_ablation.py on Fashion-MNIST (4 epochs, 15,000 images, 5,000 validation):
-# one-cycle 3e-3 (+1.78 points), random erasing (+0.54). Flips (-0.46) did not help there;
-# distillation (+2.34 at twice the time) tied plain training at equal time (89.08 % vs 89.06 %),
-# so it stays an option, not a default (notes/2026-12-01-cbcnn-recipe.md).
-RECIPES = {
-    "paper": {"lr_schedule": "exp", "lr_start": 1e-3, "lr_end": 1e-4, "warmup": None,
-              "flip": False, "erase": 0.0, "distill": False},
-    "fast": {"lr_schedule": "onecycle", "lr_start": 3e-3, "lr_end": 1e-5, "warmup": None,
-             "flip": False, "erase": 0.25, "distill": False},
-}
-
-
-def recipe_settings(name: str, dataset_name: str) -> dict:
-    """The settings ``--recipe name`` stands for on ``dataset_name``. ``flip`` is dropped
-    where mirroring changes the class (``data.augment.FLIP_SAFE``)."""
-    from .data.augment import FLIP_SAFE
-
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
-    settings = dict(RECIPES[name])
-    if settings.get("flip") and dataset_name not in FLIP_SAFE:
-        settings["flip"] = False
-    return settings
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    atomic_write_with(path, lambda fh: torch.save(obj, fh))
-
-
-# what a checkpoint's run config means by a key it lacks (written before the key existed)
-CONFIG_DEFAULTS = {"precision": "fp32", "shift": 0.0, "rotate": 0.0, "zoom": 0.0, "flip": False,
-                   "erase": 0.0, "lr_schedule": "exp", "warmup": None, "float_twin": False,
-                   "distill": False, "teacher_epochs": None, "distill_weight": None,
-                   "temperature": None, "teacher_fingerprint": None}
-
-CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "torch_rng", "history",
-                   "best_val_accuracy", "best_epoch", "best_model")
-
-
-def load_checkpoint(path) -> dict:
-    """A training checkpoint, or one line saying why it cannot be used.
-
-    ``weights_only=True`` never runs pickled code; its own refusal message
-    suggests ``weights_only=False``, which must not reach a user.
-    """
-    import pickle
-
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        raise DataError(f"checkpoint {path} is missing or empty; start again without --resume")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise DataError(f"checkpoint {path} holds Python objects other than tensors and plain "
-                        f"values; lbcnn refuses to load it") from None
-    except Exception as exc:  # noqa: BLE001  a damaged file breaks torch's unpickler anywhere
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"checkpoint {path} is corrupt or truncated ({first[:120]})") from None
-    if not isinstance(ckpt, dict):
-        raise DataError(f"checkpoint {path} is not an lbcnn training checkpoint")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise DataError(f"checkpoint {path} lacks {', '.join(missing)}; it is not an lbcnn "
-                        f"training checkpoint or it is damaged")
-    return ckpt
-
-
-def _check_resume_config(saved: dict, config: dict, ckpt_path, exact: bool = False) -> None:
-    """Refuse to resume when a setting differs (all of ``config``'s keys; with ``exact``,
-    also keys only the checkpoint has). Checkpoints written before bf16, augmentation and
-    the recipe options lack those keys: ``CONFIG_DEFAULTS`` says what they meant."""
-    saved = {**CONFIG_DEFAULTS, **saved}
-    diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
-    if exact and not diff and saved != config:
-        diff = {k: (v, None) for k, v in saved.items() if k not in config}
-    if diff:
-        raise ConfigError(f"cannot resume {ckpt_path}: the run's settings differ {diff}")
-
-
-def _cpu_state(sd: dict) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in sd.items()}
-
-
-def _cross_entropy(out: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(out, y)
 
 
 @torch.no_grad()
@@ -245,31 +113,6 @@ def recalibrate_batch_norm(net: torch.nn.Module, x: torch.Tensor, batch_size: in
     return net
 
 
-def plot_curves(history: list[dict], path, title: str = "") -> None:
-    """Train/validation accuracy and loss per epoch (the paper's Figs 6-8)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import _save_fig
-
-    ep = [h["epoch"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
-    a1.plot(ep, [100 * h["train_accuracy"] for h in history], "o-", ms=3, label="train")
-    a1.plot(ep, [100 * h["val_accuracy"] for h in history], "s-", ms=3, label="validation")
-    a1.set_xlabel("epoch"); a1.set_ylabel("accuracy (%)"); a1.grid(alpha=0.3); a1.legend(fontsize=8)
-    a2.plot(ep, [h["train_loss"] for h in history], "o-", ms=3, label="train")
-    a2.plot(ep, [h["val_loss"] for h in history], "s-", ms=3, label="validation")
-    a2.set_xlabel("epoch"); a2.set_ylabel("squared hinge loss"); a2.grid(alpha=0.3); a2.legend(fontsize=8)
-    if all(h["train_loss"] > 0 and h["val_loss"] > 0 for h in history):
-        a2.set_yscale("log")  # the first epochs' loss would flatten the rest of the curve
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    _save_fig(fig, path)
-    plt.close(fig)
-
-
 def _progress(enabled: bool):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -339,7 +182,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     training and, when no live progress bar is drawn (``progress=False``, or
     output to a file or pipe), one line per epoch.
     """
-    from .data import Dataset, load_dataset
+    from ..data import Dataset, load_dataset
     from .distill import (check_distill_settings, frozen_teacher, is_float_twin, kd_loss,
                           make_float_twin)
 
@@ -367,7 +210,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         raise ConfigError(f"warmup must be >= 0 epochs and shorter than the run "
                           f"({int(epochs)} epochs), got {warmup}")
     if flip:
-        from .data.augment import check_flip_allowed
+        from ..data.augment import check_flip_allowed
         check_flip_allowed(dataset.name)
     if ema is not None and not (isinstance(ema, (int, float)) and math.isfinite(ema)
                                 and 0.0 < ema < 1.0):
@@ -404,7 +247,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     ckpt_path = out / CHECKPOINT if out else None
 
     if model is None:
-        from .models.cbcnn import PRESETS
+        from ..models.cbcnn import PRESETS
         if blocks is None or dense is None:
             if preset not in PRESETS:
                 raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)} "
@@ -430,7 +273,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 "ema": float(ema) if ema is not None else None}
     if resume and use_teacher and ckpt_path.exists():
         # refuse a changed setting before a teacher is trained or loaded, not after
-        _check_resume_config(load_checkpoint(ckpt_path)["config"], settings, ckpt_path)
+        check_resume_config(load_checkpoint(ckpt_path)["config"], settings, ckpt_path)
 
     # -- the teacher: trained first (distill) or read from a file ------------------------
     teacher_net, teacher_info, teacher_wall = None, None, 0.0
@@ -511,7 +354,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     y_tr = torch.as_tensor(dataset.y_train[tr_idx])
     x_val = model.to_tensor(dataset.x_train[val_idx]).cpu()
     y_val = torch.as_tensor(dataset.y_train[val_idx])
-    loss_fn = _cross_entropy if twin else squared_hinge
+    loss_fn = cross_entropy if twin else squared_hinge
 
     opt = torch.optim.Adam(net.parameters(), lr=lr_start)
     run_config = {"blocks": list(net.blocks), "dense": list(net.dense), "scale": net.scale,
@@ -521,7 +364,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        _check_resume_config(ck["config"], run_config, ckpt_path, exact=True)
+        check_resume_config(ck["config"], run_config, ckpt_path, exact=True)
         try:
             net.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -552,7 +395,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     t0 = time.perf_counter()
     stopped_early = False
     steps = math.ceil(len(x_tr) / batch_size)
-    from .data.augment import (affine_params, erase_batch, erase_params, flip_batch,
+    from ..data.augment import (affine_params, erase_batch, erase_params, flip_batch,
                                flip_params, warp_batch)
     with _progress(progress) as bar:
         task = bar.add_task("float twin" if twin else "cbcnn",
@@ -619,17 +462,17 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
             if val_acc > best["val_accuracy"]:
                 chosen_net = ema_net if ema_net is not None else net
                 best = {"val_accuracy": val_acc, "epoch": epoch + 1,
-                        "state": _cpu_state(chosen_net.state_dict())}
+                        "state": cpu_state(chosen_net.state_dict())}
             if ckpt_path is not None:
-                _atomic_torch_save({"config": run_config, "epoch": epoch, "model": _cpu_state(net.state_dict()),
+                save_checkpoint({"config": run_config, "epoch": epoch, "model": cpu_state(net.state_dict()),
                                     "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                                     "history": history, "best_val_accuracy": best["val_accuracy"],
                                     "best_epoch": best["epoch"], "best_model": best["state"],
-                                    **({"ema_model": _cpu_state(ema_net.state_dict())}
+                                    **({"ema_model": cpu_state(ema_net.state_dict())}
                                        if ema_net is not None else {}),
                                     "wall_seconds": wall_before + time.perf_counter() - t0},
                                    ckpt_path)
-                plot_curves(history, out / "curves.png",
+                plot_training_curves(history, out / "curves.png",
                             f"CBCNN {'float twin ' if twin else ''}{dataset.name}")
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val {100 * val_acc:.2f} %")
             if log is not None and not (progress and bar.console.is_terminal):
@@ -651,7 +494,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
     wall = wall_before + time.perf_counter() - t0 + teacher_wall
 
     net.to(memory_format=torch.contiguous_format)
-    final_state = _cpu_state(net.state_dict())
+    final_state = cpu_state(net.state_dict())
     if best["state"] is not None:
         net.load_state_dict(best["state"])
     net.eval()
@@ -701,7 +544,10 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
             result["model_path"] = str(out / "model.npz")
         summary = {k: v for k, v in result.items() if k not in ("model", "final_state")}
         summary.update(run_config)
-        from .outputs import write_json
+        from ..outputs import write_json
         write_json(out / "summary.json", summary)
         result.update(checkpoint=str(ckpt_path), curves=str(out / "curves.png"))
     return result
+
+
+register_trainer("cbcnn", train_cbcnn)

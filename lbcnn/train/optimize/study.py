@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 STUDY_FILE = "study.db"
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg",

@@ -10,8 +10,8 @@ import itertools
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..binary.pooling import pooled_size
-from ..errors import ConfigError
+from ...binary.pooling import pooled_size
+from ...errors import ConfigError
 
 FLOAT_BITS = 32  # ``bits`` = 32 means a float32 head (``lbcnn info`` counts 32 bits/weight)
 HEAD_BITS = (FLOAT_BITS, 8, 6, 5, 4, 3)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, load_dataset
-from .errors import ConfigError, DataError, LbcnnError
-from .models.lbcnn import LBCNN, LBCNNBody, check_filters, fit_elm, save_lbcnn
-from .outputs import RunLock, prepare_run_dir, write_csv, write_json
-from .settings import resolve_device
+from ..data import Dataset, load_dataset
+from ..errors import ConfigError, DataError, Interrupted, LbcnnError
+from ..models.lbcnn import LBCNN, LBCNNBody, check_filters, fit_elm, save_lbcnn
+from ..outputs import RunLock, prepare_run_dir, write_csv, write_json
+from ..settings import resolve_device
 
 HEAD_BITS_PAPER = 8
 
@@ -51,10 +51,6 @@ def _progress(total: int, enabled: bool):
 CONFIG_KEYS = ("dataset", "filters", "nl", "C", "seed", "trials", "train_size", "val_fraction",
                "cv", "refit_on_train_plus_val", "data_path", "split", "test_fraction", "resize",
                "grayscale", "test_folder")
-
-
-class Interrupted(LbcnnError):
-    """Ctrl-C during a run whose finished work is on disk and can be resumed."""
 
 
 def read_run_config(out) -> dict:
@@ -154,7 +150,7 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
     x_va, y_va = ds.x_train[val_idx], ds.y_train[val_idx]
     n_classes = ds.n_classes
     if cv:
-        from .data.splits import kfold_ids
+        from ..data.splits import kfold_ids
         pool = np.concatenate([train_idx, val_idx])
         groups = ds.groups_train[pool] if ds.groups_train is not None else None
         x_pool, y_pool = ds.x_train[pool], ds.y_train[pool]
@@ -285,7 +281,7 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
 
 def _plan_memory(d: int, n: int) -> None:
     """Refuse before the first trial what the ELM solve would refuse at the first fit."""
-    from .memory import require
+    from ..memory import require
     if d < n:  # the same primal/dual choice fit_elm makes
         require(2 * 4 * d * d, f"the {d:,}² Gram matrix", "use fewer filters or layers "
                 "(fewer features), or the dual with a smaller --train-size")
@@ -322,7 +318,7 @@ def write_run(out_dir: Path, summary: dict, history: list[dict], model: LBCNN, d
     save_lbcnn(model, out_dir / "model.npz", **ds.provenance(),
                val_accuracy=summary["val_accuracy"], test_accuracy=summary["test_accuracy"],
                train_size=summary["train_size"], val_fraction=val_fraction, seed=summary["seed"])
-    from .report import plot_trials
+    from ..report import plot_trials
     plot_trials(history, out_dir / "trials.png", title=f"{summary['dataset']} "
                 f"filters {','.join(map(str, summary['filters']))}: validation accuracy per trial",
                 chosen=summary["best_trial"], n_val=summary["train_size"]

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .binary.quantizers import identity
-from .errors import ConfigError, DataError
+from ..binary.quantizers import identity
+from ..errors import ConfigError, DataError
 
 TEACHER_FORMAT = "lbcnn-teacher"
 TEACHER_VERSION = 1
@@ -55,7 +55,7 @@ def check_distill_settings(weight: float, temperature: float) -> None:
 def make_float_twin(net):
     """Turn a freshly built ``CBCNNNet`` into its float twin, in place, and return it:
     weights and inputs pass unquantized, every ``BinaryActivation`` becomes ReLU."""
-    from .binary.layers import BinaryActivation, BinaryConv2d, BinaryLinear
+    from ..binary.layers import BinaryActivation, BinaryConv2d, BinaryLinear
 
     for m in net.modules():
         if isinstance(m, (BinaryConv2d, BinaryLinear)):
@@ -96,7 +96,7 @@ def teacher_fingerprint(net) -> str:
 
 
 def save_teacher(net, path, *, preprocess: dict, dataset: str, split: str, **meta) -> Path:
-    from .outputs import atomic_write_with, strict_json
+    from ..outputs import atomic_write_with, strict_json
 
     path = Path(path)
     arrays = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
@@ -117,7 +117,7 @@ def load_teacher(path, *, input_shape, n_classes: int, preprocess: dict, split: 
 
     Every failure is one ``ConfigError`` / ``DataError`` line.
     """
-    from .models.cbcnn import CBCNNNet
+    from ..models.cbcnn import CBCNNNet
 
     path = Path(path)
     if not path.is_file():

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..memory import memory_budget_bytes
+from ...errors import ConfigError
+from ...memory import memory_budget_bytes
 from .pareto import pareto_front, promote
 from .space import Config, SearchSpace, features
 from .trial import cost, kernel_seed, memory_need, prepare, rank_accuracy, refit
@@ -61,7 +61,7 @@ def _maximize(objectives) -> list[bool]:
 
 
 def _load(dataset, data_path, split, seed):
-    from ..data import Dataset, load_dataset
+    from ...data import Dataset, load_dataset
     if isinstance(dataset, Dataset):
         return dataset
     return load_dataset(dataset, data_path, split=split, seed=seed)
@@ -95,7 +95,7 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
     """
     if promote_against not in ("bracket", "study"):
         raise ConfigError(f"promote_against must be bracket or study, got {promote_against!r}")
-    from ..outputs import RunLock, prepare_run_dir, write_json
+    from ...outputs import RunLock, prepare_run_dir, write_json
     from .runner import LocalRunner, RayRunner, _check_reachable, ray_available
     from .study import check_storage_url, local_url, make_sampler, open_storage, open_study, \
         requeue_stale
@@ -246,7 +246,7 @@ def _search(study, space, data, shape, k, objectives, infeasible, runner, run_se
     import optuna
 
     from .report import progress_bar, trial_rows
-    from ..outputs import write_csv
+    from ...outputs import write_csv
 
     maximize = _maximize(objectives)
     last = len(data.rungs) - 1
@@ -365,8 +365,8 @@ def _final_front(study, objectives, max_kbits, ds, data, run_dir, say) -> list[d
     """Fix the front on validation results, then refit and test each member once."""
     import optuna
 
-    from ..deploy.accounting import account
-    from ..models.lbcnn import save_lbcnn
+    from ...deploy.accounting import account
+    from ...models.lbcnn import save_lbcnn
 
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if max_kbits is None or t.user_attrs.get("kbits", math.inf) <= max_kbits]
@@ -381,7 +381,7 @@ def _final_front(study, objectives, max_kbits, ds, data, run_dir, say) -> list[d
         model, fit_s = refit(cfg, seed, data)
         x_test = ds.x_test
         if cfg.color == "y":
-            from ..preprocess import rgb_to_y
+            from ...preprocess import rgb_to_y
             x_test = rgb_to_y(x_test)
         # the ranked value may carry a tie-break; the member reports the accuracy itself
         val = float(t.user_attrs[f"rung{len(data.rungs) - 1}"]["val_accuracy"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .trial import evaluate
 
 
