@@ -97,7 +97,7 @@ def cmd_host(args) -> int:
 
 def _macs(model_path: str) -> dict:
     from lbcnn.deploy.accounting import account
-    from lbcnn.evaluate import load_any
+    from lbcnn.io.artefacts import load_any
     info = account(load_any(model_path), model_path, sizes=False)
     return {"macs": info.get("macs"), "conv_macs_add_sub_only": info.get("conv_macs_add_sub_only")}
 

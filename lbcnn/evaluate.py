@@ -1,279 +1,18 @@
-"""Run any lbcnn artefact on images: native model files, run folders, Keras .h5,
-ONNX files (through onnxruntime) and exported C folders (compiled with the
-system C compiler; the generated ``main.c`` reads raw uint8 images on stdin).
-
-``open_predictor(path)`` gives one interface over all of them; ``evaluate``
-scores it on a dataset's test split (accuracy, per-class accuracy, confusion
-matrix); ``read_image`` converts an image file to the model's input. The kind
-of a file is decided by its content, so a mix-up (an ONNX file named .npz, an
-image passed as the model) stops with one line saying what the file looks like.
+"""Score a predictor on a dataset's test split: accuracy, per-class accuracy and the
+confusion matrix (``evaluate``), written as JSON + PNG (``write_report``) and drawn
+in the terminal (``render``). Opening the artefact is ``io.artefacts.open_predictor``'s.
 """
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .data import Dataset
-from .io import sniff  # noqa: F401  (re-exported: callers of lbcnn.evaluate.sniff)
-from .errors import ConfigError, DataError
-
-# datasets whose images have one channel (a CBCNN with y_channel then takes gray input)
-GRAY_DATASETS = {"mnist", "fashion_mnist", "olivetti"}
-
-def _not_a_model(path, kind: str) -> DataError:
-    return DataError(f"{path}: not an lbcnn model file: looks like {kind}")
+from .io.artefacts import Predictor, open_predictor
 
 
-def load_any(path):
-    """A native model file (``.npz``) or a Keras ``.h5`` in the LB-CNN layout, by content."""
-    path = Path(path)
-    kind = sniff(path)
-    if kind == "run folder":
-        path, kind = path / "model.npz", sniff(path / "model.npz")
-    if kind == "HDF5" or (kind == "zip" and path.suffix.lower() == ".keras"):
-        from .deploy.keras_import import import_keras_h5
-        return import_keras_h5(path)
-    if kind == "zip":
-        from .models import load_model
-        return load_model(path)
-    if kind == "C folder":
-        raise DataError(f"{path}: an exported C folder; lbcnn evaluate and lbcnn predict run "
-                        f"it, other commands need the model file it came from")
-    if kind == "ONNX":
-        raise DataError(f"{path}: an ONNX file; lbcnn evaluate and lbcnn predict run it, other "
-                        f"commands need the native .npz model it was exported from")
-    raise _not_a_model(path, kind)
-
-
-@dataclass
-class Predictor:
-    """One interface over every model artefact."""
-
-    kind: str                       # native, h5, onnx, c
-    path: Path
-    input_shape: tuple              # raw uint8 image (H, W, C) fed to it
-    classes: np.ndarray             # label value of each output index
-    class_names: list | None        # recorded names (None: not recorded)
-    config: dict = field(default_factory=dict)   # the recorded model config / metadata
-    _labels: Callable | None = None              # uint8 NHWC -> labels
-    _scores: Callable | None = None              # uint8 NHWC -> (n, k) probabilities
-
-    @property
-    def dataset(self) -> str | None:
-        return self.config.get("dataset")
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        x = self._check(x)
-        if self._labels is not None:
-            return self._labels(x)
-        return self.classes[self._scores(x).argmax(1)]
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray | None:
-        """(n, k) scores summing to 1 per row, or None (a C folder prints classes only)."""
-        return None if self._scores is None else self._scores(self._check(x))
-
-    def _check(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim == 3:
-            x = x[..., None]
-        if tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise DataError(f"images have shape {tuple(x.shape[1:])} but {self.path} expects "
-                            f"{tuple(self.input_shape)} (H, W, C)")
-        return np.ascontiguousarray(x, dtype=np.uint8)
-
-    def names(self, k: int | None = None) -> list[str]:
-        """Class names by output index: recorded, else "0".."K-1" (the labels)."""
-        k = len(self.classes) if k is None else k
-        if self.class_names is not None and len(self.class_names) == len(self.classes):
-            names = [str(n) for n in self.class_names]
-        else:
-            names = [str(c) for c in self.classes]
-        return names + [str(i) for i in range(len(names), k)]
-
-
-def open_predictor(path) -> Predictor:
-    """A run folder, native ``.npz``, Keras ``.h5``, ``.onnx`` or exported C folder."""
-    path = Path(path)
-    kind = sniff(path)
-    if kind == "C folder":
-        return _luma_adapter(_c_predictor(path))
-    if kind == "ONNX":
-        return _luma_adapter(_onnx_predictor(path))
-    if kind == "folder":
-        raise DataError(f"{path}: a folder with neither model.npz (a run folder) nor "
-                        f"model.h + model.c (an exported C folder)")
-    model = load_any(path)
-    return _luma_adapter(_native_predictor(model, path, "h5" if kind == "HDF5" else "native"))
-
-
-def _luma_adapter(pred: Predictor) -> Predictor:
-    """A model fitted on the Y channel of colour data (``lbcnn optimize``'s colour choice
-    "y") records ``input_color: "y"``: it takes the RGB images its dataset holds and
-    converts them with the same exact-integer BT.601 luma the fit used."""
-    if pred.config.get("input_color") != "y" or tuple(pred.input_shape)[-1] != 1:
-        return pred
-    from .preprocess import rgb_to_y
-    inner_labels, inner_scores = pred._labels, pred._scores
-    h, w, _ = pred.input_shape
-    return Predictor(pred.kind, pred.path, (h, w, 3), pred.classes, pred.class_names, pred.config,
-                     _labels=None if inner_labels is None else lambda x: inner_labels(rgb_to_y(x)),
-                     _scores=None if inner_scores is None else lambda x: inner_scores(rgb_to_y(x)))
-
-
-def _model_input_shape(model, config: dict) -> tuple:
-    from .deploy.onnx_export import is_cbcnn
-
-    if is_cbcnn(model):
-        h, w, c = model.net.input_shape
-        if model.preprocess.y_channel and c == 1:
-            gray = config.get("dataset") in GRAY_DATASETS or \
-                (config.get("preprocessing") or {}).get("grayscale")
-            c = 1 if gray else 3
-        return (h, w, c)
-    shape = tuple(int(s) for s in model.body_.input_shape)
-    return shape if len(shape) == 3 else shape + (1,)
-
-
-def _native_predictor(model, path: Path, kind: str) -> Predictor:
-    from .models._sk import softmax
-
-    config = dict(getattr(model, "meta_", {}) or {})
-    classes = getattr(model, "classes_", None)
-    if classes is None:
-        classes = np.arange(model.net.n_classes)
-
-    def scores(x):
-        return softmax(model.decision_function(x))
-
-    return Predictor(kind, path, _model_input_shape(model, config), np.asarray(classes),
-                     config.get("class_names"), config, _labels=model.predict, _scores=scores)
-
-
-def _onnx_predictor(path: Path) -> Predictor:
-    from .models._sk import softmax
-
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ConfigError("running .onnx files needs onnxruntime: pip install onnxruntime") from None
-    try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise DataError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") \
-            from None
-    inp = sess.get_inputs()[0]
-    shape = inp.shape
-    if len(shape) != 4 or not all(isinstance(s, int) for s in shape[1:]) or \
-            "uint8" not in inp.type:
-        raise DataError(f"{path}: not an lbcnn ONNX graph (input {inp.name} {inp.type} {shape}; "
-                        f"lbcnn graphs take uint8 NHWC images)")
-    meta = dict(sess.get_modelmeta().custom_metadata_map)
-    k = int(sess.get_outputs()[0].shape[-1])
-    classes = np.arange(k)
-    if meta.get("lbcnn_classes"):
-        classes = np.array([int(v) for v in meta["lbcnn_classes"].split(",")])
-    names = _meta_list(meta.get("lbcnn_class_names"))
-    config = {"dataset": _meta_str(meta.get("lbcnn_dataset")), "class_names": names,
-              **{k2[6:]: v for k2, v in meta.items() if k2.startswith("lbcnn_")
-                 and k2 not in ("lbcnn_classes", "lbcnn_class_names", "lbcnn_dataset")}}
-    if not config["dataset"]:
-        config.pop("dataset")
-    name = inp.name
-
-    def scores(x):
-        outs = [sess.run(None, {name: x[i:i + 1024]})[0] for i in range(0, len(x), 1024)]
-        return softmax(np.concatenate(outs) if outs else np.zeros((0, k), np.float32))
-
-    return Predictor("onnx", path, tuple(int(s) for s in shape[1:]), classes, names, config,
-                     _scores=scores)
-
-
-def _meta_str(text):
-    """A metadata string, JSON-encoded or plain."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return text
-    return value if isinstance(value, str) else text
-
-
-def _meta_list(text):
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-        return [str(v) for v in value] if isinstance(value, list) else None
-    except json.JSONDecodeError:
-        return text.split(",")
-
-
-def _parse_header(text: str) -> tuple[dict, list | None]:
-    defines = {m.group(1): int(m.group(2))
-               for m in re.finditer(r"^#define\s+(LBCNN_\w+)\s+(-?\d+)\s*$", text, re.M)}
-    m = re.search(r"LBCNN_CLASS_NAMES\[\d+\]\s*=\s*\{(.*?)\};", text, re.S)
-    names = None
-    if m:
-        names = [bytes(s, "utf-8").decode("unicode_escape")
-                 for s in re.findall(r'"((?:[^"\\]|\\.)*)"', m.group(1))]
-    return defines, names
-
-
-def _c_predictor(path: Path) -> Predictor:
-    from .deploy.c_common import CFLAGS, find_cc
-
-    defines, names = _parse_header((path / "model.h").read_text(errors="replace"))
-    need = ("LBCNN_HEIGHT", "LBCNN_WIDTH", "LBCNN_CHANNELS", "LBCNN_N_CLASSES")
-    if any(k not in defines for k in need) or not (path / "main.c").exists():
-        raise DataError(f"{path}: not an lbcnn C export (model.h lacks {need} or main.c is missing)")
-    config = {}
-    meta_file = path / "model.json"   # written next to the sources when the exporter records it
-    if meta_file.exists():
-        try:
-            config = json.loads(meta_file.read_text())
-        except json.JSONDecodeError:
-            raise DataError(f"{meta_file} is not valid JSON") from None
-    k = defines["LBCNN_N_CLASSES"]
-    classes = np.asarray(config.get("classes") or np.arange(k))
-    if len(classes) != k:
-        classes = np.arange(k)
-    if config.get("class_names"):
-        names = config["class_names"]
-    cc = find_cc()
-    if cc is None:
-        raise ConfigError(f"running the C export {path} needs a C compiler (cc, gcc or clang) "
-                          f"on PATH")
-    build = Path(tempfile.mkdtemp(prefix="lbcnn_c_"))
-    exe = build / "lbcnn"
-    res = subprocess.run([cc, *CFLAGS, str(path / "model.c"), str(path / "main.c"), "-o", str(exe)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        err = (res.stderr.strip().splitlines() or ["?"])[0][:300]
-        raise DataError(f"{path}: the C sources do not compile with {Path(cc).name}: {err}")
-    shape = (defines["LBCNN_HEIGHT"], defines["LBCNN_WIDTH"], defines["LBCNN_CHANNELS"])
-
-    def labels(x):
-        out = subprocess.run([str(exe)], input=x.tobytes(), capture_output=True)
-        if out.returncode != 0:
-            raise DataError(f"{path}: the compiled classifier exited with status {out.returncode}")
-        got = np.array([int(v) for v in out.stdout.split()], dtype=np.int64)
-        if len(got) != len(x):
-            raise DataError(f"{path}: the compiled classifier printed {len(got)} classes for "
-                            f"{len(x)} images")
-        return got
-
-    return Predictor("c", path, shape, classes, names, config, _labels=labels)
-
-
-# -- evaluation -------------------------------------------------------------------
 def evaluate(pred: Predictor, ds: Dataset) -> dict:
     """Accuracy, per-class accuracy and the confusion matrix on ``ds``'s test split."""
     y = np.asarray(ds.y_test)
@@ -314,7 +53,7 @@ def evaluate_file(model_path, ds: Dataset) -> dict:
 
 def write_report(result: dict, out_dir) -> dict:
     """``evaluation.json`` and ``confusion.png`` in ``out_dir``; returns their paths."""
-    from .io import atomic_write_text
+    from .outputs import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -352,7 +91,7 @@ def plot_confusion(result: dict, path) -> None:
                  f"({result['n']:,} test images)")
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
-    from .io import atomic_write_bytes
+    from .outputs import atomic_write_bytes
     import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -402,35 +141,3 @@ def render(result: dict, max_matrix: int = 15):
             m.add_row(result["class_names"][i], result["class_names"][j], f"{v:,}")
         parts.append(m)
     return Group(*parts)
-
-
-# -- images -------------------------------------------------------------------------
-def read_image(path, shape) -> tuple[np.ndarray, str | None]:
-    """An image file as uint8 (H, W, C) for a model taking ``shape``; and a note
-    when it had to be converted or resized (None when it fit as is)."""
-    from PIL import Image, UnidentifiedImageError
-
-    h, w, c = shape
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"image not found: {p}")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            mode, size = im.mode, im.size
-            want = "L" if c == 1 else "RGB"
-            conv = im.convert(want) if im.mode != want else im
-            if conv.size != (w, h):
-                conv = conv.resize((w, h), Image.BILINEAR)
-            x = np.asarray(conv, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{p}: cannot read it as an image ({sniff(p)}; {exc.__class__.__name__})") \
-            from None
-    x = x[..., None] if x.ndim == 2 else x
-    changes = []
-    if mode != ("L" if c == 1 else "RGB"):
-        changes.append(f"{mode} -> {'gray' if c == 1 else 'RGB'}")
-    if size != (w, h):
-        changes.append(f"{size[0]}x{size[1]} -> {w}x{h} (bilinear)")
-    note = f"{p.name}: converted {', '.join(changes)} for the model" if changes else None
-    return x, note

@@ -122,7 +122,7 @@ def test_inference_weights_exactly_pm1_and_file_roundtrip(trained, mnist_small, 
     save_cbcnn(model, tmp_path / "m.npz")
     loaded = load_model(tmp_path / "m.npz")
     assert isinstance(loaded, CBCNN)
-    from lbcnn.io import load_model_file
+    from lbcnn.io.native import load_model_file
     _, arrays = load_model_file(tmp_path / "m.npz")
     assert arrays["features.0.weight"].dtype == np.int8
     assert set(np.unique(arrays["features.0.weight"])) == {-1, 1}

@@ -556,7 +556,7 @@ def write_keras2_h5(path, model, functional=False, extra_layer=None):
 def test_keras2_h5_import_same_predictions(which, functional, request, mnist, tmp_path):
     pytest.importorskip("h5py")
     from lbcnn.deploy.keras_import import import_keras_h5
-    from lbcnn.evaluate import load_any
+    from lbcnn.io.artefacts import load_any
 
     m = request.getfixturevalue(which)
     path = write_keras2_h5(tmp_path / "paper.h5", m, functional=functional)

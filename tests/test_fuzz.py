@@ -64,7 +64,7 @@ def files_under(root: Path) -> set[Path]:
 
 
 def check_saved_models(paths):
-    from lbcnn.evaluate import load_any
+    from lbcnn.io.artefacts import load_any
     for p in paths:
         if p.suffix != ".npz" or p.name.startswith("."):
             continue

@@ -437,7 +437,7 @@ def test_luma_front_member_takes_rgb_in_evaluate_predict_and_c(rgb_npz, tmp_path
     from PIL import Image
 
     from lbcnn.data import load_dataset
-    from lbcnn.evaluate import open_predictor
+    from lbcnn.io.artefacts import open_predictor
     from lbcnn.models import load_model
     from lbcnn.preprocess import rgb_to_y
 

@@ -376,7 +376,7 @@ def test_finetune_lr_nan_and_train_options(tiny, tmp_path, capsys, model_file):
 
 def test_a_model_trained_on_some_classes_saves_a_loadable_file(tiny, tmp_path, capsys):
     """Two training images of three classes: the file must still pass the validator."""
-    from lbcnn.io import load_model_file
+    from lbcnn.io.native import load_model_file
     rc, _, err = run(["train", "--model", "hybrid", "--dataset", tiny, "--train-size", "2",
                       "--epochs", "1", "--out", tmp_path / "hy"], capsys)
     assert rc == 0, err
@@ -423,7 +423,7 @@ def test_dataset_default_and_mismatch(tmp_path, capsys, model_file):
 def test_class_names_travel_with_the_model(tmp_path, capsys):
     from PIL import Image
 
-    from lbcnn.io import load_model_file
+    from lbcnn.io.native import load_model_file
     rng = np.random.default_rng(0)
     for c, name in enumerate(["zero", "one", "seven"]):
         (tmp_path / "imgs" / name).mkdir(parents=True)

@@ -100,8 +100,8 @@ def add_parser(sub) -> None:
 
 
 def load_model_arg(text: str):
-    from ..evaluate import load_any
-    from ..io import resolve_model_path
+    from ..io.artefacts import load_any
+    from ..io.native import resolve_model_path
     path = resolve_model_path(text)
     return load_any(path), path
 
@@ -283,7 +283,7 @@ def _raw_channels(model, path):
 
     if not is_cbcnn(model) or not model.preprocess.y_channel:
         return None
-    from ..io import load_model_file
+    from ..io.native import load_model_file
     config, _ = load_model_file(path)
     return 1 if config.get("dataset") in _GRAY_DATASETS else 3
 

@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate, open_predictor, render, write_report
+    from ..evaluate import evaluate, render, write_report
+    from ..io.artefacts import open_predictor
     from ..outputs import strict_json
 
     pred = open_predictor(args.model)

@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..deploy.mcu import run_mcu
     from ..engine.plan import compile_plan
-    from ..io import load_model_file, resolve_model_path
+    from ..io.native import load_model_file, resolve_model_path
 
     path = resolve_model_path(args.model)
     config = {}

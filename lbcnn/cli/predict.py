@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from ..evaluate import open_predictor, read_image
+    from ..io.artefacts import open_predictor
+    from ..io.images import read_image
     from ..outputs import strict_json
 
     pred = open_predictor(args.model)

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..io import atomic_write_text
+from ..outputs import atomic_write_text
 
 CTYPE = {"int16": "int16_t", "int32": "int32_t", "int64": "int64_t"}
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]

@@ -1218,13 +1218,13 @@ def cli_export_c(args) -> int:
     import json
 
     from ..engine.plan import compile_plan
-    from ..io import load_model_file, resolve_model_path
+    from ..io.native import load_model_file, resolve_model_path
 
     path = resolve_model_path(args.model)
     source = path if Path(path).suffix.lower() == ".npz" else None
     config = {}
     if source is None:
-        from ..evaluate import load_any
+        from ..io.artefacts import load_any
         source = load_any(path)
     else:
         try:

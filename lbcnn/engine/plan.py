@@ -278,7 +278,7 @@ def compile_plan(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:
     from pathlib import Path
 
     if isinstance(model, (str, Path)):
-        from ..io import load_model_file
+        from ..io.native import load_model_file
         from ..models import load_model
 
         config, arrays = load_model_file(model)

@@ -48,10 +48,18 @@ from . import cbcnn as _cbcnn  # noqa: E402,F401  (registers the family)
 from . import hybrid as _hybrid  # noqa: E402,F401  (registers the family)
 
 
+def is_cbcnn(model) -> bool:
+    return isinstance(model, _cbcnn.CBCNN)
+
+
+def is_hybrid(model) -> bool:
+    return isinstance(model, _hybrid.Hybrid)
+
+
 def load_model(path):
     """Load any native model file, dispatching on its family."""
     from ..errors import DataError, LbcnnError
-    from ..io import load_model_file
+    from ..io.native import load_model_file
 
     config, arrays = load_model_file(path)
     loaders = {"lbcnn": _lbcnn.load_lbcnn, "cbcnn": _cbcnn.load_cbcnn,

@@ -188,7 +188,7 @@ def save_estimator(model, path) -> None:
 
 def load_estimator(cls, path):
     """``cls.load(path)``: a native model file (or run folder) of that family."""
-    from ..io import resolve_model_path
+    from ..io.native import resolve_model_path
     from . import load_model
 
     model = load_model(resolve_model_path(path))

@@ -455,7 +455,7 @@ register_model("cbcnn", CBCNN)
 
 
 def save_cbcnn(model: CBCNN, path, **meta) -> None:
-    from ..io import save_model_file
+    from ..io.native import save_model_file
 
     arrays = {}
     for k, v in model.net.state_dict().items():

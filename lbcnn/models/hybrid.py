@@ -271,7 +271,7 @@ class Hybrid(ClassifierMixin, BaseEstimator):
 
 
 def save_hybrid(model: Hybrid, path, **meta) -> None:
-    from ..io import save_model_file
+    from ..io.native import save_model_file
 
     config = {"family": "hybrid", "input_shape": list(model.body_.input_shape),
               "threshold": model.body_.threshold, "n_kernels": len(model.body_.kernels),

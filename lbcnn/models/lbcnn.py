@@ -385,7 +385,7 @@ def body_from_file(config: dict, arrays: dict, prefix: str = "body") -> LBCNNBod
 
 
 def save_lbcnn(model: LBCNN, path, **meta) -> None:
-    from ..io import save_model_file
+    from ..io.native import save_model_file
 
     config = {"family": "lbcnn", **body_config(model.body_),
               "C": model.C, "classes": [int(c) for c in model.classes_],

@@ -490,7 +490,7 @@ def transfer(backbone, dataset, head: str = "float", per_class: int = 10, *, epo
         "notes": notes, "backbone_unchanged": True, "history": fit["history"], "model": tm,
     }
     if family == "cbcnn" and path is not None:
-        from ..io import load_model_file
+        from ..io.native import load_model_file
         result["backbone_dataset"] = load_model_file(path)[0].get("dataset")
     if compare_scratch:
         result["scratch"] = scratch(model, dataset, plan, xb, yb, tr, va, budget_seconds=wall,
@@ -551,7 +551,8 @@ def summary(result: dict) -> dict:
 def _write_out(out: Path, result: dict) -> None:
     import json
 
-    from ..io import atomic_write_text, save_model_file
+    from ..io.native import save_model_file
+    from ..outputs import atomic_write_text
 
     tm = result["model"]
     arrays = {f"head/{k}": v.detach().cpu().numpy() for k, v in tm.head.state_dict().items()}

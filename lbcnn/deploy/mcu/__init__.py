@@ -36,7 +36,7 @@ def _plan_of(model):
     if exporter_for(model) is not None:
         return model
     if isinstance(model, (str, Path)):
-        from ...io import resolve_model_path
+        from ...io.native import resolve_model_path
         return compile_plan(resolve_model_path(model))
     return compile_plan(model)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, DataError
-# re-exported: older modules import the atomic writers from here
-from .outputs import atomic_write_bytes, atomic_write_text, atomic_write_with, strict_json  # noqa: F401
+from ..errors import ConfigError, DataError
+from ..outputs import atomic_write_with, strict_json
+from .sniff import sniff
 
 FORMAT = "lbcnn-model"
 VERSION = 1
@@ -32,45 +32,9 @@ def save_model_file(path, config: dict, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
-_MAGIC = [(b"\x89HDF\r\n\x1a\n", "HDF5"), (b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"),
-          (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-          (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
-          (b"%PDF", "a PDF"), (b"\x7fELF", "an executable"), (b"\x93NUMPY", "a .npy array")]
-
-
-def sniff(path) -> str:
-    """What a path looks like: 'run folder', 'C folder', 'folder', 'HDF5', 'zip',
-    'ONNX', an image kind, 'text' or 'binary'."""
-    p = Path(path)
-    if p.is_dir():
-        if (p / "model.npz").exists():
-            return "run folder"
-        if (p / "model.h").exists() and (p / "model.c").exists():
-            return "C folder"
-        return "folder"
-    if not p.exists():
-        raise DataError(f"file not found: {p}")
-    with open(p, "rb") as f:
-        head = f.read(4096)
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    # an ONNX ModelProto starts with field 1 (ir_version, varint): byte 0x08
-    if head[:1] == b"\x08" and (b"onnx" in head.lower() or b"lbcnn" in head or
-                                p.suffix.lower() == ".onnx"):
-        return "ONNX"
-    if head and b"\x00" not in head:
-        try:
-            head.decode("utf-8")
-            return "text"
-        except UnicodeDecodeError:
-            pass
-    return "empty" if not head else "binary"
-
-
 def load_model_file(path) -> tuple[dict, dict[str, np.ndarray]]:
     """Read and validate a native model file; every failure is one ``DataError`` line."""
-    from .validate import validate_model
+    from ..validate import validate_model
 
     path = Path(path)
     if not path.exists():
