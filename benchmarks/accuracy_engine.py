@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from lbcnn.data import load_dataset
-from lbcnn.deploy.c_export import CFLAGS, export_c, find_cc
+from lbcnn.deploy.c_common import CFLAGS, find_cc
+from lbcnn.deploy.c_export import export_c
 from lbcnn.engine import NumpyEngine, compile_plan, dequantized_model
 from lbcnn.models import load_model
 from lbcnn.train.search import search

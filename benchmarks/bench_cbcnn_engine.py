@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lbcnn.data import load_dataset  # noqa: E402
-from lbcnn.deploy.c_export import CFLAGS, bench_source, export_c, find_cc  # noqa: E402
+from lbcnn.deploy.c_common import CFLAGS, find_cc  # noqa: E402
+from lbcnn.deploy.c_export import bench_source, export_c  # noqa: E402
 from lbcnn.engine import compile_plan  # noqa: E402
 from lbcnn.engine.cbcnn_plan import cbcnn_agreement  # noqa: E402
 from lbcnn.models import load_model  # noqa: E402

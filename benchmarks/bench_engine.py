@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lbcnn.data import load_dataset  # noqa: E402
-from lbcnn.deploy.c_export import bench_source, export_c, find_cc  # noqa: E402
+from lbcnn.deploy.c_common import find_cc  # noqa: E402
+from lbcnn.deploy.c_export import bench_source, export_c  # noqa: E402
 from lbcnn.engine import NumpyEngine, compile_plan, dequantized_model  # noqa: E402
 
 

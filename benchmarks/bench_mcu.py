@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lbcnn.deploy.c_export import bench_source, export_c, find_cc
+from lbcnn.deploy.c_common import find_cc
+from lbcnn.deploy.c_export import bench_source, export_c
 
 OLD_COMMIT = "02ba4f9a25ff2c12cde91178f840365706349ffd"   # c_export.py before issue 13
 
@@ -34,6 +35,8 @@ def _old_generator():
     root = Path(__file__).resolve().parents[1]
     src = subprocess.run(["git", "show", f"{OLD_COMMIT}:lbcnn/deploy/c_export.py"], cwd=root,
                          capture_output=True, text=True, check=True).stdout
+    # the atomic writers it imports moved from lbcnn.io to lbcnn.outputs
+    src = src.replace("from ..io import atomic_write_text", "from ..outputs import atomic_write_text")
     mod = types.ModuleType("lbcnn.deploy._c_export_old")
     mod.__package__ = "lbcnn.deploy"
     exec(compile(src, "c_export_old.py", "exec"), mod.__dict__)

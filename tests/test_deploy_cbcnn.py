@@ -240,13 +240,14 @@ def test_info_bits_match_hand_count(tiny, capsys):
 def test_lbcnn_info_and_export_unchanged(mnist, tmp_path):
     """The LB-CNN paths still go through their own code (no CBCNN keys)."""
     from lbcnn.deploy.accounting import account
-    from lbcnn.deploy.onnx_export import build_any, build_onnx_model
+    from lbcnn.deploy.onnx_export import build_any
+    from lbcnn.deploy.onnx_lbcnn import build_lbcnn_onnx
     from lbcnn.models.lbcnn import LBCNN
 
     m = LBCNN(filters=(2, 2)).fit(mnist.x_train[:500], mnist.y_train[:500])
     info = account(m, sizes=False)
     assert "family" not in info and info["filters"] == [2, 2]
-    assert build_any(m).SerializeToString() == build_onnx_model(m).SerializeToString()
+    assert build_any(m).SerializeToString() == build_lbcnn_onnx(m).SerializeToString()
 
 
 # -- evaluate -----------------------------------------------------------------

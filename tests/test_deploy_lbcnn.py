@@ -436,7 +436,7 @@ def test_onnx_matches_on_2000_test_images(which, quant, request, mnist, tmp_path
 
 
 def test_onnx_same_pads():
-    from lbcnn.deploy.onnx_export import same_pads
+    from lbcnn.deploy.onnx_lbcnn import same_pads
 
     assert same_pads(28) == (1, 1) and same_pads(7) == (1, 2) and same_pads(4) == (1, 1)
 

@@ -5,7 +5,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from lbcnn.deploy.c_export import CFLAGS, POPCOUNT_C, export_c, find_cc
+from lbcnn.deploy.c_common import CFLAGS, POPCOUNT_C, find_cc
+from lbcnn.deploy.c_export import export_c
 from lbcnn.engine import (NumpyEngine, agreement, compile_plan, dequantized_model,
                           pack_signs_u64, xnor_popcount_conv2d, xnor_popcount_dense)
 from lbcnn.errors import ConfigError

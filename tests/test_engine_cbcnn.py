@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lbcnn.deploy.c_export import CFLAGS, export_c, find_cc
+from lbcnn.deploy.c_common import CFLAGS, find_cc
+from lbcnn.deploy.c_export import export_c
 from lbcnn.engine import NumpyEngine, compile_plan, pack_signs_u64
 from lbcnn.engine.cbcnn_plan import CBCNNPlan, cbcnn_agreement, xnor_conv3
 from lbcnn.errors import ConfigError

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lbcnn.deploy.c_export import CFLAGS, export_c, find_cc
+from lbcnn.deploy.c_common import CFLAGS, find_cc
+from lbcnn.deploy.c_export import export_c
 from lbcnn.engine import NumpyEngine, compile_plan
 from lbcnn.engine.hybrid_plan import (HybridPlan, _mul_gt, hybrid_agreement, otsu_agreement,
                                       otsu_threshold_int)

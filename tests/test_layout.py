@@ -44,3 +44,26 @@ def test_cbcnn_estimator_finds_its_trainer_through_the_registry():
     assert trainer_for("cbcnn") is train_cbcnn
     with pytest.raises(Exception, match="no trainer registered"):
         trainer_for("no-such-family")
+
+
+@pytest.mark.parametrize("family_modules", [
+    ("onnx_lbcnn", "onnx_cbcnn", "onnx_export"),
+    ("c_lbcnn", "c_cbcnn", "c_hybrid", "c_export"),
+])
+def test_exporter_families_register_instead_of_importing_each_other(family_modules):
+    families, driver = family_modules[:-1], family_modules[-1]
+    for name in families:
+        others = {f"lbcnn.deploy.{m}" for m in family_modules if m != name}
+        assert not imported_modules(PACKAGE / "deploy" / f"{name}.py") & others, name
+
+
+def test_every_family_reaches_its_exporters_through_the_registries():
+    from lbcnn.deploy.c_common import EXPORTERS
+    from lbcnn.deploy.onnx_common import ONNX_BUILDERS
+    from lbcnn.engine.cbcnn_plan import CBCNNPlan
+    from lbcnn.engine.hybrid_plan import HybridPlan
+    from lbcnn.engine.plan import IntegerPlan
+    from lbcnn.models.cbcnn import CBCNN
+    from lbcnn.models.lbcnn import LBCNN
+    assert {IntegerPlan, CBCNNPlan, HybridPlan} <= set(EXPORTERS.keys())
+    assert {LBCNN, CBCNN} <= set(ONNX_BUILDERS.keys())

@@ -14,7 +14,8 @@ import sys
 from ..errors import Interrupted, LbcnnError
 
 # the order subcommands are listed in ``lbcnn --help``; modules not named here follow
-_ORDER = ("search", "optimize", "train", "deploy", "evaluate", "predict", "mcu", "transfer")
+_ORDER = ("search", "optimize", "train", "finetune", "quantize", "export", "info", "evaluate",
+          "predict", "mcu", "transfer")
 
 
 def _command_modules() -> list[str]:

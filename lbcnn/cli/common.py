@@ -1,9 +1,14 @@
-"""Argument helpers shared by every subcommand."""
+"""Argument helpers shared by every subcommand, and the model-file argument of the
+commands that read one (finetune, quantize, export, info)."""
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -142,3 +147,48 @@ def add_output_args(p, what: str = "run folder", resumable: bool = True) -> None
     if resumable:
         p.add_argument("--resume", action="store_true",
                        help=f"continue the interrupted run in the {what} given by --out")
+
+
+# -- a model given on the command line (finetune, quantize, export, info) ------------------
+# config keys that save_lbcnn writes itself; everything else is carried over
+_OWN_KEYS = {"format", "version", "family", "input_shape", "filters", "nl", "input_scale", "C",
+             "classes", "head"}
+
+
+def load_model_arg(text: str):
+    from ..io.artefacts import load_any
+    from ..io.native import resolve_model_path
+    path = resolve_model_path(text)
+    return load_any(path), path
+
+
+def carried_meta(model) -> dict:
+    return {k: v for k, v in getattr(model, "meta_", {}).items() if k not in _OWN_KEYS}
+
+
+def dataset_for(model, args, strict: bool = False):
+    """The recorded dataset unless --dataset names another; ``strict`` refuses another."""
+    meta = getattr(model, "meta_", {}) or {}
+    ds = load_data(args, meta, warn_mismatch=not strict)
+    recorded = meta.get("dataset")
+    if strict and recorded and ds.name != recorded:
+        raise DataError(f"the model was trained on {recorded}; quantizing it with {ds.name}'s "
+                        f"images would fit the head to another dataset")
+    shape = tuple(model.body_.input_shape)
+    if tuple(ds.input_shape) != shape:
+        raise DataError(f"model expects images {shape} but {ds.name} has {tuple(ds.input_shape)}")
+    if abs(ds.input_scale - model.body_.input_scale) > 1e-12:
+        raise DataError(f"model input scale {model.body_.input_scale:.6g} differs from "
+                        f"{ds.name}'s {ds.input_scale:.6g}")
+    return ds
+
+
+def accuracy(model, x, y) -> float:
+    return float(np.mean(model.predict(x) == y)) if len(y) else float("nan")
+
+
+def require_lbcnn(model, command: str) -> None:
+    from ..models.lbcnn import LBCNN
+    if not isinstance(model, LBCNN):
+        raise ConfigError(f"{command} works on LB-CNN models (an ELM head); this is a "
+                          f"{type(model).__name__}")

@@ -90,7 +90,7 @@ def account(model, path=None, sizes: bool = True) -> dict:
     """Per-layer accounting of any family, plus what the model file records (dataset,
     validation / test accuracy) and, with ``sizes``, the measured size of every
     export format and the flash / RAM of the C build."""
-    from .onnx_export import is_cbcnn, is_hybrid
+    from ..models import is_cbcnn, is_hybrid
 
     if is_cbcnn(model):
         info = account_cbcnn(model, path, sizes)

@@ -1,9 +1,9 @@
 """Shared pieces of the C99 generators and the exporter registry.
 
-Each family module (``c_export`` for LB-CNN, ``c_export_cbcnn``,
-``c_export_hybrid``) imports this module and registers ``{PlanClass: exporter}``
-with :func:`register`; nothing here imports a family module, so no module
-imports back up. :func:`lbcnn.deploy.c_export.export_c` is the public entry.
+Each family module (``c_lbcnn``, ``c_cbcnn``, ``c_hybrid``) imports this module and
+registers ``{PlanClass: exporter}`` with :func:`register`; nothing here imports a
+family module (the registry imports its providers by name on the first lookup), so
+no module imports back up. :func:`lbcnn.deploy.c_export.export_c` is the public entry.
 
 Every generated project has the same contract:
 
@@ -21,29 +21,34 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..outputs import atomic_write_text
+from ..registry import Registry
 
 CTYPE = {"int16": "int16_t", "int32": "int32_t", "int64": "int64_t"}
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]
 
-# plan class -> exporter(plan, out_dir, measure=..., test_images=..., class_names=...)
-EXPORTERS: dict[type, Callable] = {}
+# plan class -> exporter(plan, out_dir, measure=..., test_vectors=..., class_names=...)
+EXPORTERS = Registry("C exporter", providers=("lbcnn.deploy.c_lbcnn", "lbcnn.deploy.c_cbcnn",
+                                              "lbcnn.deploy.c_hybrid"))
 
 
 def register(plan_cls: type, exporter: Callable) -> None:
-    EXPORTERS[plan_cls] = exporter
+    EXPORTERS.register(plan_cls, exporter)
 
 
 def exporter_for(plan) -> Callable | None:
-    for cls in type(plan).__mro__:
-        if cls in EXPORTERS:
-            return EXPORTERS[cls]
-    return None
+    return EXPORTERS.for_instance(plan)
+
+
+def c_template(name: str) -> str:
+    """The text of ``c_templates/name``: C sources kept as C, filled in by the generators."""
+    return resources.files(__package__).joinpath("c_templates", name).read_text(encoding="utf-8")
 
 
 POPCOUNT_C = r"""
@@ -352,5 +357,5 @@ def write_c_project(plan, out_dir, sources: dict, readme, measure: bool = True,
 
 
 __all__ = ["CFLAGS", "CTYPE", "EXPORTERS", "LINKER_SCRIPT", "MAIN_C", "POPCOUNT_C", "_c_array",
-           "class_names_c", "exporter_for", "find_cc", "header", "measure_sizes", "register",
+           "c_template", "class_names_c", "exporter_for", "find_cc", "header", "measure_sizes", "register",
            "sizes_table", "write_c_project"]

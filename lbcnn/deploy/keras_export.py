@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .onnx_export import class_names
+from .onnx_common import class_names
 
 
 def import_keras():

@@ -1,6 +1,6 @@
 """Export a CBCNN (``lbcnn.models.cbcnn``) to ONNX, node by node.
 
-Same input convention as the LB-CNN export (``onnx_export``): ``images`` is
+Same input convention as the LB-CNN export (``onnx_lbcnn``): ``images`` is
 uint8 NHWC ``(N, H, W, C)`` raw pixels; the graph does the preprocessing.
 Output ``logits``: float32 ``(N, classes)``, what ``CBCNN.decision_function``
 returns (argmax = the class index).
@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .onnx_export import OPSET, class_names, import_onnx
+from ..models.cbcnn import CBCNN
+from .onnx_common import OPSET, class_names, import_onnx, register_onnx_builder
 
 
 def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
@@ -236,3 +237,6 @@ def build_cbcnn_onnx(model, input_channels: int | None = None):
         entry.key, entry.value = key, value
     onnx.checker.check_model(om, full_check=True)
     return om
+
+
+register_onnx_builder(CBCNN, build_cbcnn_onnx)

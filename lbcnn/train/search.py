@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import Dataset, load_dataset
-from ..errors import ConfigError, DataError, Interrupted, LbcnnError
+from ..errors import ConfigError, DataError, Interrupted
 from ..models.lbcnn import LBCNN, LBCNNBody, check_filters, fit_elm, save_lbcnn
 from ..outputs import RunLock, prepare_run_dir, write_csv, write_json
 from ..settings import resolve_device

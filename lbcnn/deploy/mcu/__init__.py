@@ -30,8 +30,6 @@ def _need(module: str) -> None:
 def _plan_of(model):
     from ...engine.plan import compile_plan
     from ..c_common import exporter_for
-    from .. import c_export  # noqa: F401  (registers the exporters)
-    from .. import c_export_cbcnn, c_export_hybrid  # noqa: F401
 
     if exporter_for(model) is not None:
         return model

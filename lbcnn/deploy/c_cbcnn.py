@@ -1,6 +1,6 @@
 """C99 code generation for a CBCNN :class:`~lbcnn.engine.cbcnn_plan.CBCNNPlan`.
 
-Same contract as the LB-CNN generator (``lbcnn.deploy.c_export``):
+Same contract as the LB-CNN generator (``lbcnn.deploy.c_lbcnn``):
 ``int lbcnn_predict(const uint8_t *image)``, const packed weights, static
 scratch, no malloc / float / libm / libc; ``main.c`` and the bench harness are
 shared. +-1 activations are packed one bit per channel into uint64 words,
@@ -14,7 +14,6 @@ output row oy needs its input rows 2oy-1 .. 2oy+2, which are made on demand. The
 each call (``(p ^ m) - m`` = +-p, no multiply).
 """
 from __future__ import annotations
-
 
 import numpy as np
 

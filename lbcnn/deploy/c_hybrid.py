@@ -1,6 +1,6 @@
 """C99 code generation for a Hybrid :class:`~lbcnn.engine.hybrid_plan.HybridPlan`.
 
-Same contract as the other generators (``lbcnn.deploy.c_export``): ``model.h`` /
+Same contract as the other generators (``lbcnn.deploy.c_lbcnn``): ``model.h`` /
 ``model.c`` with const weights, static scratch, no malloc / float / libm / libc,
 and the shared ``main.c``. Two entry points:
 
@@ -20,7 +20,6 @@ Each +-1 map row is one uint64 (bit x = column x), so a conv window is three
 ``S_a + S_b + S_c + S_d >= 0`` (the /4 of the average does not change the sign).
 """
 from __future__ import annotations
-
 
 from ..engine.hybrid_plan import HybridPlan
 from .c_common import MAIN_C, _c_array, header, register, sizes_table, write_c_project
