@@ -104,7 +104,8 @@ def _note_c_quantization(model, args) -> None:
     ref = dequantized_model(model, compile_plan(model, bits=bits))
     xv, yv = ds.x_train[va], ds.y_train[va]
     say(args, f"validation accuracy ({ds.name}, n={len(va):,}): float "
-              f"{100 * accuracy(model, xv, yv):.2f} %, {bits}-bit C head {100 * accuracy(ref, xv, yv):.2f} %")
+              f"{100 * accuracy(model, xv, yv):.2f} %, {bits}-bit C head "
+              f"{100 * accuracy(ref, xv, yv):.2f} %")
 
 
 def _dataset_vectors(config: dict, n: int = 8):

@@ -55,8 +55,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..data.splits import finetune_split
-    from ..train.head_finetune import finetune_head
     from ..models.lbcnn import save_lbcnn
+    from ..train.head_finetune import finetune_head
 
     from ..outputs import check_out_file
     out = check_out_file(args.out)
