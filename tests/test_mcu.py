@@ -90,8 +90,8 @@ def test_emulator_catches_a_wrong_answer(plans, mnist, tmp_path):
     export_c(plan, tmp_path, measure=False)
     src = (tmp_path / "model.c").read_text()
     i = src.index("HEAD_B[10] = {") + len("HEAD_B[10] = {")
-    j = src.index(")", i)
-    (tmp_path / "model.c").write_text(src[:i] + "\n    INT64_C(999999999999" + src[j:])
+    j = src.index(",", i)   # the first class's bias (int32 here) -> far above every score
+    (tmp_path / "model.c").write_text(src[:i] + "\n    2000000000" + src[j:])
     emu = Emulator(build_elf(tmp_path, "cortex-m4"), "cortex-m4")
     x = mnist.x_test[:5]
     got = [emu.predict_logits(im.reshape(-1), 10)[0] for im in x]

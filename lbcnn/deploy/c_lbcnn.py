@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..engine.plan import IntegerPlan
+from ..engine.bits import PACKED_BITS, lane_planes, pack_lanes
+from ..engine.plan import IntegerPlan, bias_flash_bytes, head_stream_sizes
 from .c_common import (CTYPE, MAIN_C, _c_array, c_template, predict_header, register,
                        sizes_table, write_c_project)
 
@@ -62,28 +63,85 @@ def _conv_stages(plan):
 
 
 def head_streams(plan) -> tuple[np.ndarray, np.ndarray]:
-    """The head weights in the order the streaming C consumes them, per final channel
-    and pooled row: column pairs (int8: per class pair, bytes w[2j][2c], w[2j][2c+1],
-    w[2j+1][2c], w[2j+1][2c+1]; int16: per class, w[2j][c], w[2j+1][c]); and, for an
-    odd pooled width, the last column per class (a second stream)."""
+    """The head weights in the order the streaming C consumes them, one row per final
+    channel and pooled row (``engine.plan.head_stream_sizes``): stream A, (rows, RA), the
+    weights read in 32-bit words (int8: per class pair and column pair, bytes
+    w[2j][2c], w[2j][2c+1], w[2j+1][2c], w[2j+1][2c+1]; int16: per class, w[2j][c],
+    w[2j+1][c]); stream BC, (rows, RBC), the rest (int8 with an odd class count: the last
+    class per column pair; then, for an odd pooled width, the last column per class)."""
     hd = plan.head
-    stages = _conv_stages(plan)
-    h, w, _ = stages[-1][0]["in_shape"]
-    cf = stages[-1][0]["out_shape"][2]
-    ho, wo = (h + 1) // 2, (w + 1) // 2
+    ho, wo, cf = plan.final_shape
     k = plan.n_classes
     q = hd["weight_q"].reshape(ho, wo, cf, k).transpose(2, 0, 1, 3)   # (ch, i, j, class)
-    p = wo // 2
-    qp = q[:, :, :2 * p].reshape(cf, ho, p, 2, k)                       # (ch, i, jp, jj, c)
-    if q.dtype.itemsize == 1:
-        if k & 1:
-            qp = np.concatenate([qp, np.zeros(qp.shape[:-1] + (1,), qp.dtype)], -1)
-        qp = qp.reshape(cf, ho, p, 2, -1, 2)                             # (.., jp, jj, cp, cc)
-        pairs = qp.transpose(0, 1, 4, 2, 3, 5)                           # (ch, i, cp, jp, jj, cc)
+    p, kp, rows = wo // 2, k // 2, cf * ho
+    if hd["bits"] <= 8:
+        a = q[:, :, :2 * p, :2 * kp].reshape(cf, ho, p, 2, kp, 2)      # (.., jp, jj, cp, cc)
+        a = a.transpose(0, 1, 4, 2, 3, 5)                               # (ch, i, cp, jp, jj, cc)
+        b = q[:, :, :2 * p, 2 * kp:].transpose(0, 1, 3, 2)              # (ch, i, odd class, j)
     else:
-        pairs = qp.transpose(0, 1, 4, 2, 3)                              # (ch, i, c, jp, jj)
-    singles = q[:, :, 2 * p:].reshape(cf, ho, -1)                        # (ch, i, c) or empty
-    return np.ascontiguousarray(pairs), np.ascontiguousarray(singles)
+        a = q[:, :, :2 * p].reshape(cf, ho, p, 2, k).transpose(0, 1, 4, 2, 3)  # (ch, i, c, jp, jj)
+        b = q[:, :, :0, :0]
+    c = q[:, :, 2 * p:]                                                 # (ch, i, last col, c)
+    bc = np.concatenate([b.reshape(rows, -1), c.reshape(rows, -1)], axis=1)
+    return np.ascontiguousarray(a.reshape(rows, -1)), np.ascontiguousarray(bc)
+
+
+def unpack_group_c(bits: int) -> str:
+    """``unpack_group(p, d)``: one group of 32 n-bit weights (n words of the layout of
+    ``engine.bits.lane_planes``) into eight words of four int8 lanes, straight-line."""
+    planes = lane_planes(bits)
+    loads, names, col = [], [], 0
+    for b, _ in planes:
+        names.append([f"p{col + i}" for i in range(b)])
+        loads += [f"p{col + i} = p[{col + i}]" for i in range(b)]
+        col += b
+    add = (0x80 - (1 << (bits - 1))) * 0x01010101
+    lines = []
+    for m in range(8):
+        parts = []
+        for (b, lo), words in zip(planes, names):
+            per = 8 // b
+            word, shift = words[m // per], (m % per) * b
+            field = f"({word} >> {shift})" if shift else word
+            field = f"({field} & 0x{((1 << b) - 1) * 0x01010101:08X}u)"
+            parts.append(f"{field} << {lo}" if lo else field)
+        lines.append(f"    d[{m}] = (({' | '.join(parts)}) + 0x{add:08X}u) ^ 0x80808080u;")
+    return (f"/* 32 {bits}-bit weights (planes {', '.join(f'{b} bits from bit {lo}' for b, lo in planes)},"
+            f" offset-binary) -> 8 words of four int8 lanes: per word, the planes' fields\n"
+            f" * OR-ed into each byte lane, then t - {1 << (bits - 1)} lane by lane (no carry "
+            f"crosses a lane) */\n"
+            "static inline void unpack_group(const uint32_t *restrict p, "
+            "uint32_t *restrict d)\n{\n"
+            f"    const uint32_t {', '.join(loads)};\n" + "\n".join(lines) + "\n}\n")
+
+
+def _u32_array(name: str, words, per_line: int = 8) -> str:
+    vals = [f"0x{int(v):08X}u" for v in np.asarray(words, dtype=np.uint32).ravel()]
+    lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
+    return f"static const uint32_t {name}[{len(vals)}] = {{\n    " + ",\n    ".join(lines) + "\n};\n"
+
+
+def head_weights_c(plan) -> tuple[str, bool]:
+    """The C arrays of the head (packed words or int8 / int16 streams), and whether packed."""
+    hd = plan.head
+    bits = hd["bits"]
+    a, bc = head_streams(plan)
+    packed = plan.head_storage == "packed" and bits in PACKED_BITS
+    out = []
+    if packed:
+        for name, stream in (("HEAD_PA", a), ("HEAD_PBC", bc)):
+            if stream.size:
+                out.append(_u32_array(name, pack_lanes(stream, bits)))
+        return "".join(out), True
+    wtype = "int8_t" if bits <= 8 else "int16_t"
+    if a.size:
+        out.append(f"static const union {{ uint32_t w[{(a.size * a.itemsize + 3) // 4}]; "
+                   f"{wtype} v[{a.size}]; }} HEAD_WA = {{ .v = {{\n    "
+                   + ",\n    ".join(", ".join(str(int(v)) for v in a.ravel()[i:i + 24])
+                                    for i in range(0, a.size, 24)) + " } };\n")
+    if bc.size:
+        out.append(_c_array(wtype, "HEAD_WBC", bc))
+    return "".join(out), False
 
 
 def _full_stage_c(si: int, op: dict, pool: bool) -> str:
@@ -132,7 +190,6 @@ def _full_path(plan, stages, act: str) -> str:
     cf = stages[-1][0]["out_shape"][2]
     ho, wo = (h + 1) // 2, (w + 1) // 2
     eight = hd["bits"] <= 8
-    k2 = k + (k & 1)
     maps = "".join(f"static act_t g_map{i}[{n}];\n" for i, n in enumerate(sizes) if n)
     return f"""{maps}static act_t g_ring[{ring}];   /* 3 channel-expanded, zero-bordered input rows */
 static act_t g_zero[{zero}];   /* the zero padding row, never written */
@@ -140,40 +197,49 @@ static act_t g_row[{row}];     /* one conv output row */
 static act_t g_hp[{hp}];       /* 4 horizontally pooled rows */
 static act_t g_mask[{masks}];  /* 0 or -1 per tap and channel */
 static act_t g_nneg[{max_co}];  /* number of -1 taps per channel */
-static hw_t g_headw[{k * d}];   /* the head, class-major (a copy of HEAD_W / HEAD_W1) */
+static hw_t g_headw[{k * d}];   /* the head, class-major (a RAM copy of the streams) */
 static int g_headw_ready;
 
 {"".join(code)}
-/* the streamed head weights -> class-major rows (feature (i*WO + j)*CF + ch) */
+/* the streamed head weights (next_row) -> class-major rows (feature (i*WO + j)*CF + ch) */
 static void build_headw(void)
 {{
-    enum {{ CF = {cf}, HO = {ho}, WO = {wo}, K = {k}, K2 = {k2}, D = {d} }};
-    const hw_t *w = HEAD_W.v, *w1 = HEAD_W1;
+    enum {{ CF = {cf}, HO = {ho}, WO = {wo}, K = {k}, D = {d} }};
+    const hw_t *wa, *wbc;
     int ch, i, c, j;
-    (void)w1;
+    head_rewind();
     for (ch = 0; ch < CF; ch++)
         for (i = 0; i < HO; i++) {{
             const int f0 = i * WO * CF + ch;
-#if {int(eight)}
-            for (c = 0; c < K2; c += 2)
-                for (j = 0; j + 1 < WO; j += 2, w += 4) {{
-                    g_headw[c * D + f0 + j * CF] = w[0];
-                    g_headw[c * D + f0 + (j + 1) * CF] = w[2];
-                    if (c + 1 < K) {{
-                        g_headw[(c + 1) * D + f0 + j * CF] = w[1];
-                        g_headw[(c + 1) * D + f0 + (j + 1) * CF] = w[3];
-                    }}
+            next_row(&wa, &wbc);
+#if HEAD_RA && {int(eight)}
+            for (c = 0; c + 1 < K; c += 2)
+                for (j = 0; j + 1 < WO; j += 2, wa += 4) {{
+                    g_headw[c * D + f0 + j * CF] = wa[0];
+                    g_headw[(c + 1) * D + f0 + j * CF] = wa[1];
+                    g_headw[c * D + f0 + (j + 1) * CF] = wa[2];
+                    g_headw[(c + 1) * D + f0 + (j + 1) * CF] = wa[3];
                 }}
-#else
+#elif HEAD_RA
             for (c = 0; c < K; c++)
-                for (j = 0; j + 1 < WO; j += 2, w += 2) {{
-                    g_headw[c * D + f0 + j * CF] = w[0];
-                    g_headw[c * D + f0 + (j + 1) * CF] = w[1];
+                for (j = 0; j + 1 < WO; j += 2, wa += 2) {{
+                    g_headw[c * D + f0 + j * CF] = wa[0];
+                    g_headw[c * D + f0 + (j + 1) * CF] = wa[1];
                 }}
 #endif
-#if {wo} & 1
-            for (c = 0; c < K; c++) g_headw[c * D + f0 + (WO - 1) * CF] = *w1++;
+#if HEAD_RBC && {int(eight and k % 2 == 1)}
+            for (j = 0; j + 1 < WO; j += 2, wbc += 2) {{
+                g_headw[(K - 1) * D + f0 + j * CF] = wbc[0];
+                g_headw[(K - 1) * D + f0 + (j + 1) * CF] = wbc[1];
+            }}
 #endif
+#if HEAD_RBC && {wo % 2}
+            for (c = 0; c < K; c++) g_headw[c * D + f0 + (WO - 1) * CF] = wbc[c];
+#endif
+            (void)wa;
+            (void)wbc;
+            (void)c;
+            (void)j;
         }}
     g_headw_ready = 1;
 }}
@@ -261,20 +327,19 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                        f"{tuple(op['out_shape'])}{', ReLU on input' if op['relu_in'] else ''}, "
                        f"bound {op['bound']}; bit t*Co+co set = tap t of channel co is -1 */\n")
         weights.append(_c_array("uint8_t", f"K{s}", op["neg_bits"]))
-    weights.append(f"/* head: {bits}-bit weights in the order consumed: (final channel, "
-                   f"pooled row, class, pooled column) = ({geo[-1]['co']}, {ho_last}, {k}, "
-                   f"{wo_last}) */\n")
-    pairs, singles = head_streams(plan)
-    weights.append(f"static const union {{ uint32_t w[{max(1, (pairs.size * pairs.itemsize + 3) // 4)}]; "
-                   f"{wtype} v[{max(1, pairs.size)}]; }} HEAD_W = {{ .v = {{\n    "
-                   + (",\n    ".join(", ".join(str(int(v)) for v in pairs.ravel()[i:i + 24])
-                                     for i in range(0, pairs.size, 24)) or "0") + " } };\n")
-    weights.append(_c_array(wtype, "HEAD_W1", singles))
-    weights.append(_c_array("int64_t", "HEAD_B", hd["bias_q"]))
+    head_c, packed = head_weights_c(plan)
+    sz = head_stream_sizes(ho_last, wo_last, geo[-1]["co"], k, bits)
+    weights.append(f"/* head: {bits}-bit weights ({geo[-1]['co']} final channels x {ho_last} pooled "
+                   f"rows x {k} classes x {wo_last} pooled columns), one row per final channel "
+                   f"and pooled row: stream A ({sz['a']} a row), stream BC ({sz['bc']} a row)"
+                   f"{f', {bits} bits a weight, 32-weight groups' if packed else ''} */\n")
+    weights.append(head_c)
+    weights.append(_c_array("int32_t" if bias_flash_bytes(hd["bias_q"]) == 4 else "int64_t",
+                            "HEAD_B", hd["bias_q"]))
     rescale = ""
     if hd["rescale"] == "fixed-point":
         weights.append(f"/* per-class fixed-point rescale, multiplier / 2^{hd['shift']} */\n")
-        weights.append(_c_array("int64_t", "HEAD_M", hd["mult"]))
+        weights.append(_c_array("int32_t", "HEAD_M", hd["mult"]))
         rescale = " * HEAD_M[c]"
     weights.append(_c_array("int32_t", "LABELS", [int(c) for c in plan.classes]))
     # the depth-first loops: ch{s} = output channel of stage s
@@ -307,8 +372,6 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
             dst = "0, 0", 0, 0
         st_rows.append(f"    {{ K{s}, g_s{s}.v, {pe}, {dst[0]}, {g['h']}, {g['w']}, {g['co']}, "
                        f"{dst[1]}, {int(g['pool'])}, {dst[2]} }}")
-    headv = "    const part_t " + ", ".join(f"v{j} = v[{j}]" for j in range(wo_last)) + ";"
-    headsum = " + ".join(f"v{j} * w[{j}]" for j in range(wo_last))
     calc = "int64_t" if act == "int64_t" else "int32_t"
     simd_ok = 1 if act == "int16_t" else 0
     text = MODEL_C
@@ -319,8 +382,9 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                      "@FULL@": _full_path(plan, stages, act),
                      "@BUFFERS@": "\n".join(bufs), "@K@": k, "@WPMAX@": wpmax,
                      "@DECLS@": decls, "@LOOPS@": "\n".join(loops),
-                     "@RESCALE@": rescale, "@HEADV@": headv, "@HEADSUM@": headsum,
-                     "@WO@": wo_last, "@NS@": ns, "@K2@": k + (k & 1),
+                     "@RESCALE@": rescale, "@WO@": wo_last, "@NS@": ns,
+                     "@RA@": sz["a"], "@RBC@": sz["bc"], "@PACKED@": int(packed),
+                     "@UNPACK@": unpack_group_c(bits) if packed else "",
                      "@HEAD8@": int(wtype == "int8_t"),
                      "@ANYRELU@": int(any(g["relu"] for g in geo)),
                      "@FLUSHN@": flush_n,

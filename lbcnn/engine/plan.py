@@ -98,7 +98,52 @@ def _model_head(model) -> dict | None:
         head = getattr(model, attr, None)
         if isinstance(head, dict) and "weight_q" in head:
             return head
+    # a fixed-point head quantized in memory (heads.quantize.apply_quantization) or loaded
+    # from a file: its own integers and bits, not a fresh 8-bit quantization of coef_
+    meta, arrays = getattr(model, "head_meta_", None), getattr(model, "head_arrays_", None)
+    if isinstance(meta, dict) and meta.get("kind") == "fixed" and isinstance(arrays, dict):
+        return head_from_arrays(arrays, {"head": meta, "input_scale": model.body_.input_scale})
     return None
+
+
+# -- the head as the generated C stores it --------------------------------------------
+# The streaming C consumes the head one pooled row of one final channel at a time
+# (rows = final channels x pooled rows), each row in two streams: "A", the weights it
+# reads in whole 32-bit words (column pairs of class pairs for int8, of single classes
+# for int16: a multiple of four bytes a row, so every row stays word aligned), and
+# "BC", the rest (the last class when the class count is odd, the last column when the
+# pooled width is odd), read one weight at a time. Nothing is padded: A + BC = d * k.
+HEAD_STORAGES = ("packed", "bytes")
+
+
+def head_stream_sizes(ho: int, wo: int, cf: int, k: int, bits: int) -> dict:
+    """Rows and weights per row of the two C head streams (see above)."""
+    p = wo // 2
+    if bits <= 8:
+        ra, rbc = 4 * (k // 2) * p, (k % 2) * 2 * p + (wo % 2) * k
+    else:
+        ra, rbc = 2 * k * p, (wo % 2) * k
+    return {"rows": cf * ho, "a": ra, "bc": rbc}
+
+
+def head_flash_bytes(ho: int, wo: int, cf: int, k: int, bits: int,
+                     storage: str = "packed") -> int:
+    """Bytes of the C's head weight arrays: 2..7-bit weights packed (32-weight groups of
+    n words per stream, ``engine.bits.lane_words``), else one int8 / int16 each."""
+    from .bits import PACKED_BITS, lane_words
+
+    if storage not in HEAD_STORAGES:
+        raise ConfigError(f"head storage must be one of {', '.join(HEAD_STORAGES)}")
+    sz = head_stream_sizes(ho, wo, cf, k, bits)
+    if storage == "packed" and bits in PACKED_BITS:
+        return 4 * sum(lane_words(sz["rows"] * sz[s], bits) for s in ("a", "bc"))
+    return (1 if bits <= 8 else 2) * ho * wo * cf * k
+
+
+def bias_flash_bytes(bias_q) -> int:
+    """Bytes per class of the C's bias: int32 when every bias fits, else int64."""
+    b = np.abs(np.asarray(bias_q, dtype=np.int64))
+    return 4 if b.max(initial=0) <= INT32_MAX else 8
 
 
 # -- the plan -------------------------------------------------------------------
@@ -110,6 +155,9 @@ class IntegerPlan:
     classes: np.ndarray
     act_dtype: str
     bounds: dict = field(default_factory=dict)
+    # how the generated C stores a 2..7-bit head: "packed" (n bits a weight) or "bytes"
+    # (one int8 a weight, the layout before packing: a baseline for benchmarks)
+    head_storage: str = "packed"
 
     @property
     def n_features(self) -> int:
@@ -119,10 +167,23 @@ class IntegerPlan:
     def n_classes(self) -> int:
         return int(self.head["weight_q"].shape[1])
 
+    @property
+    def final_shape(self) -> tuple[int, int, int]:
+        """(rows, columns, channels) of the last pooled map: the head's input."""
+        return tuple(int(v) for v in self.ops[-1]["out_shape"])
+
     def weight_bytes(self) -> dict:
-        conv = sum(int(op["neg_bits"].nbytes) for op in self.ops if op["type"] == "sign_dwconv3")
-        head = int(self.head["weight_q"].nbytes) + 8 * self.n_classes
-        return {"conv_packed": conv, "head": head, "total": conv + head}
+        """Bytes of the generated C's weight arrays, as it writes them: packed +-1 kernels
+        (one bit a tap, per conv stage), the head (``head_flash_bytes``), the bias at the
+        accumulator scale and the per-class rescale multipliers (int32)."""
+        conv = sum(max(1, int(op["neg_bits"].nbytes)) for op in self.ops
+                   if op["type"] == "sign_dwconv3")
+        head = head_flash_bytes(*self.final_shape, self.n_classes, self.head["bits"],
+                                self.head_storage)
+        bias = bias_flash_bytes(self.head["bias_q"]) * self.n_classes
+        rescale = 4 * self.n_classes if self.head.get("rescale") == "fixed-point" else 0
+        return {"conv_packed": conv, "head": head, "bias": bias, "rescale": rescale,
+                "total": conv + head + bias + rescale}
 
     def describe(self) -> dict:
         """A JSON-able summary: ops, shapes, bounds and accumulator widths."""

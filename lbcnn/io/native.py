@@ -3,6 +3,14 @@
 No pickle anywhere: ``np.load(..., allow_pickle=False)`` reads it, and the
 config is versioned so older files keep loading or fail with a clear message.
 Writes are atomic (temporary file, then rename).
+
+Version 2 adds bit-packed arrays: integers of 2..7 bits (an n-bit head) may be stored
+as their continuous n-bit two's-complement stream (``lbcnn.engine.bits.pack_signed``),
+listed in the config's ``packed`` map (name -> bits, shape); ``load_model_file``
+unpacks them before validation, so every reader sees the plain integer arrays. A file
+is written as version 2 only when it holds a packed array, so files without one still
+load in older releases, and an older release meets a packed file with "written by a
+newer lbcnn (format version 2)" rather than a wrong shape.
 """
 from __future__ import annotations
 
@@ -17,16 +25,34 @@ from ..outputs import atomic_write_with, strict_json
 from .sniff import sniff
 
 FORMAT = "lbcnn-model"
-VERSION = 1
+VERSION = 2
+PACKED_VERSION = 2   # the first version with bit-packed arrays (config "packed")
+_WRITER_KEYS = ("format", "version", "packed")   # set by save_model_file, never copied
 
 
-def save_model_file(path, config: dict, arrays: dict[str, np.ndarray]) -> Path:
+def save_model_file(path, config: dict, arrays: dict[str, np.ndarray],
+                    packed: dict[str, int] | None = None) -> Path:
+    """Write ``config`` and ``arrays``; ``packed`` maps array names to a bit width (2..7):
+    those integer arrays are stored bit-packed (format version 2)."""
+    from ..engine.bits import pack_signed
+
     path = Path(path)
-    config = {"format": FORMAT, "version": VERSION, **config}
+    packed = dict(packed or {})
+    body = {k: v for k, v in config.items() if k not in _WRITER_KEYS}
     payload = {k: np.asarray(v) for k, v in arrays.items()}
     for name, value in payload.items():
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise ConfigError(f"refusing to save {path}: array {name!r} holds NaN or inf")
+    spec = {}
+    for name, bits in packed.items():
+        value = payload[name]
+        if value.dtype.kind not in "iu":
+            raise ConfigError(f"cannot bit-pack array {name!r} of dtype {value.dtype}")
+        spec[name] = {"bits": int(bits), "shape": [int(n) for n in value.shape]}
+        payload[name] = pack_signed(value, bits)
+    config = {"format": FORMAT, "version": PACKED_VERSION if spec else 1, **body}
+    if spec:
+        config["packed"] = spec
     payload["__config__"] = np.frombuffer(strict_json(config).encode(), dtype=np.uint8)
     atomic_write_with(path, lambda fh: np.savez(fh, **payload))
     return path
@@ -63,8 +89,42 @@ def load_model_file(path) -> tuple[dict, dict[str, np.ndarray]]:
         raise DataError(f"{path}: config 'version' must be an integer, got {version!r}")
     if version > VERSION:
         raise DataError(f"{path} was written by a newer lbcnn (format version {version})")
+    unpack_arrays(config, arrays, str(path))
     validate_model(config, arrays, str(path))
     return config, arrays
+
+
+def unpack_arrays(config: dict, arrays: dict, where: str) -> None:
+    """Replace each array the config lists under ``packed`` by its integers, in place, and
+    drop the map (what a reader sees is the plain model); a bad entry is one DataError."""
+    from ..engine.bits import PACKED_BITS, packed_nbytes, unpack_signed
+
+    spec = config.pop("packed", None)
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise DataError(f"{where}: config 'packed' must be a JSON object")
+    for name, entry in spec.items():
+        bits = entry.get("bits") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if isinstance(bits, bool) or bits not in PACKED_BITS:
+            raise DataError(f"{where}: packed array {name!r} must give bits in 2..7, got {bits!r}")
+        if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape):
+            raise DataError(f"{where}: packed array {name!r} has a bad shape {shape!r}")
+        a = arrays.get(name)
+        count = int(np.prod(shape, dtype=np.int64))
+        if a is None or a.dtype != np.uint8 or a.ndim != 1 or \
+                a.size != packed_nbytes(count, bits):
+            got = "missing" if a is None else f"{a.dtype} {tuple(a.shape)}"
+            raise DataError(f"{where}: packed array {name!r} must be "
+                            f"{packed_nbytes(count, bits)} uint8 bytes for {shape} at {bits} "
+                            f"bits, got {got}")
+        spare = a.size * 8 - count * bits
+        if spare and int(a[-1]) >> (8 - spare):
+            raise DataError(f"{where}: packed array {name!r} has stray bits after its last "
+                            "value (corrupt)")
+        arrays[name] = unpack_signed(a, bits, count).reshape(shape)
 
 
 def resolve_model_path(text) -> Path:

@@ -391,13 +391,18 @@ def save_lbcnn(model: LBCNN, path, **meta) -> None:
               "C": model.C, "classes": [int(c) for c in model.classes_],
               "head": getattr(model, "head_meta_", {"kind": "float32"}), **meta}
     arrays = body_to_arrays(model.body_)
+    packed = {}
     if config["head"].get("kind") == "fixed":
-        # n-bit head: only the integers and scales are stored (see heads/quantize.py)
+        # n-bit head: only the integers and scales are stored (see heads/quantize.py),
+        # 2..7-bit weights bit-packed, n bits each
         arrays.update(model.head_arrays_)
+        bits = int(config["head"].get("bits", 8))
+        if bits < 8:
+            packed["head/weight_q"] = bits
     else:
         arrays["head/weight"] = model.coef_
         arrays["head/bias"] = model.intercept_
-    save_model_file(path, config, arrays)
+    save_model_file(path, config, arrays, packed=packed)
 
 
 def load_lbcnn(config: dict, arrays: dict) -> LBCNN:
