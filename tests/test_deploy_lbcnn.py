@@ -656,7 +656,10 @@ def test_cli_quantize_export_info(small, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["bytes"] == (tmp_path / "q.onnx").stat().st_size
     assert main(["info", str(tmp_path / "q.npz"), "--json", "--no-sizes"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["head_bits"] == 784 * 10 * 8 + 10 * 8 + 32 * 11
+    # as flashed: 8-bit weights, int32 biases at the accumulator scale, int32 per-class
+    # rescale multipliers
+    assert info["head_bits"] == 784 * 10 * 8 + 10 * 32 + 10 * 32
+    assert info["flash_weight_bits"] == pytest.approx(info["total_kbits"] * 1000)
     assert main(["info", str(tmp_path / "missing.npz")]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -1,11 +1,17 @@
 """Bit accounting of an LB-CNN: weights, bits, MACs and file sizes per layer
 (a CBCNN: ``account_cbcnn``, from its ``profile()``, at the end of this file).
 
-Kernels count 1 bit per weight (they are +-1); the head counts n bits per
-weight and per bias for a fixed-point head (32 for float32), plus 32 bits per
-stored scale. The conv layers need no multiplications: every MAC there is an
-add or a subtract. The paper's "Params (k-bits) Conv+ELM" figure is
-``conv_bits / 1000 + d * k * 8 / 1000`` (an 8-bit head, bias not counted).
+Bits are what the generated C flashes (``lbcnn export --format c``, whose arrays a
+test compiles and measures): kernels 1 bit per weight (+-1, packed per conv stage),
+a fixed-point head n bits per weight (2..7 bits packed in 32-weight groups, 8 and 16
+as int8 / int16), its bias as the int32 (int64 when one needs it) the integer engine
+adds at the accumulator scale, and per-class scales as int32 fixed-point multipliers;
+a per-tensor scale is not flashed (the C's argmax needs none). A float32 head counts
+32 bits per weight and bias (the model file); its C export (an 8-bit head) is under
+``flash``, which every family has: the weight bytes of its generated C. The conv
+layers need no multiplications: every MAC there is an add or a subtract. The
+paper's "Params (k-bits) Conv+ELM" figure is ``conv_bits / 1000 + d * k * 8 / 1000``
+(an 8-bit head, bias not counted).
 """
 from __future__ import annotations
 
@@ -15,21 +21,48 @@ from pathlib import Path
 from ..binary.pooling import pooled_size
 
 
+def _final_shape(body) -> tuple[int, int, int]:
+    h, w, c = body.input_shape
+    for k in body.kernels:
+        c *= int(k["conv"].shape[3])
+        h, w = pooled_size(h), pooled_size(w)
+    return h, w, c
+
+
+def _bias_bytes(model) -> int:
+    """Bytes per class of the flashed bias: int32 unless the model's bias at the
+    accumulator scale needs int64 (known once the head's integers exist)."""
+    from ..engine.plan import bias_flash_bytes, head_from_arrays
+
+    arrays = getattr(model, "head_arrays_", None)
+    meta = getattr(model, "head_meta_", {}) or {}
+    if meta.get("kind") != "fixed" or not isinstance(arrays, dict) or \
+            "head/bias_q" not in arrays:
+        return 4
+    head = head_from_arrays(arrays, {"head": meta, "input_scale": model.body_.input_scale})
+    return bias_flash_bytes(head["bias_q"])
+
+
 def layer_table(model) -> list[dict]:
     body = model.body_
     h, w, c = body.input_shape
     rows = []
+
+    def conv_bits(weights: int) -> int:   # one conv stage's taps, packed in whole bytes
+        return 8 * max(1, -(-int(weights) // 8))
+
     for i, k in enumerate(body.kernels):
         nf = int(k["conv"].shape[3])
         rows.append({"layer": f"conv{i}", "type": f"depthwise 3x3 x{nf} (+-1)",
                      "output": [h, w, c * nf], "weights": int(k["conv"].size), "bits_per_weight": 1,
-                     "bits": int(k["conv"].size), "macs": h * w * c * nf * 9,
+                     "bits": conv_bits(k["conv"].size), "macs": h * w * c * nf * 9,
                      "mac_kind": "add/sub only"})
         c *= nf
         for j, e in enumerate(k["extras"]):
             rows.append({"layer": f"conv{i}_{j}", "type": "relu + depthwise 3x3 x1 (+-1)",
                          "output": [h, w, c], "weights": int(e.size), "bits_per_weight": 1,
-                         "bits": int(e.size), "macs": h * w * c * 9, "mac_kind": "add/sub only"})
+                         "bits": conv_bits(e.size), "macs": h * w * c * 9,
+                         "mac_kind": "add/sub only"})
         h, w = pooled_size(h), pooled_size(w)
         rows.append({"layer": f"pool{i}", "type": "maxpool 4x4/2 same", "output": [h, w, c],
                      "weights": 0, "bits_per_weight": 0, "bits": 0, "macs": 0,
@@ -37,25 +70,68 @@ def layer_table(model) -> list[dict]:
     d, kcls = model.coef_.shape
     meta = getattr(model, "head_meta_", {"kind": "float32"})
     if meta.get("kind") == "fixed":
-        nb, bb = int(meta["bits"]), int(meta.get("bias_bits", meta["bits"]))
-        n_scales = (kcls if meta.get("scale") == "per_class" else 1) + 1
-        htype = (f"dense int{nb} ({meta.get('scale')}{', pow2' if meta.get('pow2') else ''})")
+        from ..engine.bits import PACKED_BITS
+        from ..engine.plan import head_flash_bytes
+
+        nb = int(meta["bits"])
+        head_bits = 8 * head_flash_bytes(h, w, c, kcls, nb)
+        bb = 8 * _bias_bytes(model)
+        htype = (f"dense int{nb} ({meta.get('scale')}{', pow2' if meta.get('pow2') else ''}"
+                 f"{', packed' if nb in PACKED_BITS else ''})")
+        btype = f"bias (int{bb} at the accumulator scale)"
+        scales = ({"layer": "head scales", "type": "per-class rescale (int32 multipliers)",
+                   "output": [], "weights": kcls, "bits_per_weight": 32, "bits": 32 * kcls,
+                   "macs": kcls, "mac_kind": "rescale"}
+                  if meta.get("scale") == "per_class" else None)
     else:
         nb = bb = 32
-        n_scales = 0
-        htype = "dense float32"
+        head_bits = 32 * d * kcls
+        htype, btype, scales = "dense float32", "bias (float32)", None
     rows.append({"layer": "head", "type": htype, "output": [kcls], "weights": d * kcls,
-                 "bits_per_weight": nb, "bits": d * kcls * nb, "macs": d * kcls,
+                 "bits_per_weight": nb, "bits": head_bits, "macs": d * kcls,
                  "mac_kind": "multiply-add"})
-    rows.append({"layer": "head bias", "type": f"bias ({bb}-bit)", "output": [kcls],
+    rows.append({"layer": "head bias", "type": btype, "output": [kcls],
                  "weights": kcls, "bits_per_weight": bb, "bits": kcls * bb, "macs": kcls,
                  "mac_kind": "add"})
-    if n_scales:
-        rows.append({"layer": "head scales", "type": "float32 scales" +
-                     (" (powers of two: shifts)" if meta.get("pow2") else ""),
-                     "output": [], "weights": n_scales, "bits_per_weight": 32,
-                     "bits": 32 * n_scales, "macs": kcls, "mac_kind": "rescale"})
+    if scales:
+        rows.append(scales)
     return rows
+
+
+def flash_lbcnn(model) -> dict:
+    """Weight bytes of an LB-CNN's generated C, from its shape and head (no compile): equal
+    to ``compile_plan(model).weight_bytes()``; a float head is exported as an 8-bit
+    per-tensor head."""
+    from ..engine.plan import head_flash_bytes
+
+    body = model.body_
+    conv = sum(max(1, -(-int(a.size) // 8)) for k in body.kernels
+               for a in [k["conv"], *k["extras"]])
+    d, kcls = model.coef_.shape
+    meta = getattr(model, "head_meta_", {"kind": "float32"}) or {}
+    fixed = meta.get("kind") == "fixed"
+    bits = int(meta["bits"]) if fixed else 8
+    head = head_flash_bytes(*_final_shape(body), kcls, bits)
+    bias = _bias_bytes(model) * kcls
+    rescale = 4 * kcls if fixed and meta.get("scale") == "per_class" else 0
+    return {"conv_packed": conv, "head": head, "bias": bias, "rescale": rescale,
+            "total": conv + head + bias + rescale, "head_bits": bits}
+
+
+def flash_from_plan(model) -> dict:
+    """Weight bytes of a CBCNN's or hybrid's generated C (its integer plan), or the reason
+    the model has no C export."""
+    from ..engine.plan import compile_plan
+    from ..errors import LbcnnError
+
+    try:
+        return dict(compile_plan(model).weight_bytes())
+    except LbcnnError as exc:
+        return {"error": str(exc).splitlines()[0][:200]}
+
+
+FLASH_NOTE = ("weights as the generated C stores them in flash (lbcnn export --format c): "
+              "the bytes of its weight arrays; code, labels and scratch RAM are apart")
 
 
 def export_sizes(model, native_path=None) -> dict:
@@ -102,6 +178,10 @@ def account(model, path=None, sizes: bool = True) -> dict:
         from ..errors import ConfigError
         raise ConfigError(f"info supports the lbcnn, cbcnn and hybrid families, not "
                           f"{type(model).__name__}")
+    flash = flash_lbcnn(model) if "family" not in info else flash_from_plan(model)
+    info["flash"] = flash
+    if "total" in flash:
+        info["flash_weight_bits"] = 8 * flash["total"]
     meta = getattr(model, "meta_", {}) or {}
     for key in ("dataset", "val_accuracy", "test_accuracy", "class_names"):
         if meta.get(key) is not None:
@@ -188,10 +268,11 @@ def render(info: dict):
                   r["mac_kind"])
     hb = info.get("head_bits_per_weight", 32)
     lines = [
-        f"total: {info['total_kbits']:.2f} kbits = {human_bytes(info['params_bytes'])} of parameters "
+        f"total{' as flashed' if info['head'].get('kind') == 'fixed' else ''}: "
+        f"{info['total_kbits']:.2f} kbits = {human_bytes(info['params_bytes'])} of parameters "
         f"(conv {info['conv_bits'] / 1000:.2f} kbits at 1 bit/weight, head "
         f"{info['head_bits'] / 1000:.2f} kbits at {hb} bits/weight"
-        f"{' (float32)' if info['head'].get('kind') != 'fixed' else ''})",
+        f"{' (float32, as in the model file)' if info['head'].get('kind') != 'fixed' else ''})",
         f"same shape with a float32 head: {human_bytes(info['float32_head_params_bytes'])}",
         f"MACs: {info['macs']:,}, of which {info['conv_macs_add_sub_only']:,} in the conv layers "
         f"are additions/subtractions only",
@@ -202,11 +283,26 @@ def render(info: dict):
     return Group(t, Text("\n".join(lines)))
 
 
+def _flash_line(info: dict) -> str | None:
+    fl = info.get("flash")
+    if not fl:
+        return None
+    if "total" not in fl:
+        return f"weights as flashed (generated C): not available ({fl.get('error')})"
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:,} B" for k, v in fl.items()
+                      if k not in ("total", "head_bits") and isinstance(v, int) and v)
+    note = (f"; the C export quantizes the float head to {fl['head_bits']} bits"
+            if info.get("head", {}).get("kind") == "float32" and "head_bits" in fl else "")
+    return (f"weights as flashed (generated C): {8 * fl['total']:,} bits = {fl['total']:,} B "
+            f"({parts}{note})")
+
+
 def _common_lines(info: dict) -> list[str]:
-    """Recorded dataset and accuracies, export sizes, the C build's flash and RAM."""
+    """Flashed weights, recorded dataset and accuracies, export sizes, the C build's
+    flash and RAM."""
     from ..memory import human_bytes
 
-    lines = []
+    lines = [line for line in (_flash_line(info),) if line]
     rec = []
     if info.get("dataset"):
         rec.append(f"dataset {info['dataset']}")
@@ -357,8 +453,9 @@ def render_cbcnn(info: dict):
                   r["mac_kind"])
     paper = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in info["paper_params"].items())
     lines = [
-        f"total: {info['total_kbits']:.2f} kbits = {human_bytes(info['params_bytes'])} "
-        f"(binary weights {info['weight_bits'] / 1000:.2f} kbits, BN as float32 "
+        f"model file parameters: {info['total_kbits']:.2f} kbits = "
+        f"{human_bytes(info['params_bytes'])} (binary weights {info['weight_bits'] / 1000:.2f} "
+        f"kbits, BN as float32 "
         f"{info['bn_bits'] / 1000:.2f} kbits); BN folded to thresholds: "
         f"{info['total_kbits_folded']:.2f} kbits",
         f"parameters: {info['params']:,} ({info['binary_weights']:,} binary); paper: {paper}",
@@ -448,8 +545,9 @@ def render_hybrid(info: dict):
                   str(r["bits_per_weight"]), f"{r['bits'] / 1000:.2f}", f"{r['macs']:,}",
                   r["mac_kind"])
     lines = [
-        f"total: {info['total_kbits']:.2f} kbits = {human_bytes(info['params_bytes'])} of parameters "
-        f"(binary kernels {info['binary_bits']} bits at 1 bit/weight, MLP "
+        f"model file parameters: {info['total_kbits']:.2f} kbits = "
+        f"{human_bytes(info['params_bytes'])} (binary kernels {info['binary_bits']} bits at "
+        f"1 bit/weight, MLP "
         f"{info['float_bits'] / 1000:.2f} kbits at 32 bits/weight (float32))",
         f"MACs: {info['macs']:,}, of which {info['xnor_popcount_macs']:,} XNOR-popcount",
         info["c_head_note"],

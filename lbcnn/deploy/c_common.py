@@ -269,6 +269,48 @@ def measure_sizes(out_dir: Path, cc: str | None = None, opt: str = "-O2") -> dic
             "ram": data + bss + stack}
 
 
+# const objects of a generated model.c that are not weights: labels, class names, and the
+# tables of function pointers and stage descriptors (code, not parameters)
+NOT_WEIGHTS = frozenset({"LABELS", "LBCNN_CLASS_NAMES", "CONV", "CONVP", "ST"})
+
+
+def compiled_weight_bytes(c_dir, cc: str | None = None) -> dict[str, int]:
+    """The bytes of every weight array of ``c_dir/model.c`` as a compiler lays them out:
+    the streaming build (``-DLBCNN_STREAM``) compiled to an object, each read-only data
+    object's symbol size (pyelftools), less :data:`NOT_WEIGHTS`. The compiled truth
+    ``lbcnn info``'s flashed bits are checked against. ``-O0``: an optimizer may fold a
+    small array read with constant indices into the code (its bytes still flashed, as
+    literals), which would hide it from the symbol table."""
+    import tempfile
+
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    cc = cc or find_cc()
+    if cc is None:
+        from ..errors import ConfigError
+        raise ConfigError("no C compiler found to measure the weight arrays")
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = Path(tmp) / "model.o"
+        flags = [f for f in CFLAGS if f != "-O2"] + ["-O0"]
+        subprocess.run([cc, *flags, "-DLBCNN_STREAM", "-fdata-sections", "-fno-pic", "-c",
+                        str(Path(c_dir) / "model.c"), "-o", str(obj)],
+                       check=True, capture_output=True, text=True)
+        with open(obj, "rb") as f:
+            elf = ELFFile(f)
+            names = {i: sec.name for i, sec in enumerate(elf.iter_sections())}
+            out = {}
+            for sec in elf.iter_sections():
+                if not isinstance(sec, SymbolTableSection):
+                    continue
+                for sym in sec.iter_symbols():
+                    where = names.get(sym["st_shndx"], "") if isinstance(sym["st_shndx"], int) else ""
+                    if sym["st_info"]["type"] == "STT_OBJECT" and sym.name not in NOT_WEIGHTS \
+                            and where.startswith((".rodata", ".data.rel.ro")):
+                        out[sym.name] = int(sym["st_size"])
+    return out
+
+
 def sizes_table(sizes: dict | None) -> list[str]:
     if not sizes:
         return ["(no C compiler or `size` found at generation time: flash/RAM not measured)", ""]
@@ -356,6 +398,6 @@ def write_c_project(plan, out_dir, sources: dict, readme, measure: bool = True,
     return summary
 
 
-__all__ = ["CFLAGS", "CTYPE", "EXPORTERS", "LINKER_SCRIPT", "MAIN_C", "POPCOUNT_C", "_c_array",
+__all__ = ["CFLAGS", "CTYPE", "EXPORTERS", "NOT_WEIGHTS", "compiled_weight_bytes", "LINKER_SCRIPT", "MAIN_C", "POPCOUNT_C", "_c_array",
            "c_template", "class_names_c", "exporter_for", "find_cc", "header", "measure_sizes", "register",
            "sizes_table", "write_c_project"]
