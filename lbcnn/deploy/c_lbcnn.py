@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..engine.bits import PACKED_BITS, lane_planes, pack_lanes
-from ..engine.plan import IntegerPlan, bias_flash_bytes, head_stream_sizes
+from ..engine.plan import INT32_MAX, IntegerPlan, bias_flash_bytes, head_stream_sizes
 from .c_common import (CTYPE, MAIN_C, _c_array, c_template, predict_header, register,
                        sizes_table, write_c_project)
 
@@ -88,14 +88,15 @@ def head_streams(plan) -> tuple[np.ndarray, np.ndarray]:
 
 def unpack_group_c(bits: int) -> str:
     """``unpack_group(p, d)``: one group of 32 n-bit weights (n words of the layout of
-    ``engine.bits.lane_planes``) into eight words of four int8 lanes, straight-line."""
+    ``engine.bits.lane_planes``) into eight words of four int8 lanes holding the stored
+    offset form t = w + 2^(n-1) (0 .. 2^n - 1: the plane fields OR-ed together, no sign
+    work; the C takes the offset off once, at the end), straight-line."""
     planes = lane_planes(bits)
     loads, names, col = [], [], 0
     for b, _ in planes:
         names.append([f"p{col + i}" for i in range(b)])
         loads += [f"p{col + i} = p[{col + i}]" for i in range(b)]
         col += b
-    add = (0x80 - (1 << (bits - 1))) * 0x01010101
     lines = []
     for m in range(8):
         parts = []
@@ -105,11 +106,10 @@ def unpack_group_c(bits: int) -> str:
             field = f"({word} >> {shift})" if shift else word
             field = f"({field} & 0x{((1 << b) - 1) * 0x01010101:08X}u)"
             parts.append(f"{field} << {lo}" if lo else field)
-        lines.append(f"    d[{m}] = (({' | '.join(parts)}) + 0x{add:08X}u) ^ 0x80808080u;")
-    return (f"/* 32 {bits}-bit weights (planes {', '.join(f'{b} bits from bit {lo}' for b, lo in planes)},"
-            f" offset-binary) -> 8 words of four int8 lanes: per word, the planes' fields\n"
-            f" * OR-ed into each byte lane, then t - {1 << (bits - 1)} lane by lane (no carry "
-            f"crosses a lane) */\n"
+        lines.append(f"    d[{m}] = {' | '.join(parts)};")
+    return (f"/* 32 {bits}-bit weights (planes of "
+            f"{', '.join(f'{b} bits from bit {lo}' for b, lo in planes)}) -> 8 words of four "
+            f"byte lanes,\n * each lane t = w + {1 << (bits - 1)} (0 .. {(1 << bits) - 1}) */\n"
             "static inline void unpack_group(const uint32_t *restrict p, "
             "uint32_t *restrict d)\n{\n"
             f"    const uint32_t {', '.join(loads)};\n" + "\n".join(lines) + "\n}\n")
@@ -215,10 +215,10 @@ static void build_headw(void)
 #if HEAD_RA && {int(eight)}
             for (c = 0; c + 1 < K; c += 2)
                 for (j = 0; j + 1 < WO; j += 2, wa += 4) {{
-                    g_headw[c * D + f0 + j * CF] = wa[0];
-                    g_headw[(c + 1) * D + f0 + j * CF] = wa[1];
-                    g_headw[c * D + f0 + (j + 1) * CF] = wa[2];
-                    g_headw[(c + 1) * D + f0 + (j + 1) * CF] = wa[3];
+                    g_headw[c * D + f0 + j * CF] = (hw_t)(wa[0] - HEAD_OFFSET);
+                    g_headw[(c + 1) * D + f0 + j * CF] = (hw_t)(wa[1] - HEAD_OFFSET);
+                    g_headw[c * D + f0 + (j + 1) * CF] = (hw_t)(wa[2] - HEAD_OFFSET);
+                    g_headw[(c + 1) * D + f0 + (j + 1) * CF] = (hw_t)(wa[3] - HEAD_OFFSET);
                 }}
 #elif HEAD_RA
             for (c = 0; c < K; c++)
@@ -229,12 +229,12 @@ static void build_headw(void)
 #endif
 #if HEAD_RBC && {int(eight and k % 2 == 1)}
             for (j = 0; j + 1 < WO; j += 2, wbc += 2) {{
-                g_headw[(K - 1) * D + f0 + j * CF] = wbc[0];
-                g_headw[(K - 1) * D + f0 + (j + 1) * CF] = wbc[1];
+                g_headw[(K - 1) * D + f0 + j * CF] = (hw_t)(wbc[0] - HEAD_OFFSET);
+                g_headw[(K - 1) * D + f0 + (j + 1) * CF] = (hw_t)(wbc[1] - HEAD_OFFSET);
             }}
 #endif
 #if HEAD_RBC && {wo % 2}
-            for (c = 0; c < K; c++) g_headw[c * D + f0 + (WO - 1) * CF] = wbc[c];
+            for (c = 0; c < K; c++) g_headw[c * D + f0 + (WO - 1) * CF] = (hw_t)(wbc[c] - HEAD_OFFSET);
 #endif
             (void)wa;
             (void)wbc;
@@ -295,9 +295,16 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                     "oh": (h + 1) // 2 if pool else h, "ow": (w + 1) // 2 if pool else w})
     wo_last = geo[-1]["ow"]
     ho_last = geo[-1]["oh"]
-    if hd["partial_dtype"] == "int32" and hd["chunk"] >= wo_last * ho_last:
+    packed = plan.head_storage == "packed" and bits in PACKED_BITS
+    chunk = hd["chunk"] if hd["partial_dtype"] == "int32" else 0
+    if packed and chunk:
+        # a packed head is summed in its stored offset form t = w + 2^(n-1) (the decoder
+        # then needs no sign work; the offset times the feature sum comes off at the end),
+        # so a product is bounded by the feature bound times q_max + 2^(n-1)
+        chunk = min(d, INT32_MAX // (hd["feature_bound"] * (hd["q_max"] + (1 << (bits - 1)))))
+    if chunk >= wo_last * ho_last:
         part = "int32_t"       # a final channel's partial sums fit int32: flush every
-        flush_n = hd["chunk"] // (wo_last * ho_last)   # flush_n channels
+        flush_n = chunk // (wo_last * ho_last)   # flush_n channels
     else:
         part = "int64_t"
         flush_n = 1
@@ -327,7 +334,7 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                        f"{tuple(op['out_shape'])}{', ReLU on input' if op['relu_in'] else ''}, "
                        f"bound {op['bound']}; bit t*Co+co set = tap t of channel co is -1 */\n")
         weights.append(_c_array("uint8_t", f"K{s}", op["neg_bits"]))
-    head_c, packed = head_weights_c(plan)
+    head_c, _ = head_weights_c(plan)
     sz = head_stream_sizes(ho_last, wo_last, geo[-1]["co"], k, bits)
     weights.append(f"/* head: {bits}-bit weights ({geo[-1]['co']} final channels x {ho_last} pooled "
                    f"rows x {k} classes x {wo_last} pooled columns), one row per final channel "
@@ -384,6 +391,7 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                      "@DECLS@": decls, "@LOOPS@": "\n".join(loops),
                      "@RESCALE@": rescale, "@WO@": wo_last, "@NS@": ns,
                      "@RA@": sz["a"], "@RBC@": sz["bc"], "@PACKED@": int(packed),
+                     "@OFFSET@": (1 << (bits - 1)) if packed else 0,
                      "@UNPACK@": unpack_group_c(bits) if packed else "",
                      "@HEAD8@": int(wtype == "int8_t"),
                      "@ANYRELU@": int(any(g["relu"] for g in geo)),

@@ -100,8 +100,10 @@ def lane_planes(bits: int) -> list[tuple[int, int]]:
     (b, lo) takes b words; its word m // (8 / b) holds bits lo .. lo+b-1 of the four
     weights of output word m at bit ``8 l + (m % (8 / b)) * b``. Decoding output word m:
     ``u = OR over planes of ((P[m // (8/b)] >> (m % (8/b)) * b) & mask_b) << lo`` gives
-    the four t's; ``(u + (0x80 - 2^(n-1)) * 0x01010101) ^ 0x80808080`` the four int8
-    weights (lane sums stay below 256, so no carry crosses a lane)."""
+    the four t's, one a byte (t < 128: a non-negative int8). The generated C sums
+    ``v * t`` and takes ``2^(n-1) * sum(v)`` off once, so it does no sign work per weight;
+    lane-wise, ``(u + (0x80 - 2^(n-1)) * 0x01010101) ^ 0x80808080`` would give the four
+    int8 weights themselves (no carry crosses a lane: ``unpack_lanes`` does that)."""
     bits = _check_packed_bits(bits)
     planes, top = [], bits
     for b in (4, 2, 1):
