@@ -59,6 +59,10 @@ def add_parser(sub) -> None:
                         "(as lbcnn info counts them), macs")
     s.add_argument("--max-kbits", type=float,
                    help="only models up to this size are trained and may join the front")
+    s.add_argument("--reference", metavar="CSV",
+                   help="published points to draw on front.png beside the front (columns "
+                        "dataset, name, accuracy, weight_bits, picked_on; e.g. "
+                        "benchmarks/anchors.csv); the rows of this run's dataset are drawn")
     g = s.add_argument_group("search space")
     g.add_argument("--layers", type=ints, default=d.layers, help="allowed layer counts (1-3)")
     for i, m in enumerate(DEFAULT_MULTIPLIERS):
@@ -123,6 +127,10 @@ def run(args) -> int:
     parse_objectives(args.objectives)
     if args.storage:
         check_storage_url(args.storage)
+    reference = None
+    if args.reference:
+        from ..train.optimize.report import read_reference
+        reference = read_reference(args.reference)
     ds = load_data(args, quiet=quiet)
     res = optimize(ds, train_size=args.train_size, minutes=args.minutes, out=args.out,
                    objectives=args.objectives, max_kbits=args.max_kbits, space=space,
@@ -133,6 +141,9 @@ def run(args) -> int:
                    max_configs=args.max_configs, data_path=args.data_path, split=args.split,
                    promote_against=args.promote_against, flip=args.flip,
                    progress=not quiet, log=log)
+    if reference is not None:
+        from ..train.optimize.report import plot_front_from_run
+        plot_front_from_run(args.out, ds.name, reference)
     if args.json:
         from ..outputs import strict_json
         print(strict_json(res.summary))

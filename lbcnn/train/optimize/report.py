@@ -12,6 +12,69 @@ PAPER_POINTS = {
     "olivetti": [("5,4", 1638, None)],
 }
 
+# a --reference CSV (benchmarks/anchors.csv): published points drawn on front.png
+REFERENCE_NEEDS = ("dataset", "name", "accuracy", "weight_bits")
+PICKED_ON = ("test", "validation", "unknown")
+
+
+def read_reference(path) -> list[dict]:
+    """The rows of a reference CSV (columns dataset, name, accuracy in %, weight_bits, and
+    optionally picked_on: test / validation / unknown); every problem is one ConfigError."""
+    import csv
+
+    from ...errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--reference: no such file {path}")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REFERENCE_NEEDS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ConfigError(f"--reference {path}: missing column(s) {', '.join(missing)}")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"--reference {path}: not a readable CSV ({exc})") from None
+    out = []
+    for i, r in enumerate(rows, start=2):
+        try:
+            acc, bits = float(r["accuracy"]), float(r["weight_bits"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"--reference {path} line {i}: accuracy and weight_bits must be "
+                              f"numbers, got {r['accuracy']!r}, {r['weight_bits']!r}") from None
+        if not (0 <= acc <= 100 and bits > 0):
+            raise ConfigError(f"--reference {path} line {i}: accuracy must be a percentage and "
+                              f"weight_bits positive, got {acc}, {bits}")
+        picked = (r.get("picked_on") or "unknown").strip().lower()
+        if picked not in PICKED_ON:
+            raise ConfigError(f"--reference {path} line {i}: picked_on must be one of "
+                              f"{', '.join(PICKED_ON)}, got {picked!r}")
+        out.append({"dataset": (r["dataset"] or "").strip().lower(), "name": r["name"],
+                    "accuracy": acc, "kbits": bits / 1000, "picked_on": picked})
+    return out
+
+
+def _draw_reference(ax, reference, dataset: str) -> list[float]:
+    """The reference points of this dataset: filled where picked on validation, hollow
+    where picked on the test set or unknown; their accuracies (for the y range)."""
+    pts = [r for r in reference if r["dataset"] == str(dataset).lower()]
+    marks = {"validation": ("D", "C1"), "test": ("D", "none"), "unknown": ("s", "none")}
+    for picked in PICKED_ON:
+        group = [r for r in pts if r["picked_on"] == picked]
+        if not group:
+            continue
+        marker, face = marks[picked]
+        ax.scatter([r["kbits"] for r in group], [r["accuracy"] for r in group], marker=marker,
+                   s=34, facecolors=face, edgecolors="C1", zorder=4,
+                   label=f"reference, picked on {picked}" if picked != "unknown"
+                   else "reference, selection unknown")
+        for r in group:
+            ax.annotate(r["name"], (r["kbits"], r["accuracy"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points", color="C1")
+    return [r["accuracy"] for r in pts]
+
+
 TRIAL_FIELDS = ["trial", "state", "label", "filters", "nl", "C", "bits", "color", "kernel_seed",
                 "kbits", "macs", "params", "features", "top_rung", "pruned_at_rung",
                 "val_accuracy"]
@@ -72,7 +135,7 @@ def front_table(front: list[dict], title: str = "Pareto front"):
 
 
 def plot_front(rows: list[dict], front: list[dict], path: Path, dataset: str,
-               title: str = "") -> None:
+               title: str = "", reference: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,11 +168,13 @@ def plot_front(rows: list[dict], front: list[dict], path: Path, dataset: str,
             ax.annotate(name, (kbits, acc), fontsize=7, xytext=(3, -9), textcoords="offset points")
     accs = [100 * m["val_accuracy"] for m in front] + [100 * m["test_accuracy"] for m in front]
     accs += [a for _, _, a in PAPER_POINTS.get(dataset, []) if a is not None]
+    if reference:
+        accs += _draw_reference(ax, reference, dataset)
     if accs:
         # the interesting part is the top few points; tiny, weak models fall off the bottom
         ax.set_ylim(max(0, min(accs) - 1, max(accs) - 8), min(100.5, max(accs) + 0.5))
     ax.set_xscale("log")
-    ax.set_xlabel("model size, kbits (lbcnn info: conv + head + bias + scales)")
+    ax.set_xlabel("model size, kbits (as flashed: lbcnn info's conv + head + bias + rescale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
@@ -139,3 +204,30 @@ def write_outputs(run_dir: Path, rows, front, summary, dataset: str, objectives)
     plot_front(rows, front, run_dir / "front.png", dataset,
                title=f"{dataset}: {summary['trials']} configurations "
                      f"({summary['pruned']} pruned), {summary['train_size']:,} training images")
+
+
+def plot_front_from_run(run_dir, dataset: str, reference: list[dict] | None = None) -> Path:
+    """Redraw ``front.png`` of a finished run from its trials.csv, front.json and
+    summary.json (``lbcnn optimize --reference``: the published points on top)."""
+    import csv
+    import json
+
+    run_dir = Path(run_dir)
+
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+
+    with open(run_dir / "trials.csv", newline="", encoding="utf-8") as f:
+        rows = [{"state": r["state"], "kbits": num(r["kbits"]),
+                 "val_accuracy": num(r["val_accuracy"])} for r in csv.DictReader(f)]
+    rows = [r for r in rows if r["kbits"] is not None]
+    front = json.loads((run_dir / "front.json").read_text())["front"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    path = run_dir / "front.png"
+    plot_front(rows, front, path, dataset,
+               title=f"{dataset}: {summary['trials']} configurations ({summary['pruned']} "
+                     f"pruned), {summary['train_size']:,} training images", reference=reference)
+    return path
