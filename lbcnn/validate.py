@@ -207,6 +207,37 @@ def _validate_hybrid(config: dict, arrays: dict, where: str) -> None:
         _fail(where, "the MLP's arrays (mlp/...) are missing")
 
 
+def validate_packed(spec, arrays: dict, where: str) -> dict:
+    """The config's ``packed`` map (array name -> bits 2..7, shape), checked against the
+    stored bytes: uint8, exactly ceil(count * bits / 8) of them, the spare bits after the
+    last value zero. Returns ``{name: (bits, shape, count)}``; anything else is a DataError."""
+    from .engine.bits import PACKED_BITS, packed_nbytes
+
+    if not isinstance(spec, dict):
+        _fail(where, "config 'packed' must be a JSON object")
+    out = {}
+    for name, entry in spec.items():
+        bits = entry.get("bits") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if isinstance(bits, bool) or bits not in PACKED_BITS:
+            _fail(where, f"packed array {name!r} must give bits in 2..7, got {bits!r}")
+        if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape):
+            _fail(where, f"packed array {name!r} has a bad shape {shape!r}")
+        a = arrays.get(name)
+        count = math.prod(shape)
+        need = packed_nbytes(count, bits)
+        if a is None or a.dtype != np.uint8 or a.ndim != 1 or a.size != need:
+            got = "missing" if a is None else f"{a.dtype} {tuple(a.shape)}"
+            _fail(where, f"packed array {name!r} must be {need} uint8 bytes for {shape} at "
+                         f"{bits} bits, got {got}")
+        spare = a.size * 8 - count * bits
+        if spare and int(a[-1]) >> (8 - spare):
+            _fail(where, f"packed array {name!r} has stray bits after its last value (corrupt)")
+        out[name] = (bits, shape, count)
+    return out
+
+
 VALIDATORS = {"lbcnn": _validate_lbcnn, "cbcnn": _validate_cbcnn, "hybrid": _validate_hybrid}
 
 

@@ -429,7 +429,10 @@ def _readme(plan, wb: dict, sizes: dict | None) -> str:
         f"- head: {hd['bits']}-bit weights, {plan.n_features} features x {plan.n_classes} "
         f"classes, int64 accumulators (bound {hd['acc_bound']:,}); rescale: {hd['rescale']}",
         f"- weights: {wb['conv_packed']:,} bytes packed +-1 kernels + {wb['head']:,} bytes head "
-        f"= **{wb['total']:,} bytes**", ""]
+        f"({hd['bits']} bits a weight"
+        f"{', packed' if plan.head_storage == 'packed' and hd['bits'] in PACKED_BITS else ''}) "
+        f"+ {wb['bias']:,} bytes bias + {wb['rescale']:,} bytes rescale "
+        f"= **{wb['total']:,} bytes** (what `lbcnn info` counts)", ""]
     return "\n".join(lines + sizes_table(sizes))
 
 

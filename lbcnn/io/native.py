@@ -96,35 +96,16 @@ def load_model_file(path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def unpack_arrays(config: dict, arrays: dict, where: str) -> None:
     """Replace each array the config lists under ``packed`` by its integers, in place, and
-    drop the map (what a reader sees is the plain model); a bad entry is one DataError."""
-    from ..engine.bits import PACKED_BITS, packed_nbytes, unpack_signed
+    drop the map (what a reader sees is the plain model). ``validate.validate_packed``
+    checks every entry first: a bad one is one DataError."""
+    from ..engine.bits import unpack_signed
+    from ..validate import validate_packed
 
     spec = config.pop("packed", None)
     if spec is None:
         return
-    if not isinstance(spec, dict):
-        raise DataError(f"{where}: config 'packed' must be a JSON object")
-    for name, entry in spec.items():
-        bits = entry.get("bits") if isinstance(entry, dict) else None
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if isinstance(bits, bool) or bits not in PACKED_BITS:
-            raise DataError(f"{where}: packed array {name!r} must give bits in 2..7, got {bits!r}")
-        if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or any(
-                isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape):
-            raise DataError(f"{where}: packed array {name!r} has a bad shape {shape!r}")
-        a = arrays.get(name)
-        count = int(np.prod(shape, dtype=np.int64))
-        if a is None or a.dtype != np.uint8 or a.ndim != 1 or \
-                a.size != packed_nbytes(count, bits):
-            got = "missing" if a is None else f"{a.dtype} {tuple(a.shape)}"
-            raise DataError(f"{where}: packed array {name!r} must be "
-                            f"{packed_nbytes(count, bits)} uint8 bytes for {shape} at {bits} "
-                            f"bits, got {got}")
-        spare = a.size * 8 - count * bits
-        if spare and int(a[-1]) >> (8 - spare):
-            raise DataError(f"{where}: packed array {name!r} has stray bits after its last "
-                            "value (corrupt)")
-        arrays[name] = unpack_signed(a, bits, count).reshape(shape)
+    for name, (bits, shape, count) in validate_packed(spec, arrays, where).items():
+        arrays[name] = unpack_signed(arrays[name], bits, count).reshape(shape)
 
 
 def resolve_model_path(text) -> Path:
