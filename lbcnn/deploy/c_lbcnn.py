@@ -36,6 +36,7 @@ from .c_common import (CTYPE, MAIN_C, _c_array, c_template, predict_header, regi
 
 # the streaming model.c (@NAME@ placeholders), and one stage of the full-map host path
 MODEL_C = c_template("lbcnn_model.c.in")
+HEAD_STREAMS = c_template("lbcnn_head_streams.c.in")   # the head's streams, packed or not
 FULL_STAGE_TEMPLATE = c_template("lbcnn_full_stage.c.in")
 FULL_POOL_BODY = c_template("lbcnn_full_pool_body.c.in")
 
@@ -381,7 +382,7 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                        f"{dst[1]}, {int(g['pool'])}, {dst[2]} }}")
     calc = "int64_t" if act == "int64_t" else "int32_t"
     simd_ok = 1 if act == "int16_t" else 0
-    text = MODEL_C
+    text = MODEL_C.replace("@HEAD_STREAMS@", HEAD_STREAMS)
     for key, val in {"@ACT@": act, "@CALC@": calc, "@PART@": part, "@WT@": wtype,
                      "@ACTMIN@": _ACT_MIN[act], "@SIMD_OK@": simd_ok,
                      "@BOUNDS@": plan.bounds["stages"], "@BITS@": bits,

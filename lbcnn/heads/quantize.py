@@ -49,8 +49,9 @@ filters, 7,680 features, 43 classes, C=0.01) a 4-bit head scored 88.19 %
 validation with nearest rounding and 91.47 % with GPTQ (float 91.86 %), a 3-bit
 head 77.34 % and 90.45 % (benchmarks/head_rounding.py).
 
-Only the integers and scales are stored in the model file; the dequantized
-float head is what ``predict`` uses.
+Only the integers and scales are stored in the model file (2..7-bit weights
+bit-packed, n bits each: ``lbcnn.io.native``); the dequantized float head is what
+``predict`` uses. A 2-bit head is ternary (-1, 0, +1), stored in 2 bits a weight.
 """
 from __future__ import annotations
 
