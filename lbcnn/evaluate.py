@@ -40,9 +40,14 @@ def evaluate(pred: Predictor, ds: Dataset) -> dict:
               "confusion": conf[:, :k].tolist()}
     if conf[:, k].any():
         result["predicted_outside_classes"] = conf[:, k].tolist()
-    for key in ("val_accuracy", "test_accuracy"):
-        if isinstance(pred.config.get(key), (int, float)):
-            result[f"recorded_{key}"] = float(pred.config[key])
+    result["split_fingerprint"] = ds.test_fingerprint()
+    recorded_split = (pred.config.get("split") or {}) if isinstance(pred.config.get("split"), dict) \
+        else {}
+    result["same_split_as_recorded"] = (recorded_split.get("fingerprint") == ds.test_fingerprint()
+                                        if recorded_split.get("fingerprint") else None)
+    for key in ("val_accuracy", "test_accuracy", "test_size"):
+        if isinstance(pred.config.get(key), (int, float)) and not isinstance(pred.config[key], bool):
+            result[f"recorded_{key}"] = pred.config[key]
     return result
 
 
@@ -109,9 +114,15 @@ def render(result: dict, max_matrix: int = 15):
     lines = [f"{result['model']} ({result['kind']}) on {result['dataset']} "
              f"({result['split']}): accuracy {100 * result['accuracy']:.2f} % "
              f"({result['correct']:,} / {result['n']:,})"]
-    for key, label in (("recorded_val_accuracy", "validation"), ("recorded_test_accuracy", "test")):
-        if key in result:
-            lines.append(f"recorded in the model file: {label} {100 * result[key]:.2f} %")
+    if "recorded_val_accuracy" in result:
+        lines.append(f"recorded in the model file: validation "
+                     f"{100 * result['recorded_val_accuracy']:.2f} %")
+    if "recorded_test_accuracy" in result:
+        n = result.get("recorded_test_size")
+        same = {True: ", this test split", False: ", another test split"}.get(
+            result.get("same_split_as_recorded"), "")
+        lines.append(f"recorded in the model file: test {100 * result['recorded_test_accuracy']:.2f} %"
+                     + (f" (n={n:,}{same})" if n else ""))
     t = Table(title="per-class accuracy")
     for col in ("class", "name", "images", "correct", "accuracy"):
         t.add_column(col, justify="left" if col == "name" else "right")

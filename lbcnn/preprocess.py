@@ -47,6 +47,22 @@ def rgb_to_y(x: np.ndarray) -> np.ndarray:
     return y.astype(np.uint8)[..., None]  # at most 255: the weights sum to 1000
 
 
+def model_input(x: np.ndarray, shape) -> np.ndarray:
+    """A dataset's uint8 images as a model or plan taking ``shape`` (H, W, C) sees them:
+    RGB images for a one-channel model (fitted on luma: ``lbcnn optimize``'s colour "y",
+    a CBCNN with ``y_channel``) become their exact luma; any other mismatch is refused."""
+    from .errors import ConfigError
+
+    x = _nhwc(x)
+    shape = tuple(int(v) for v in shape)
+    if len(shape) == 3 and x.shape[-1] == 3 and shape[-1] == 1:
+        x = rgb_to_y(x)
+    if tuple(x.shape[1:]) != shape:
+        raise ConfigError(f"the images have shape {tuple(x.shape[1:])} but the model takes "
+                          f"{shape} (H, W, C)")
+    return x
+
+
 def equalize_hist(x: np.ndarray) -> np.ndarray:
     """Per-image, per-channel histogram equalization (eq 1):
     ``h(v) = round((cdf(v) - cdf_min) / (P - cdf_min) * 255)``. A constant image is

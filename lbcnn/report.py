@@ -100,9 +100,22 @@ def _save_fig(fig, path: Path) -> None:
     atomic_write_with(path, lambda fh: fig.savefig(fh, format="png"))
 
 
+def console(**kw):
+    """A rich console on stdout: the terminal's width, or, when stdout is a file or a pipe
+    (where rich would cut everything to 80 columns), wide enough for any table. ``COLUMNS``
+    still wins. For machine-readable output every command has ``--json``."""
+    import os
+    import sys
+
+    from rich.console import Console
+
+    if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
+        kw.setdefault("width", 1000)
+    return Console(**kw)
+
+
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     """A two-column rich table: what every command prints when it ends."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
@@ -110,7 +123,7 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     table.add_column("value", justify="right")
     for k, v in rows:
         table.add_row(k, v)
-    Console().print(table)
+    console().print(table)
 
 
 def summary_table(summary: dict):

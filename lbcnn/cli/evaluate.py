@@ -36,18 +36,15 @@ def run(args) -> int:
     if not args.dataset and not pred.dataset:
         from ..errors import ConfigError
         raise ConfigError(f"{args.model} records no dataset ({pred.kind} model); pass --dataset")
-    if args.seed is None:
-        recorded = pred.config.get("seed")
-        args.seed = recorded if isinstance(recorded, int) else 0
-    ds = load_data(args, pred.config)
+    ds = load_data(args, pred.config, seed=args.seed)
     result = evaluate(pred, ds)
     if args.out:
         result["files"] = write_report(result, args.out)
     if args.json:
         print(strict_json(result))
         return 0
-    from rich.console import Console
-    Console().print(render(result))
+    from ..report import console
+    console().print(render(result))
     if args.out:
         print(f"wrote {result['files']['json']} and {result['files']['png']}")
     else:

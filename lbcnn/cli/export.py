@@ -7,17 +7,20 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io.artefacts import GRAY_DATASETS, load_any
 from ..outputs import strict_json
-from .common import accuracy, bit_width, dataset_for, load_model_arg, say
+from .common import accuracy, bit_width, load_data, load_model_arg, say
 
 
 def add_parser(sub) -> None:
-    x = sub.add_parser("export", help="write a model as Keras .h5, ONNX or integer-only C99")
+    x = sub.add_parser("export", help="write a model as Keras .h5, ONNX, an integer-only C99 "
+                                      "folder or an Arduino library")
     x.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder or a model file")
-    x.add_argument("--format", required=True, choices=["h5", "onnx", "c"],
-                   help="h5 (Keras 3, the paper's layout), onnx, or c (integer-only C99 folder)")
-    x.add_argument("--out", required=True, help="output file (h5, onnx) or folder (c)")
+    x.add_argument("--format", required=True, choices=["h5", "onnx", "c", "arduino"],
+                   help="h5 (Keras 3, the paper's layout), onnx, c (integer-only C99 folder with "
+                        "a Makefile, CMakeLists.txt and a Zephyr module) or arduino (an Arduino "
+                        "library: library.properties, src/, examples/Classify/Classify.ino)")
+    x.add_argument("--out", required=True, help="output file (h5, onnx) or folder (c, arduino)")
     x.add_argument("--bits", type=bit_width, default=8,
-                   help="c: head bits used when the model's head is still float")
+                   help="c, arduino: head bits used when the model's head is still float")
     x.add_argument("--json", action="store_true", help="print one JSON object at the end")
     x.set_defaults(func=run)
 
@@ -36,14 +39,16 @@ def _raw_channels(model, path):
 
 def run(args) -> int:
     from ..outputs import check_out_file, prepare_run_dir
-    if args.format == "c":
+    c_like = args.format in ("c", "arduino")
+    if c_like:
         prepare_run_dir(args.out, force=True)  # regenerating a C folder in place is expected
     else:
         check_out_file(args.out)
     model, src = load_model_arg(args.model)
-    if args.format == "c":  # integer-only C99
-        _note_c_quantization(model, args)
-        rc = _export_c(args)
+    if c_like:  # integer-only C99
+        ds, why = _recorded_data(model)
+        _note_c_quantization(model, args, ds)
+        rc = _export_c(args, model, src, ds, why)
         _write_c_provenance(model, Path(args.out))
         return rc
     t0 = time.perf_counter()
@@ -63,12 +68,14 @@ def run(args) -> int:
     return 0
 
 
-_PROVENANCE_KEYS = ("dataset", "class_names", "preprocessing", "label_values", "seed",
-                    "val_fraction", "train_size", "input_color")
+_PROVENANCE_KEYS = ("dataset", "dataset_path", "data_path", "class_names", "preprocessing",
+                    "label_values", "split", "seed", "val_fraction", "train_size", "input_color",
+                    "test_accuracy", "test_size")
 
 
 def _write_c_provenance(model, out: Path) -> None:
-    """model.json beside the C sources: what `lbcnn evaluate C_FOLDER` needs to find the data."""
+    """model.json beside the C sources: what `lbcnn evaluate C_FOLDER` needs to find the data
+    and its test split, from any working directory."""
     from ..outputs import write_json
     meta = getattr(model, "meta_", {}) or {}
     record = {k: meta[k] for k in _PROVENANCE_KEYS if meta.get(k) is not None}
@@ -78,8 +85,25 @@ def _write_c_provenance(model, out: Path) -> None:
     write_json(out / "model.json", record)
 
 
-def _note_c_quantization(model, args) -> None:
-    """A float LB-CNN head becomes n-bit integers in C: say so, with what it costs on validation."""
+def _recorded_data(model):
+    """(the dataset the model file records, with its test split; or None and why not)."""
+    import argparse
+
+    from ..errors import LbcnnError
+
+    meta = getattr(model, "meta_", {}) or {}
+    if not meta.get("dataset"):
+        return None, "the model file records no dataset"
+    blank = argparse.Namespace(dataset=None, data_path=None, split="default")
+    try:
+        return load_data(blank, meta, quiet=True), None
+    except LbcnnError as exc:
+        return None, str(exc)
+
+
+def _note_c_quantization(model, args, ds) -> None:
+    """A float LB-CNN head becomes n-bit integers in C: say so, with what it costs on
+    held-out validation images (when any are left)."""
     from ..models.lbcnn import LBCNN
     if not isinstance(model, LBCNN) or getattr(model, "head_meta_", {}).get("kind") == "fixed":
         return
@@ -87,75 +111,72 @@ def _note_c_quantization(model, args) -> None:
     say(args, f"note: the model's head is float32; the C engine stores it as {bits}-bit "
               f"integers (per-tensor scale, no bias correction). `lbcnn quantize` first gives "
               f"a bias-corrected head")
-    meta = getattr(model, "meta_", {}) or {}
-    if not meta.get("dataset"):
+    if ds is None:
         return
     from ..data.splits import finetune_split
     from ..engine.plan import compile_plan, dequantized_model
-    from ..errors import LbcnnError
-    try:
-        args.dataset, args.data_path, args.split = None, None, "default"
-        args.seed = int(meta.get("seed", 0))
-        ds = dataset_for(model, args)
-    except LbcnnError as exc:
-        say(args, f"note: validation accuracy not measured ({exc})")
+    meta = getattr(model, "meta_", {}) or {}
+    _, va, disjoint = finetune_split(ds, model, float(meta.get("val_fraction", 0.1)),
+                                     int(meta.get("seed", 0) or 0))
+    if disjoint not in ("groups", "images"):
+        say(args, "note: no held-out validation images (the head was fitted on every training "
+                  "image); `lbcnn evaluate OUT` measures the C on the test split")
         return
-    _, va, _ = finetune_split(ds, model, float(meta.get("val_fraction", 0.1)), args.seed)
     ref = dequantized_model(model, compile_plan(model, bits=bits))
     xv, yv = ds.x_train[va], ds.y_train[va]
-    say(args, f"validation accuracy ({ds.name}, n={len(va):,}): float "
+    say(args, f"validation accuracy ({ds.name}, n={len(va):,}, held out): float "
               f"{100 * accuracy(model, xv, yv):.2f} %, {bits}-bit C head "
               f"{100 * accuracy(ref, xv, yv):.2f} %")
 
 
-def _dataset_vectors(config: dict, n: int = 8):
-    """A few real test images of the dataset the model file names, or None."""
-    name = config.get("dataset")
-    if not name:
-        return None
+N_TEST_VECTORS = 10
+
+
+def _test_vectors(ds, plan):
+    """A seeded, stratified sample of the test split in the plan's input format, or the
+    reason there is none."""
+    from ..data.splits import test_sample
+    from ..preprocess import model_input
+
+    idx = test_sample(ds.y_test, N_TEST_VECTORS, seed=0)
     try:
-        from ..data import load_dataset
-        ds = load_dataset(name)
-    except Exception:   # no data here: the export still works, without test vectors
-        return None
-    if config.get("input_color") == "y":  # fitted on luma: the C model takes Y images
-        from ..preprocess import rgb_to_y
-        return rgb_to_y(ds.x_test[:n])
-    return ds.x_test[:n]
+        return model_input(ds.x_test[idx], plan.input_shape), None
+    except ConfigError as exc:
+        return None, str(exc)
 
 
-def _export_c(args) -> int:
-    """``lbcnn export MODEL --format c --out DIR``."""
+def _export_c(args, model, src, ds, why) -> int:
+    """``lbcnn export MODEL --format c|arduino --out DIR``."""
     import json
 
     from ..deploy.c_export import export_c
     from ..engine.plan import compile_plan
-    from ..io.native import load_model_file, resolve_model_path
 
-    path = resolve_model_path(args.model)
-    source = path if Path(path).suffix.lower() == ".npz" else None
-    config = {}
-    if source is None:
-        source = load_any(path)
-    else:
-        try:
-            config, _ = load_model_file(path)
-        except Exception:
-            config = {}
-    plan = compile_plan(source)
-    images = _dataset_vectors(config)
-    summary = export_c(plan, args.out, test_images=images,
-                       class_names=config.get("class_names"))
-    out = {"format": "c", "source": str(path), "out": str(args.out),
+    path = Path(src)
+    plan = compile_plan(path if path.suffix.lower() == ".npz" else model, bits=args.bits)
+    images = None
+    if ds is not None:
+        images, why = _test_vectors(ds, plan)
+    meta = getattr(model, "meta_", {}) or {}
+    summary = export_c(plan, args.out, test_images=images, class_names=meta.get("class_names"),
+                       layout="arduino" if args.format == "arduino" else "c")
+    out = {"format": args.format, "source": str(path), "out": str(args.out),
            "weight_bytes": summary["weight_bytes"]["total"], "sizes": summary["sizes"],
-           "test_vectors": summary["test_vectors"]}
+           "test_vectors": summary["test_vectors"], "files": summary["files"],
+           "no_test_vectors_because": None if images is not None else why}
+    if images is None:
+        say(args, f"note: no test vectors ({why}); the project has no self test")
     if getattr(args, "json", False):
         print(json.dumps(out))
+        return 0
+    sz = summary["sizes"]
+    extra = f", flash {sz['flash']:,} B, RAM {sz['ram']:,} B" if sz else ""
+    tv = f", {summary['test_vectors']} test vectors" if summary["test_vectors"] else ""
+    if args.format == "arduino":
+        print(f"wrote the Arduino library {args.out}: library.properties, src/, "
+              f"examples/Classify/Classify.ino{tv} (weights {out['weight_bytes']:,} B{extra})")
     else:
-        sz = summary["sizes"]
-        extra = f", flash {sz['flash']:,} B, RAM {sz['ram']:,} B" if sz else ""
-        tv = (f", {summary['test_vectors']} test vectors + selftest.c"
-              if summary["test_vectors"] else "")
-        print(f"wrote {args.out}/model.[ch], main.c, README.md{tv} "
+        print(f"wrote {args.out}/: model.[ch], lbcnn_prepare.[ch], main.c, Makefile, "
+              f"CMakeLists.txt, zephyr/, README.md{tv + ' + selftest.c' if tv else ''} "
               f"(weights {out['weight_bytes']:,} B{extra})")
     return 0

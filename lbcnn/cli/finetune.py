@@ -93,7 +93,11 @@ def run(args) -> int:
                "test_accuracy": test_acc, "n_test": int(len(ds.y_test)),
                "test_accuracy_in_source_file": getattr(model, "meta_", {}).get("test_accuracy")}
     meta = carried_meta(model)
-    meta.update(dataset=ds.name, val_accuracy=res.val_accuracy, test_accuracy=test_acc,
+    # the validation figure is the chosen epoch's on held-out images; a --refit-full head,
+    # or one whose validation overlaps the search's images, has none
+    held_out = disjoint != "no" and not res.refit_full
+    meta.update(**ds.provenance(), val_accuracy=res.val_accuracy if held_out else None,
+                test_accuracy=test_acc, test_size=int(len(ds.y_test)),
                 finetune={k: v for k, v in summary.items() if k not in ("history", "out")})
     save_lbcnn(model, out, **meta)
     _write_finetune_history(out, res.history, ds.name)

@@ -22,6 +22,6 @@ def run(args) -> int:
     if args.json:
         print(strict_json(info))
     else:
-        from rich.console import Console
-        Console().print(render(info))
+        from ..report import console
+        console().print(render(info))
     return 0

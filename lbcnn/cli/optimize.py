@@ -131,7 +131,7 @@ def run(args) -> int:
     if args.reference:
         from ..train.optimize.report import read_reference
         reference = read_reference(args.reference)
-    ds = load_data(args, quiet=quiet)
+    ds = load_data(args, seed=args.seed, quiet=quiet)
     res = optimize(ds, train_size=args.train_size, minutes=args.minutes, out=args.out,
                    objectives=args.objectives, max_kbits=args.max_kbits, space=space,
                    rungs=args.rungs, eta=args.eta, bracket=args.bracket, cv=args.cv,
@@ -148,11 +148,11 @@ def run(args) -> int:
         from ..outputs import strict_json
         print(strict_json(res.summary))
         return 0
-    from rich.console import Console
+    from ..report import console
 
     from ..train.optimize.report import front_table
     s = res.summary
-    con = Console()
+    con = console()
     con.print(front_table(res.front, f"{s['dataset']}: Pareto front of {s['trials']} "
                                      f"configurations ({s['pruned']} pruned)"))
     for r in s["rungs_detail"]:

@@ -1,7 +1,9 @@
-"""``lbcnn predict MODEL IMAGE...``: the class of each image file."""
+"""``lbcnn predict MODEL IMAGE...``: the class of each image file, folder or glob."""
 from __future__ import annotations
 
 from .common import say
+
+BATCH = 256  # images decoded and classified at a time
 
 
 def add_parser(sub) -> None:
@@ -10,48 +12,113 @@ def add_parser(sub) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="a run folder, native .npz model, Keras .h5, .onnx file or exported C folder")
     p.add_argument("images", metavar="IMAGE", nargs="+",
-                   help="image files in any format Pillow reads; converted to the model's "
-                        "channels and resized (bilinear) to its input size, with a note")
-    p.add_argument("--top", type=int, default=1, metavar="K",
+                   help="image files in any format Pillow reads, folders (every file below them) "
+                        "or glob patterns such as 'photos/**/*.jpg' (quoted); each is prepared "
+                        "like the training images: EXIF orientation, area resize to the model's "
+                        "input, its channels. Files that cannot be read are reported and "
+                        "skipped, and counted at the end")
+    p.add_argument("--top", type=_top, default=1, metavar="K",
                    help="also list the K best classes with their scores")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.set_defaults(func=run)
 
 
+def _top(text: str) -> int:
+    from .common import int_in
+    return int_in(1, 1000, "a number of classes")(text)
+
+
+def expand(items) -> tuple[list[str], list[tuple[str, str]]]:
+    """(files, [(pattern, why)]): folders walked (sorted, hidden entries skipped), glob
+    patterns expanded; a pattern or path that names nothing is reported, not fatal."""
+    import glob
+    import os
+    from pathlib import Path
+
+    files, missing = [], []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = []
+            for here, dirs, names in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [os.path.join(here, n) for n in names if not n.startswith(".")]
+            files += sorted(found)
+            if not found:
+                missing.append((item, "an empty folder"))
+        elif os.path.lexists(p):
+            files.append(item)
+        elif glob.has_magic(item):
+            found = sorted(f for f in glob.glob(item, recursive=True) if not os.path.isdir(f))
+            files += found
+            if not found:
+                missing.append((item, "no file matches the pattern"))
+        else:
+            missing.append((item, "not found"))
+    return files, missing
+
+
 def run(args) -> int:
     import numpy as np
 
+    from ..errors import DataError, LbcnnError
     from ..io.artefacts import open_predictor
     from ..io.images import read_image
     from ..outputs import strict_json
 
     pred = open_predictor(args.model)
-    images, notes = [], []
-    for path in args.images:
-        x, note = read_image(path, pred.input_shape)
-        images.append(x)
-        notes.append(note)
-    x = np.stack(images)
-    labels = pred.predict(x)
-    proba = pred.predict_proba(x)
+    files, missing = expand(args.images)
+    skipped = [(item, why) for item, why in missing]
     names = pred.names()
     index = {int(c): i for i, c in enumerate(pred.classes)}
-    for i, path in enumerate(args.images):
-        if notes[i] and not args.json:
-            say(args, f"note: {notes[i]}")
-        j = index.get(int(labels[i]))
-        name = names[j] if j is not None else str(labels[i])
-        score = None if proba is None or j is None else float(proba[i, j])
-        top = []
-        if proba is not None and args.top > 1:
-            order = np.argsort(-proba[i], kind="stable")[:args.top]
-            top = [{"class": names[o], "score": float(proba[i, o])} for o in order]
-        if args.json:
-            print(strict_json({"image": path, "class": name, "label": labels[i].item(),
-                               "score": score, "top": top, "note": notes[i]}))
-        else:
-            shown = f"{score:.3f}" if score is not None else "n/a (C export: class only)"
-            print(f"{path}: {name} (score {shown})")
-            for t in top[1:]:
-                print(f"    {t['class']}: {t['score']:.3f}")
+    done = 0
+    for start in range(0, len(files), BATCH):
+        images, notes, paths = [], [], []
+        for path in files[start:start + BATCH]:
+            try:
+                x, note = read_image(path, pred.input_shape)
+            except LbcnnError as exc:
+                skipped.append((path, str(exc)))
+                if args.json:
+                    print(strict_json({"image": path, "error": str(exc)}))
+                else:
+                    say(args, f"skipped: {exc}")
+                continue
+            images.append(x)
+            notes.append(note)
+            paths.append(path)
+        if not images:
+            continue
+        x = np.stack(images)
+        labels = pred.predict(x)
+        proba = pred.predict_proba(x)
+        for i, path in enumerate(paths):
+            if notes[i] and not args.json:
+                say(args, f"note: {notes[i]}")
+            j = index.get(int(labels[i]))
+            name = names[j] if j is not None else str(labels[i])
+            score = None if proba is None or j is None else float(proba[i, j])
+            top = []
+            if proba is not None and args.top > 1:
+                order = np.argsort(-proba[i], kind="stable")[:args.top]
+                top = [{"class": names[o], "score": float(proba[i, o])} for o in order]
+            if args.json:
+                print(strict_json({"image": path, "class": name, "label": labels[i].item(),
+                                   "score": score, "top": top, "note": notes[i]}))
+            else:
+                shown = f"{score:.3f}" if score is not None else "n/a (C export: class only)"
+                print(f"{path}: {name} (score {shown})")
+                for t in top[1:]:
+                    print(f"    {t['class']}: {t['score']:.3f}")
+        done += len(paths)
+    if skipped:
+        if not args.json and missing:
+            for item, why in missing:
+                say(args, f"skipped: {item}: {why}")
+        total = done + len(skipped)
+        if done == 0:
+            raise DataError(f"no image could be classified ({len(skipped)} of {total} skipped; "
+                            f"first: {skipped[0][0]}: {skipped[0][1]})")
+        say(args, f"note: classified {done} of {total}; skipped {len(skipped)} (listed above)")
+        return 1
     return 0

@@ -44,10 +44,15 @@ def run(args) -> int:
     require_lbcnn(model, "quantize")
     ds = dataset_for(model, args, strict=True)
     # the same validation split ``finetune`` held out (disjoint from the search's images)
-    tr, va, _ = finetune_split(ds, model, args.val_fraction, args.seed)
+    tr, va, disjoint = finetune_split(ds, model, args.val_fraction, args.seed)
     xv, yv = ds.x_train[va], ds.y_train[va]
-    val_seen = bool(getattr(model, "meta_", {}).get("finetune", {}).get("refit_full"))
-    before = {"val_accuracy": accuracy(model, xv, yv), "test_accuracy": accuracy(model, ds.x_test, ds.y_test)}
+    meta_in = getattr(model, "meta_", {}) or {}
+    # a validation figure only on images the head was not fitted on: a search refit on
+    # train + validation (the default) or a --refit-full fine-tune has seen them all
+    held_out = disjoint in ("groups", "images") and \
+        not meta_in.get("finetune", {}).get("refit_full")
+    before = {"val_accuracy": accuracy(model, xv, yv) if held_out else None,
+              "test_accuracy": accuracy(model, ds.x_test, ds.y_test)}
     # bias correction uses training images only (never validation or test)
     mu, sample, gram = None, None, None
     gptq = args.rounding == "gptq"
@@ -60,32 +65,36 @@ def run(args) -> int:
         mu = None
     apply_quantization(model, args.bits, args.per_class, args.pow2, mu, args.clip, sample,
                        gram, args.rounding)
-    after = {"val_accuracy": accuracy(model, xv, yv), "test_accuracy": accuracy(model, ds.x_test, ds.y_test)}
+    after = {"val_accuracy": accuracy(model, xv, yv) if held_out else None,
+             "test_accuracy": accuracy(model, ds.x_test, ds.y_test)}
     meta = carried_meta(model)
-    meta.update(dataset=ds.name, val_accuracy=after["val_accuracy"],
-                test_accuracy=after["test_accuracy"],
+    meta.update(**ds.provenance(), val_accuracy=after["val_accuracy"],
+                test_accuracy=after["test_accuracy"], test_size=int(len(ds.y_test)),
                 quantize={"bits": args.bits, "per_class": args.per_class, "pow2": args.pow2,
                           "clip": args.clip, "rounding": args.rounding,
                           "bias_correction_images": 0 if mu is None else int(len(tr)),
                           "source": str(src), "before": before, "after": after,
-                          "val_size": int(len(va)), "seed": args.seed})
+                          "val_size": int(len(va)) if held_out else 0, "seed": args.seed})
     save_lbcnn(model, out, **meta)
     summary = {"dataset": ds.name, "source": str(src), "out": str(out), "head": model.head_meta_,
-               "before": before, "after": after, "val_size": int(len(va)),
-               "val_seen_in_training": val_seen, "n_test": int(len(ds.y_test)),
-               "file_bytes": out.stat().st_size}
+               "before": before, "after": after, "val_size": int(len(va)) if held_out else 0,
+               "validation_held_out": held_out, "n_test": int(len(ds.y_test)),
+               "test_split": ds.split_record(), "file_bytes": out.stat().st_size}
     if args.json:
         print(strict_json(summary))
     else:
-        if val_seen:
-            say(args, "warning: this head was refit on train + validation, so the validation "
-                      "figures below are not held out")
-        print_table(f"{args.bits}-bit head on {ds.name}", [
-            ("scale", f"{model.head_meta_['scale']}{', power of two' if args.pow2 else ''}"),
-            ("bias correction", "off" if mu is None else f"on ({len(tr):,} training images)"),
-            ("validation accuracy", f"{100 * before['val_accuracy']:.2f} % -> "
-                                    f"{100 * after['val_accuracy']:.2f} % (n={len(va):,})"),
-            ("test accuracy", f"{100 * before['test_accuracy']:.2f} % -> "
-                              f"{100 * after['test_accuracy']:.2f} % (n={len(ds.y_test):,})"),
-            ("model", f"{out} ({summary['file_bytes']:,} bytes)")])
+        if not held_out:
+            say(args, "note: no validation figure: the head was fitted on every training image "
+                      "(the search refits on train + validation), so none is held out; the "
+                      "test split is")
+        rows = [("scale", f"{model.head_meta_['scale']}{', power of two' if args.pow2 else ''}"),
+                ("bias correction", "off" if mu is None else f"on ({len(tr):,} training images)")]
+        if held_out:
+            rows.append(("validation accuracy", f"{100 * before['val_accuracy']:.2f} % -> "
+                                                f"{100 * after['val_accuracy']:.2f} % "
+                                                f"(n={len(va):,}, held out)"))
+        rows += [("test accuracy", f"{100 * before['test_accuracy']:.2f} % -> "
+                                   f"{100 * after['test_accuracy']:.2f} % (n={len(ds.y_test):,})"),
+                 ("model", f"{out} ({summary['file_bytes']:,} bytes)")]
+        print_table(f"{args.bits}-bit head on {ds.name}", rows)
     return 0

@@ -12,7 +12,8 @@ DEFAULTS = {"filters": (40, 4), "nl": 1, "C": 1e-3, "trials": 20, "val_fraction"
 
 def add_parser(sub) -> None:
     s = sub.add_parser("search", help="search random +-1 kernel sets with a closed-form ELM head")
-    add_data_args(s, required=False)
+    add_data_args(s, required=False, dataset_help="; required unless --resume (the run "
+                  "folder records it)")
     s.add_argument("--filters", type=ints, help="depth multipliers, one per conv layer "
                    "(default: 40,4)")
     s.add_argument("--nl", type=positive_int, help="nonlinearity index: nl-1 extra ReLU + conv "
@@ -54,7 +55,8 @@ def _settings(args) -> dict:
         run = {k: saved.get(k) for k in DEFAULTS if k in saved}
         run["train_size"] = saved.get("requested_train_size")
         run["filters"] = tuple(saved["filters"]) if saved.get("filters") else None
-        for k in ("dataset", "data_path", "split", "test_fraction", "test_folder", "grayscale"):
+        for k in ("dataset", "data_path", "split", "test_fraction", "test_folder", "grayscale",
+                  "rgb"):
             if saved.get(k) is not None and not getattr(args, k, None):
                 setattr(args, k, saved[k])
         if saved.get("resize") and not args.resize:
@@ -83,7 +85,7 @@ def run(args) -> int:
         prepare_run_dir(args.out, force=args.force, resume=args.resume)
     from ..models.lbcnn import check_filters
     check_filters(opts["filters"])
-    ds = load_data(args)
+    ds = load_data(args, seed=opts["seed"])
     result = search(ds, filters=opts["filters"], nl=opts["nl"], C=opts["C"],
                     trials=opts["trials"], train_size=opts["train_size"],
                     val_fraction=opts["val_fraction"], seed=opts["seed"], out=args.out,
@@ -91,13 +93,13 @@ def run(args) -> int:
                     batch_size=args.batch_size, device=args.device, cv=opts["cv"],
                     progress=not args.json, resume=args.resume, force=args.force,
                     test_fraction=args.test_fraction, resize=args.resize,
-                    grayscale=args.grayscale, test_folder=args.test_folder,
+                    grayscale=args.grayscale, test_folder=args.test_folder, rgb=args.rgb,
                     log=lambda m: say(args, m))
     if args.json:
         print(strict_json(result.summary))
     else:
-        from rich.console import Console
-        Console().print(summary_table(result.summary))
+        from ..report import console
+        console().print(summary_table(result.summary))
         if args.out:
             print(f"run folder: {args.out} (model.npz, history.json/csv, trials.png)")
     if not args.out:

@@ -156,7 +156,7 @@ def run(args) -> int:
             raise ConfigError("--resume is for CBCNN runs; hybrid training is short, run it again")
         lock = RunLock(out).acquire()
     try:
-        ds = load_data(args)
+        ds = load_data(args, seed=args.seed)
         if args.model == "hybrid":  # train_cbcnn says it itself, once its options are checked
             tr, va = ds.split(args.train_size, args.val_fraction, args.seed)
             say(args, f"{ds.name}: {len(tr):,} training + {len(va):,} validation images, "
@@ -178,7 +178,7 @@ def run(args) -> int:
 
 
 def _print_summary(summary: dict) -> None:
-    from rich.console import Console
+    from ..report import console
     from rich.table import Table
 
     table = Table(title=f"{summary['model']} on {summary['dataset']}")
@@ -197,7 +197,7 @@ def _print_summary(summary: dict) -> None:
         rows.append(("run folder", str(summary["out"])))
     for k, v in rows:
         table.add_row(k, v)
-    Console().print(table)
+    console().print(table)
 
 
 def _train_cbcnn(args, ds) -> dict:
@@ -322,7 +322,8 @@ def _train_hybrid(args, ds) -> dict:
         # the MLP has outputs only for classes its training images hold
         record["class_names"] = [ds.class_names[int(c)] for c in model.classes_]
         save_hybrid(model, out / "model.npz", **record, test_accuracy=test_acc,
-                    val_accuracy=model.best_val_accuracy_, seed=args.seed)
+                    test_size=int(len(ds.y_test)), val_accuracy=model.best_val_accuracy_,
+                    seed=args.seed)
         write_json(out / "summary.json", summary)
         write_json(out / "history.json", model.history_)
     return summary

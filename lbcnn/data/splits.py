@@ -105,6 +105,16 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     return train, test
 
 
+def test_sample(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` indices into a test split, seeded and stratified (every class in proportion,
+    not the first ``n``, which a class-sorted split fills with its first classes); all of
+    them, in order, when ``n`` covers the split."""
+    y = np.asarray(y)
+    if n >= len(y):
+        return np.arange(len(y))
+    return stratified_subset(y, int(n), np.random.default_rng(seed))
+
+
 def kfold_ids(y: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """A fold id in [0, k) per sample: stratified by class, whole groups kept together.
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..engine.cbcnn_plan import CBCNNPlan
-from .c_common import MAIN_C, POPCOUNT_C, _c_array, predict_header, register, sizes_table, write_c_project
+from .c_common import MAIN_C, POPCOUNT_C, _c_array, predict_header, register, sizes_table
+from .c_project import write_c_project
 
 INT32_MAX = 2 ** 31 - 1
 
@@ -290,9 +291,9 @@ int lbcnn_predict(const uint8_t *image)
 
 
 def export_cbcnn_c(plan, out_dir, measure: bool = True, test_vectors=None,
-                   class_names=None) -> dict:
+                   class_names=None, layout: str = "c") -> dict:
     return write_c_project(plan, out_dir, generate_cbcnn_sources(plan, class_names), _readme,
-                           measure, test_vectors)
+                           measure, test_vectors, layout)
 
 
 register(CBCNNPlan, export_cbcnn_c)

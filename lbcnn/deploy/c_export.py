@@ -17,12 +17,13 @@ from .c_common import c_template, exporter_for
 
 
 def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True,
-             test_images=None, class_names=None) -> dict:
+             test_images=None, class_names=None, layout: str = "c") -> dict:
     """Write the C project for any family (LB-CNN, CBCNN, Hybrid) to ``out_dir``.
 
-    ``test_images`` (uint8, a handful) adds ``test_vectors.[ch]`` with the classes the
-    NumPy integer engine predicts for them, and ``selftest.c``; ``class_names`` go
-    into ``LBCNN_CLASS_NAMES`` ("0".."K-1" when absent).
+    ``test_images`` (uint8, a handful, in the model's input format) adds
+    ``test_vectors.[ch]`` with the classes the NumPy integer engine predicts for them,
+    and ``selftest.c``; ``class_names`` go into ``LBCNN_CLASS_NAMES`` ("0".."K-1" when
+    absent). ``layout="arduino"``: an Arduino library (``c_project``).
     """
     from ..engine.plan import IntegerPlan, compile_plan
 
@@ -37,12 +38,15 @@ def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True,
         x = np.asarray(test_images, dtype=np.uint8)
         if x.ndim == 3 and len(plan.input_shape) == 3:
             x = x[..., None]
+        if tuple(x.shape[1:]) != tuple(plan.input_shape):
+            raise ConfigError(f"test images have shape {tuple(x.shape[1:])} but the model takes "
+                              f"{tuple(plan.input_shape)}")
         eng = NumpyEngine(plan)
         # what lbcnn_predict returns: the label for LB-CNN, the class index otherwise
         vectors = (x, eng.predict(x) if isinstance(plan, IntegerPlan) else
                    eng.predict_index(x))
     return exporter(plan, out_dir, measure=measure, test_vectors=vectors,
-                    class_names=class_names)
+                    class_names=class_names, layout=layout)
 
 
 def bench_source() -> str:

@@ -22,7 +22,8 @@ Each +-1 map row is one uint64 (bit x = column x), so a conv window is three
 from __future__ import annotations
 
 from ..engine.hybrid_plan import HybridPlan
-from .c_common import MAIN_C, _c_array, header, register, sizes_table, write_c_project
+from .c_common import MAIN_C, _c_array, header, register, sizes_table
+from .c_project import write_c_project
 
 
 def generate_hybrid_sources(plan, class_names=None) -> dict[str, str]:
@@ -213,9 +214,9 @@ int lbcnn_predict(const uint8_t *image)
 
 
 def export_hybrid_c(plan, out_dir, measure: bool = True, test_vectors=None,
-                    class_names=None) -> dict:
+                    class_names=None, layout: str = "c") -> dict:
     return write_c_project(plan, out_dir, generate_hybrid_sources(plan, class_names), _readme,
-                           measure, test_vectors)
+                           measure, test_vectors, layout)
 
 
 register(HybridPlan, export_hybrid_c)

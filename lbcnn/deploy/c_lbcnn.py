@@ -32,7 +32,8 @@ from ..errors import ConfigError
 from ..engine.bits import PACKED_BITS, lane_planes, pack_lanes
 from ..engine.plan import INT32_MAX, IntegerPlan, bias_flash_bytes, head_stream_sizes
 from .c_common import (CTYPE, MAIN_C, _c_array, c_template, predict_header, register,
-                       sizes_table, write_c_project)
+                       sizes_table)
+from .c_project import write_c_project
 
 # the streaming model.c (@NAME@ placeholders), and one stage of the full-map host path
 MODEL_C = c_template("lbcnn_model.c.in")
@@ -406,9 +407,9 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
 
 
 def export_lbcnn_c(plan, out_dir, measure: bool = True, test_vectors=None,
-                   class_names=None) -> dict:
+                   class_names=None, layout: str = "c") -> dict:
     return write_c_project(plan, out_dir, generate_sources(plan, class_names), _readme, measure,
-                           test_vectors)
+                           test_vectors, layout)
 
 
 def _readme(plan, wb: dict, sizes: dict | None) -> str:

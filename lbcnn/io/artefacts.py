@@ -253,8 +253,9 @@ def _c_predictor(path: Path) -> Predictor:
                           f"on PATH")
     build = Path(tempfile.mkdtemp(prefix="lbcnn_c_"))
     exe = build / "lbcnn"
-    res = subprocess.run([cc, *CFLAGS, str(path / "model.c"), str(path / "main.c"), "-o", str(exe)],
-                         capture_output=True, text=True)
+    # LBCNN_PRINT_LABELS: main.c prints lbcnn_predict's integers, not class names
+    res = subprocess.run([cc, *CFLAGS, "-DLBCNN_PRINT_LABELS", str(path / "model.c"),
+                          str(path / "main.c"), "-o", str(exe)], capture_output=True, text=True)
     if res.returncode != 0:
         err = (res.stderr.strip().splitlines() or ["?"])[0][:300]
         raise DataError(f"{path}: the C sources do not compile with {Path(cc).name}: {err}")

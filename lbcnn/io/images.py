@@ -1,4 +1,6 @@
-"""Image files as model input: ``read_image`` converts one to the uint8 (H, W, C) a model takes."""
+"""Image files as model input: ``read_image`` converts one to the uint8 (H, W, C) a model
+takes, through the same pipeline as ``folder:`` datasets (:mod:`lbcnn.data.images`:
+EXIF orientation, 8-bit rules, area resize, then channels)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,35 +8,28 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .sniff import sniff
 
 
 def read_image(path, shape) -> tuple[np.ndarray, str | None]:
     """An image file as uint8 (H, W, C) for a model taking ``shape``; and a note
     when it had to be converted or resized (None when it fit as is)."""
-    from PIL import Image, UnidentifiedImageError
+    from ..data.images import ImageError, decode, prepare
+    from .sniff import sniff
 
-    h, w, c = shape
+    h, w, c = (int(v) for v in shape)
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"image not found: {p}")
     try:
-        with Image.open(p) as im:
-            im.load()
-            mode, size = im.mode, im.size
-            want = "L" if c == 1 else "RGB"
-            conv = im.convert(want) if im.mode != want else im
-            if conv.size != (w, h):
-                conv = conv.resize((w, h), Image.BILINEAR)
-            x = np.asarray(conv, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{p}: cannot read it as an image ({sniff(p)}; {exc.__class__.__name__})") \
-            from None
-    x = x[..., None] if x.ndim == 2 else x
+        raw = decode(p)
+    except ImageError as exc:
+        if exc.reason == "not an image":
+            raise DataError(f"{p}: cannot read it as an image ({sniff(p)})") from None
+        raise
+    gray = raw.ndim == 2
+    x = prepare(raw, (h, w), c)
     changes = []
-    if mode != ("L" if c == 1 else "RGB"):
-        changes.append(f"{mode} -> {'gray' if c == 1 else 'RGB'}")
-    if size != (w, h):
-        changes.append(f"{size[0]}x{size[1]} -> {w}x{h} (bilinear)")
+    if gray != (c == 1):
+        changes.append(f"{'gray' if gray else 'RGB'} -> {'gray (BT.601 luma)' if c == 1 else 'RGB'}")
+    if raw.shape[:2] != (h, w):
+        changes.append(f"{raw.shape[1]}x{raw.shape[0]} -> {w}x{h} (area resize)")
     note = f"{p.name}: converted {', '.join(changes)} for the model" if changes else None
     return x, note

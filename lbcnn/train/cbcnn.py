@@ -270,7 +270,8 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 "teacher_epochs": int(teacher_epochs or epochs) if distill else None,
                 "distill_weight": float(distill_weight) if use_teacher else None,
                 "temperature": float(temperature) if use_teacher else None,
-                "ema": float(ema) if ema is not None else None}
+                "ema": float(ema) if ema is not None else None,
+                "data_fingerprint": dataset.fingerprint()}
     if resume and use_teacher and ckpt_path.exists():
         # refuse a changed setting before a teacher is trained or loaded, not after
         check_resume_config(load_checkpoint(ckpt_path)["config"], settings, ckpt_path)
@@ -540,6 +541,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         else:
             save_cbcnn(model, out / "model.npz", **dataset.provenance(), seed=seed, epochs=epochs,
                        best_epoch=best["epoch"], test_accuracy=test_acc,
+                       test_size=int(len(dataset.y_test)) if test_acc is not None else None,
                        val_accuracy=val_final, bn_recalibration=recalibration)
             result["model_path"] = str(out / "model.npz")
         summary = {k: v for k, v in result.items() if k not in ("model", "final_state")}

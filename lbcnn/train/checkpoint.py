@@ -22,6 +22,9 @@ CONFIG_DEFAULTS = {"precision": "fp32", "shift": 0.0, "rotate": 0.0, "zoom": 0.0
                    "erase": 0.0, "lr_schedule": "exp", "warmup": None, "float_twin": False,
                    "distill": False, "teacher_epochs": None, "distill_weight": None,
                    "temperature": None, "teacher_fingerprint": None}
+# keys a checkpoint written before they existed cannot be checked against
+UNKNOWN_WHEN_ABSENT = ("data_fingerprint",)
+_KEY_TEXT = {"data_fingerprint": "the data (every image and label, as loaded)"}
 
 CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "torch_rng", "history",
                    "best_val_accuracy", "best_epoch", "best_model")
@@ -59,12 +62,18 @@ def check_resume_config(saved: dict, config: dict, ckpt_path, exact: bool = Fals
     """Refuse to resume when a setting differs (all of ``config``'s keys; with ``exact``,
     also keys only the checkpoint has). Checkpoints written before bf16, augmentation and
     the recipe options lack those keys: ``CONFIG_DEFAULTS`` says what they meant."""
+    config = {k: v for k, v in config.items() if k in saved or k not in UNKNOWN_WHEN_ABSENT}
     saved = {**CONFIG_DEFAULTS, **saved}
     diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
     if exact and not diff and saved != config:
         diff = {k: (v, None) for k, v in saved.items() if k not in config}
     if diff:
-        raise ConfigError(f"cannot resume {ckpt_path}: the run's settings differ {diff}")
+        changed = "; ".join(f"{_KEY_TEXT.get(k, k)}: run {a!r}, now {b!r}"
+                            for k, (a, b) in diff.items())
+        why = (" (the data changed since the run started: resuming would train epochs on two "
+               "datasets; start a new run)" if "data_fingerprint" in diff else "")
+        raise ConfigError(f"cannot resume {ckpt_path}: these settings differ from the run's: "
+                          f"{changed}{why}")
 
 
 def cpu_state(sd: dict) -> dict:

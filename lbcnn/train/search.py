@@ -50,7 +50,9 @@ def _progress(total: int, enabled: bool):
 
 CONFIG_KEYS = ("dataset", "filters", "nl", "C", "seed", "trials", "train_size", "val_fraction",
                "cv", "refit_on_train_plus_val", "data_path", "split", "test_fraction", "resize",
-               "grayscale", "test_folder")
+               "grayscale", "rgb", "test_folder", "data_fingerprint")
+# what each key means to a person, for the --resume refusal
+_KEY_TEXT = {"data_fingerprint": "the data (every image and label, as loaded)"}
 
 
 def read_run_config(out) -> dict:
@@ -88,7 +90,8 @@ def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: fl
            split: str = "default", refit: bool = True, batch_size: int = 2048,
            device=None, progress: bool = True, cv: int = 0, resume: bool = False,
            force: bool = False, test_fraction: float | None = None, resize=None,
-           grayscale: bool = False, test_folder: str | None = None, log=None) -> SearchResult:
+           grayscale: bool = False, test_folder: str | None = None, rgb: bool = False,
+           log=None) -> SearchResult:
     """Search ``trials`` random kernel sets; return the best model and a summary.
 
     ``cv`` >= 2 scores each trial by stratified ``cv``-fold cross-validation
@@ -128,7 +131,8 @@ def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: fl
         return _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, seed,
                               out_dir, data_path, split, refit, batch_size, device, progress, cv,
                               resume, dict(test_fraction=test_fraction, resize=resize,
-                                           grayscale=grayscale, test_folder=test_folder), log)
+                                           grayscale=grayscale, test_folder=test_folder, rgb=rgb),
+                              log)
     finally:
         if lock is not None:
             lock.release()
@@ -170,7 +174,8 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
               "fit_size": int(len(train_idx)), "val_size": int(len(val_idx)),
               "data_path": None if data_path is None else str(data_path), "split": split,
               **{k: (list(v) if isinstance(v, tuple) else v) for k, v in folder_opts.items()},
-              "device": str(device)}
+              "device": str(device), "data_fingerprint": ds.fingerprint(),
+              "split_record": ds.split_record()}
     seeds = trial_seeds(seed, trials)
     history: list[dict] = []
     if out_dir is not None:
@@ -180,7 +185,11 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
                     if k in saved and saved.get(k) != config[k]}
             if diff:
                 raise ConfigError(f"--resume: settings differ from the run in {out_dir}: "
-                                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+                                  + ", ".join(f"{_KEY_TEXT.get(k, k)} {a!r} -> {b!r}"
+                                              for k, (a, b) in diff.items())
+                                  + ("; the data changed since the run started, so its trials "
+                                     "would be ranked across two datasets: start a new run"
+                                     if "data_fingerprint" in diff else ""))
             history = _read_history(out_dir, seeds)
         write_json(out_dir / "config.json", config)
 
@@ -261,7 +270,7 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
         "trials": trials, "best_trial": best_t + 1, "best_trial_seed": history[best_t]["seed"],
         "train_size": config["train_size"], "fit_size": int(len(train_idx)),
         "val_size": int(len(val_idx)), "test_size": int(len(ds.y_test)),
-        "test_split": ds.test_split, "refit_on_train_plus_val": bool(refit or cv),
+        "test_split": ds.test_split, "split": ds.split_record(), "refit_on_train_plus_val": bool(refit or cv),
         "selection": f"{cv}-fold cross-validation" if cv else "held-out validation split",
         "features": d, "val_accuracy": val_acc, "test_accuracy": test_acc,
         "val_standard_error": _standard_error(val_acc, len(y_pool) if cv else len(y_va)),
@@ -317,7 +326,9 @@ def write_run(out_dir: Path, summary: dict, history: list[dict], model: LBCNN, d
     write_csv(out_dir / "history.csv", history)
     save_lbcnn(model, out_dir / "model.npz", **ds.provenance(),
                val_accuracy=summary["val_accuracy"], test_accuracy=summary["test_accuracy"],
-               train_size=summary["train_size"], val_fraction=val_fraction, seed=summary["seed"])
+               test_size=summary["test_size"], train_size=summary["train_size"],
+               val_fraction=val_fraction, seed=summary["seed"],
+               refit_on_train_plus_val=summary["refit_on_train_plus_val"])
     from ..report import plot_trials
     plot_trials(history, out_dir / "trials.png", title=f"{summary['dataset']} "
                 f"filters {','.join(map(str, summary['filters']))}: validation accuracy per trial",

@@ -18,6 +18,9 @@ from ...errors import ConfigError, DataError
 from .toolchain import CPUS, build_elf, command_line
 
 UNALIGNED_CHECK_IMAGES = 20
+# a typical core clock per CPU, for the time estimate (``--mhz`` overrides): an STM32F4's
+# Cortex-M4 at 168 MHz, an SAMD21's Cortex-M0+ at 48 MHz
+TYPICAL_MHZ = {"cortex-m4": 168.0, "cortex-m0plus": 48.0}
 
 
 def _need(module: str) -> None:
@@ -40,14 +43,17 @@ def _plan_of(model):
 
 
 def run_mcu(model, cpu: str = "cortex-m4", dataset: str | None = None, n: int = 200,
-            opt: str = "O2", mhz: float = 168.0, images=None, workdir=None,
-            check_alignment: bool = True, progress=None, count: int | None = None) -> dict:
+            opt: str = "O2", mhz: float | None = None, images=None, workdir=None,
+            check_alignment: bool = True, progress=None, count: int | None = None,
+            labels=None) -> dict:
     """Build ``model`` (a model file / run folder, a fitted model or a compiled plan) for
     ``cpu`` and run ``n`` test images of ``dataset`` (or the given uint8 ``images``) in
     the emulator. Returns one dict: cpu, n, agree (predictions equal the NumPy engine),
     logits_agree, instructions_mean / _max / _min, flash_bytes, ram_bytes (static, without
     the harness's input/output buffers), stack_bytes (peak), unaligned_accesses, est_ms at
-    ``mhz`` (an estimate: one instruction per cycle), armv6m_violations (M0+).
+    ``mhz`` (default: ``TYPICAL_MHZ[cpu]``; an estimate, one instruction per cycle),
+    armv6m_violations (M0+); with ``labels`` (one per image, what ``lbcnn_predict``
+    returns for a correct answer), ``correct`` and ``accuracy`` of the C's answers.
     ``count``: count instructions on the first ``count`` images only (default all); the
     rest run without the counting hook, several times faster, still checked."""
     for mod in ("ziglang", "unicorn", "elftools"):
@@ -56,6 +62,7 @@ def run_mcu(model, cpu: str = "cortex-m4", dataset: str | None = None, n: int = 
         raise ConfigError(f"unknown cpu {cpu!r}: use one of {', '.join(CPUS)}")
     if n < 1:
         raise ConfigError("--n must be at least 1")
+    mhz = TYPICAL_MHZ[cpu] if mhz is None else float(mhz)
     from ...engine.numpy_engine import NumpyEngine
     from ...engine.plan import IntegerPlan
     from ..c_export import export_c
@@ -67,11 +74,19 @@ def run_mcu(model, cpu: str = "cortex-m4", dataset: str | None = None, n: int = 
         if dataset is None:
             raise ConfigError("give --dataset (the test images to run)")
         from ...data import load_dataset
-        images = load_dataset(dataset).x_test[:n]
+        from ...data.splits import test_sample
+        from ...preprocess import model_input
+        ds = load_dataset(dataset)
+        idx = test_sample(ds.y_test, n, seed=0)
+        images, labels = model_input(ds.x_test[idx], plan.input_shape), ds.y_test[idx]
     x = np.asarray(images)
     if x.dtype != np.uint8:
         raise DataError(f"the emulator takes uint8 images, got {x.dtype}")
     x = x[:n]
+    if labels is not None:
+        labels = np.asarray(labels)[:n]
+        if len(labels) != len(x):
+            raise DataError(f"{len(x)} images but {len(labels)} labels")
     if x.ndim == 3 and len(plan.input_shape) == 3:
         x = x[..., None]
     eng = NumpyEngine(plan)
@@ -95,7 +110,7 @@ def run_mcu(model, cpu: str = "cortex-m4", dataset: str | None = None, n: int = 
         emu = Emulator(elf_path, cpu)
         n_count = len(x) if count is None else max(1, min(count, len(x)))
         counts = np.zeros(n_count, np.int64)
-        agree = logits_agree = 0
+        agree = logits_agree = correct = 0
         first_bad = None
         t0 = time.perf_counter()
         for i, im in enumerate(x):
@@ -106,6 +121,8 @@ def run_mcu(model, cpu: str = "cortex-m4", dataset: str | None = None, n: int = 
                 counts[i] = cnt
             ok = cls == int(ref_out[i])
             agree += ok
+            if labels is not None:
+                correct += cls == int(labels[i])
             lok = np.array_equal(logits, ref_scores[i])
             logits_agree += lok
             if (not ok or not lok) and first_bad is None:
@@ -137,6 +154,8 @@ def run_mcu(model, cpu: str = "cortex-m4", dataset: str | None = None, n: int = 
             "logits_agree": int(logits_agree), "all_equal": bool(agree == logits_agree == len(x)
                                                                   and agree_predict),
             "first_mismatch": first_bad,
+            "correct": int(correct) if labels is not None else None,
+            "accuracy": correct / len(x) if labels is not None else None,
             "instructions_mean": float(counts.mean()), "instructions_max": int(counts.max()),
             "instructions_min": int(counts.min()), "counted_images": int(n_count),
             "flash_bytes": sz["flash_bytes"], "ram_bytes": sz["ram_bytes"],

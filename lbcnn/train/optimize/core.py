@@ -385,20 +385,22 @@ def _final_front(study, objectives, max_kbits, ds, data, run_dir, say) -> list[d
             x_test = rgb_to_y(x_test)
         # the ranked value may carry a tie-break; the member reports the accuracy itself
         val = float(t.user_attrs[f"rung{len(data.rungs) - 1}"]["val_accuracy"])
-        path = None
-        if run_dir is not None:
-            path = run_dir / "models" / f"trial-{t.number:05d}.npz"
-            save_lbcnn(model, path, dataset=ds.name, val_accuracy=val, kernel_seed=seed,
-                       train_size=len(data.budget(cfg.color)[1]), input_color=cfg.color,
-                       optimize_trial=t.number)
         info = account(model, sizes=False)
         if abs(info["total_kbits"] - t.user_attrs["kbits"]) > 1e-9:  # cost() mirrors account()
-            say(f"warning: trial {t.number} kbits {t.user_attrs['kbits']} != saved "
+            say(f"warning: trial {t.number + 1} kbits {t.user_attrs['kbits']} != saved "
                 f"{info['total_kbits']}")
         test_acc = model.score(x_test, ds.y_test)  # the one look at the test set
+        path = None
+        if run_dir is not None:  # trials are numbered from 1, as in search
+            path = run_dir / "models" / f"trial-{t.number + 1:05d}.npz"
+            save_lbcnn(model, path, **ds.provenance(), val_accuracy=val,
+                       test_accuracy=float(test_acc), test_size=int(len(ds.y_test)),
+                       kernel_seed=seed, train_size=len(data.budget(cfg.color)[1]),
+                       input_color=cfg.color, optimize_trial=t.number + 1,
+                       refit_on_train_plus_val=True)
         params = sum(r["weights"] for r in info["layers"] if r["layer"] != "head scales")
         front.append({
-            "trial": t.number, "config": cfg.to_dict(), "label": cfg.label(),
+            "trial": t.number + 1, "config": cfg.to_dict(), "label": cfg.label(),
             "kernel_seed": seed, "val_accuracy": val, "test_accuracy": float(test_acc),
             "kbits": float(info["total_kbits"]), "macs": int(info["macs"]), "params": int(params),
             "features": int(info["features"]), "train_size": int(len(data.budget(cfg.color)[1])),

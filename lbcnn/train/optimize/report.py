@@ -87,7 +87,7 @@ def trial_rows(study, objectives) -> list[dict]:
         ua = t.user_attrs
         cfg = ua.get("config") or {}
         state = "INFEASIBLE" if "infeasible" in ua else t.state.name
-        row = {"trial": t.number, "state": state,
+        row = {"trial": t.number + 1, "state": state,  # from 1, as search and the files
                "label": "", "filters": ",".join(map(str, cfg.get("filters", []))),
                "nl": cfg.get("nl"), "C": cfg.get("C"), "bits": cfg.get("bits"),
                "color": cfg.get("color"), "kernel_seed": ua.get("kernel_seed"),
