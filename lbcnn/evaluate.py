@@ -45,6 +45,7 @@ def evaluate(pred: Predictor, ds: Dataset) -> dict:
         else {}
     result["same_split_as_recorded"] = (recorded_split.get("fingerprint") == ds.test_fingerprint()
                                         if recorded_split.get("fingerprint") else None)
+    result["recorded_refit_on_train_plus_val"] = bool(pred.config.get("refit_on_train_plus_val"))
     for key in ("val_accuracy", "test_accuracy", "test_size"):
         if isinstance(pred.config.get(key), (int, float)) and not isinstance(pred.config[key], bool):
             result[f"recorded_{key}"] = pred.config[key]
@@ -115,8 +116,10 @@ def render(result: dict, max_matrix: int = 15):
              f"({result['split']}): accuracy {100 * result['accuracy']:.2f} % "
              f"({result['correct']:,} / {result['n']:,})"]
     if "recorded_val_accuracy" in result:
+        refit = " (selection, before the refit on train + validation)" \
+            if result.get("recorded_refit_on_train_plus_val") else ""
         lines.append(f"recorded in the model file: validation "
-                     f"{100 * result['recorded_val_accuracy']:.2f} %")
+                     f"{100 * result['recorded_val_accuracy']:.2f} %{refit}")
     if "recorded_test_accuracy" in result:
         n = result.get("recorded_test_size")
         same = {True: ", this test split", False: ", another test split"}.get(

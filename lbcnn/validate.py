@@ -95,8 +95,9 @@ def _check_provenance(config: dict, where: str) -> None:
                 isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE
                 for v in resize)):
             _fail(where, f"config 'preprocessing.resize' must be [H, W], got {resize!r}")
-        if not isinstance(prep.get("grayscale", False), bool):
-            _fail(where, "config 'preprocessing.grayscale' must be true or false")
+        for flag in ("grayscale", "rgb"):
+            if not isinstance(prep.get(flag, False), bool):
+                _fail(where, f"config 'preprocessing.{flag}' must be true or false")
         frac = prep.get("test_fraction")
         if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float))
                                  or not 0 < frac < 1):
@@ -106,6 +107,28 @@ def _check_provenance(config: dict, where: str) -> None:
         seed = prep.get("split_seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             _fail(where, f"config 'preprocessing.split_seed' must be an integer, got {seed!r}")
+    for key in ("dataset_path", "data_path"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            _fail(where, f"config {key!r} must be a path string, got {config[key]!r}")
+    split = config.get("split")
+    if split is not None:
+        if not isinstance(split, dict) or split.get("kind") not in ("official", "fraction",
+                                                                     "folder", "paper"):
+            _fail(where, f"config 'split' must be an object with a kind (official, fraction, "
+                         f"folder or paper), got {str(split)[:60]}")
+        frac, seed = split.get("test_fraction"), split.get("seed")
+        if split["kind"] == "fraction" and (isinstance(frac, bool) or not isinstance(
+                frac, (int, float)) or not 0 < frac < 1):
+            _fail(where, f"config 'split.test_fraction' must lie in (0, 1), got {frac!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < 2**32):
+            _fail(where, f"config 'split.seed' must be an integer from 0 to 2**32 - 1, got {seed!r}")
+        for key in ("test_folder", "test_folder_path", "fingerprint"):
+            if split.get(key) is not None and not isinstance(split[key], str):
+                _fail(where, f"config 'split.{key}' must be a string")
+        n = split.get("n_test")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            _fail(where, f"config 'split.n_test' must be a count, got {n!r}")
     values = config.get("label_values")
     if values is not None and (not isinstance(values, list) or any(
             isinstance(v, bool) or not isinstance(v, int) for v in values)):
@@ -115,7 +138,7 @@ def _check_provenance(config: dict, where: str) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 <= value <= 1):
             _fail(where, f"config {key!r} must be a fraction in [0, 1], got {value!r}")
-    for key in ("seed", "train_size"):
+    for key in ("seed", "train_size", "test_size"):
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             _fail(where, f"config {key!r} must be an integer, got {value!r}")

@@ -1,8 +1,10 @@
 """4x4 stride-2 'same' max-pooling, the LB-CNN downsampler."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: pooled_size serves the CLI's parser
+    import torch
 
 
 def pooled_size(n: int) -> int:
@@ -18,4 +20,5 @@ def maxpool_same(x: torch.Tensor) -> torch.Tensor:
     the end, which is the same window set; padded cells are -inf, so they
     never win. A loop oracle in the tests pins this down for odd and even n.
     """
+    import torch.nn.functional as F
     return F.max_pool2d(x, kernel_size=4, stride=2, padding=1, ceil_mode=True)

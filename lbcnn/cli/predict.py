@@ -72,6 +72,7 @@ def run(args) -> int:
     names = pred.names()
     index = {int(c): i for i, c in enumerate(pred.classes)}
     done = 0
+    converted = []  # (path, note): said once at the end, summed up when there are many
     for start in range(0, len(files), BATCH):
         images, notes, paths = [], [], []
         for path in files[start:start + BATCH]:
@@ -93,8 +94,8 @@ def run(args) -> int:
         labels = pred.predict(x)
         proba = pred.predict_proba(x)
         for i, path in enumerate(paths):
-            if notes[i] and not args.json:
-                say(args, f"note: {notes[i]}")
+            if notes[i]:
+                converted.append((path, notes[i]))
             j = index.get(int(labels[i]))
             name = names[j] if j is not None else str(labels[i])
             score = None if proba is None or j is None else float(proba[i, j])
@@ -111,6 +112,13 @@ def run(args) -> int:
                 for t in top[1:]:
                     print(f"    {t['class']}: {t['score']:.3f}")
         done += len(paths)
+    if converted and not args.json:
+        if len(converted) <= 3:
+            for _, note in converted:
+                say(args, f"note: {note}")
+        else:
+            say(args, f"note: {len(converted)} of {done} images were converted for the model's "
+                      f"{'x'.join(map(str, pred.input_shape))} input (e.g. {converted[0][1]})")
     if skipped:
         if not args.json and missing:
             for item, why in missing:

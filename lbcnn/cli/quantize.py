@@ -86,7 +86,7 @@ def run(args) -> int:
         if not held_out:
             say(args, "note: no validation figure: the head was fitted on every training image "
                       "(the search refits on train + validation), so none is held out; the "
-                      "test split is")
+                      "test figures below are")
         rows = [("scale", f"{model.head_meta_['scale']}{', power of two' if args.pow2 else ''}"),
                 ("bias correction", "off" if mu is None else f"on ({len(tr):,} training images)")]
         if held_out:

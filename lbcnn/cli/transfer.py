@@ -35,16 +35,20 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import argparse
     import json
     import sys
 
-    from ..data import load_dataset
     from ..train.transfer import summary, transfer
+    from .common import load_data
 
     if args.out:
         from ..outputs import prepare_run_dir
         prepare_run_dir(args.out, force=args.force)
-    ds = load_dataset(args.dataset, args.data_path, split=args.split, seed=args.seed)
+    # transfer's own --resize (auto/none) converts images for the backbone, not the loader
+    data_args = argparse.Namespace(dataset=args.dataset, data_path=args.data_path,
+                                   split=args.split)
+    ds = load_data(data_args, seed=args.seed, quiet=args.json)
     channels = "none" if args.no_convert else ("gray" if args.to_gray else "auto")
     resize = "none" if args.no_convert else args.resize
     r = transfer(args.backbone, ds, head=args.head, per_class=args.per_class, epochs=args.epochs,

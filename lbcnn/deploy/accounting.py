@@ -183,7 +183,8 @@ def account(model, path=None, sizes: bool = True) -> dict:
     if "total" in flash:
         info["flash_weight_bits"] = 8 * flash["total"]
     meta = getattr(model, "meta_", {}) or {}
-    for key in ("dataset", "val_accuracy", "test_accuracy", "class_names"):
+    for key in ("dataset", "dataset_path", "preprocessing", "val_accuracy", "test_accuracy",
+                "test_size", "class_names", "split", "refit_on_train_plus_val"):
         if meta.get(key) is not None:
             info[key] = meta[key]
     if sizes:
@@ -305,10 +306,28 @@ def _common_lines(info: dict) -> list[str]:
     lines = [line for line in (_flash_line(info),) if line]
     rec = []
     if info.get("dataset"):
-        rec.append(f"dataset {info['dataset']}")
-    for key, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
-        if isinstance(info.get(key), (int, float)):
-            rec.append(f"{label} accuracy {100 * info[key]:.2f} %")
+        rec.append(f"dataset {info['dataset']}"
+                   + (f" ({info['dataset_path']})" if info.get("dataset_path") else ""))
+    prep = info.get("preprocessing") or {}
+    if prep.get("resize") or prep.get("grayscale") or prep.get("rgb"):
+        rec.append("images " + ", ".join(
+            ([f"area-resized to {prep['resize'][0]}x{prep['resize'][1]}"] if prep.get("resize")
+             else []) + (["gray"] if prep.get("grayscale") else [])
+            + (["gray -> RGB"] if prep.get("rgb") else [])))
+    if isinstance(info.get("val_accuracy"), (int, float)):
+        refit = " (selection, before the refit on train + validation)" \
+            if info.get("refit_on_train_plus_val") else ""
+        rec.append(f"validation accuracy {100 * info['val_accuracy']:.2f} %{refit}")
+    if isinstance(info.get("test_accuracy"), (int, float)):
+        split = info.get("split") or {}
+        n = info.get("test_size") or split.get("n_test")
+        how = {"fraction": f"seed {split.get('seed')}, fraction {split.get('test_fraction')}",
+               "folder": f"folder {split.get('test_folder')}", "official": "official",
+               "paper": "paper"}.get(split.get("kind"), "")
+        detail = ", ".join(v for v in (f"n={n:,}" if n else "", how,
+                                       split.get("fingerprint", "")) if v)
+        rec.append(f"test accuracy {100 * info['test_accuracy']:.2f} %"
+                   + (f" ({detail})" if detail else ""))
     lines.append("recorded in the model file: " + (", ".join(rec) if rec else "no dataset or "
                                                      "accuracy"))
     fb = info.get("file_bytes")

@@ -14,7 +14,7 @@ from ..registry import Registry
 _REGISTRY: dict[str, type] = {}
 
 # family -> trainer(dataset, *, model, **settings) -> result dict with "history"
-TRAINERS = Registry("trainer", providers=("lbcnn.train",))
+TRAINERS = Registry("trainer", providers=("lbcnn.train.cbcnn",))
 
 
 def register_model(name: str, cls: type) -> type:

@@ -7,8 +7,7 @@
 - ``head_finetune``: Adam fine-tuning of an LB-CNN's head on frozen features;
 - ``transfer``: a new last layer on a frozen binary backbone.
 
-Importing the package registers each family's trainer with ``lbcnn.models``
-(``register_trainer``), where the estimators' ``fit`` looks it up: models never
-import this package.
+Each trainer module registers its family's trainer with ``lbcnn.models``
+(``register_trainer``), whose registry imports it by name (``lbcnn.train.cbcnn``) on the
+first lookup: models never import this package, and importing the package costs nothing.
 """
-from . import cbcnn as _cbcnn  # noqa: F401  (registers the CBCNN trainer)

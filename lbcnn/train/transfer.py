@@ -488,6 +488,7 @@ def transfer(backbone, dataset, head: str = "float", per_class: int = 10, *, epo
         "conversion": {"gray": plan["gray"], "rgb": plan["rgb"],
                        "resize": list(plan["resize"]) if plan["resize"] else None},
         "notes": notes, "backbone_unchanged": True, "history": fit["history"], "model": tm,
+        "provenance": dataset.provenance(),
     }
     if family == "cbcnn" and path is not None:
         from ..io.native import load_model_file
@@ -562,5 +563,7 @@ def _write_out(out: Path, result: dict) -> None:
         arrays["features/mean"], arrays["features/std"] = tm.mean_, tm.std_
     save_model_file(out / "head.npz", {"family": "transfer-head", "head": tm.head_kind,
                                         "layer": tm.layer, "backbone": result["backbone"],
-                                        "dataset": result["dataset"]}, arrays)
+                                        **result["provenance"],
+                                        "test_accuracy": result["test_accuracy"],
+                                        "test_size": result["test_size"]}, arrays)
     atomic_write_text(out / "summary.json", json.dumps(summary(result), indent=2, default=str) + "\n")

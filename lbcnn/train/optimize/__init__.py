@@ -8,8 +8,19 @@
 - ``core``: the successive-halving loop, the final refit and the one test read;
 - ``report``: trials.csv, front.csv/json, front.png, the terminal table.
 """
-from .core import OBJECTIVES, OptimizeResult, optimize, parse_objectives
-from .space import Config, SearchSpace
+import importlib
+
+# imported on first use: the CLI reads ``space``'s defaults to build its parser without
+# paying for torch and optuna (``lbcnn --version``)
+_LAZY = {"OBJECTIVES": ".core", "OptimizeResult": ".core", "optimize": ".core",
+         "parse_objectives": ".core", "Config": ".space", "SearchSpace": ".space"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["optimize", "OptimizeResult", "SearchSpace", "Config", "OBJECTIVES",
            "parse_objectives"]

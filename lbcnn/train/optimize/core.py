@@ -328,6 +328,7 @@ def _search(study, space, data, shape, k, objectives, infeasible, runner, run_se
                 write_csv(run_dir / "trials.csv", trial_rows(study, objectives))
     finally:
         if bar:
+            show()  # the final count, whatever the refresh timer last drew
             bar.stop()
     return counters
 
