@@ -136,24 +136,20 @@ def recorded_data_options(meta: dict) -> dict:
 
 def _recorded_location(meta: dict) -> str:
     """Where the model's dataset is now: its resolved path when that still exists (any
-    working directory), else the path as it was given."""
+    working directory), else the path as it was given, relative to here."""
     from pathlib import Path
-
-    from ..data import resolve_source
 
     name = meta["dataset"]
     path = meta.get("dataset_path")
-    kind = name.split(":", 1)[0]
-    if path and kind in ("folder", "npz") and Path(path).exists():
+    kind, _, given = name.partition(":")
+    if kind not in ("folder", "npz"):
+        return name
+    if path and Path(path).exists():
         return f"{kind}:{path}"
-    try:
-        resolve_source(name)
-    except DataError:
-        if path:
-            raise DataError(f"the model's dataset {name} is neither at {path} (where it was) nor "
-                            f"at {name.split(':', 1)[-1]} from here; pass --dataset PATH to say "
-                            f"where it is now") from None
-        raise
+    if not Path(given).expanduser().exists():
+        where = f"neither at {path} (where it was) nor" if path else "not"
+        raise DataError(f"the model's dataset {name} is {where} at {given} from here; pass "
+                        f"--dataset PATH to say where it is now")
     return name
 
 

@@ -225,8 +225,9 @@ def _as_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
     if lo < 0:
         raise DataError(f"{what} labels must be non-negative, found {lo:g}")
     if hi > MAX_LABEL:
+        shown = hi if isinstance(hi, int) else f"{hi:.6g}"
         raise DataError(f"{what} labels must be at most {MAX_LABEL:,} (the C export returns "
-                        f"them as int), found {hi:.0f}")
+                        f"them as int), found {shown}")
     return y.astype(np.int64)
 
 
