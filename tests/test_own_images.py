@@ -179,6 +179,10 @@ def test_own_photos_through_the_guide(tmp_path, capsys, monkeypatch):
     assert i["split"]["fingerprint"] == split["fingerprint"]
     e, _ = cli_json(capsys, "evaluate", "q8.npz")
     assert (e["accuracy"], e["n"]) == (q_acc, n)
+    if _have("onnxruntime"):   # an export carries the data record too
+        cli_json(capsys, "export", run, "--format", "onnx", "--out", "m.onnx")
+        e, _ = cli_json(capsys, "evaluate", "m.onnx")
+        assert (e["accuracy"], e["n"]) == (acc, n) and e["same_split_as_recorded"] is True
 
     x, err = cli_json(capsys, "export", "q8.npz", "--format", "c", "--out", "c_dir")
     assert x["test_vectors"] == 10 and x["no_test_vectors_because"] is None

@@ -87,5 +87,7 @@ def export_h5(model, path) -> Path:
         f.attrs["lbcnn_class_names"] = json.dumps(class_names(model))
         if meta.get("dataset"):
             f.attrs["lbcnn_dataset"] = json.dumps(meta["dataset"])
+        from .onnx_common import provenance_json
+        f.attrs["lbcnn_provenance"] = provenance_json(model)
     os.replace(tmp, path)
     return path

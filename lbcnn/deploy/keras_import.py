@@ -83,6 +83,20 @@ def _weights(f, name: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _provenance(attrs, path) -> dict:
+    """The model file's data record the export carried (``lbcnn_provenance``), if any."""
+    from .onnx_common import PROVENANCE_KEYS
+    if "lbcnn_provenance" not in attrs:
+        return {}
+    try:
+        record = json.loads(_decode(attrs["lbcnn_provenance"]))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        raise DataError(f"{path}: attribute lbcnn_provenance is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: attribute lbcnn_provenance is not a JSON object")
+    return {k: v for k, v in record.items() if k in PROVENANCE_KEYS}
+
+
 def import_keras_h5(path, input_scale: float | None = None, classes=None):
     """Return an ``LBCNN`` (``body_``, ``coef_``, ``intercept_``, ``classes_``).
 
@@ -136,6 +150,7 @@ def _import_keras_h5(path, input_scale: float | None = None, classes=None):
                     extra_meta[key[6:]] = json.loads(_decode(f.attrs[key]))
                 except (json.JSONDecodeError, TypeError, ValueError):
                     raise DataError(f"{path}: attribute {key} is not valid JSON") from None
+        extra_meta.update(_provenance(f.attrs, path))
         layers = _layers_in_order(cfg, path)
 
         input_shape = None

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.cbcnn import CBCNN
-from .onnx_common import OPSET, class_names, import_onnx, register_onnx_builder
+from .onnx_common import OPSET, class_names, import_onnx, provenance_json, register_onnx_builder
 
 
 def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
@@ -232,6 +232,7 @@ def build_cbcnn_onnx(model, input_channels: int | None = None):
                        ("lbcnn_classes", ",".join(str(c) for c in range(k))),
                        ("lbcnn_class_names", json.dumps(class_names(model))),
                        ("lbcnn_dataset", json.dumps((getattr(model, "meta_", {}) or {}).get("dataset"))),
+                       ("lbcnn_provenance", provenance_json(model)),
                        ("lbcnn_input", "uint8 NHWC raw pixels; preprocessing inside")):
         entry = om.metadata_props.add()
         entry.key, entry.value = key, value

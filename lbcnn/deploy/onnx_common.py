@@ -39,3 +39,15 @@ def class_names(model) -> list[str]:
     if isinstance(names, list) and len(names) == k:
         return [str(n) for n in names]
     return [str(int(c)) for c in classes] if classes is not None else []
+
+
+# what an exported file carries of its model file's data record, so ``lbcnn evaluate``
+# rebuilds the same test split from an .onnx or .h5 with no data options
+PROVENANCE_KEYS = ("dataset_path", "data_path", "preprocessing", "split", "label_values",
+                   "test_accuracy", "test_size", "input_color")
+
+
+def provenance_json(model) -> str:
+    import json
+    meta = getattr(model, "meta_", {}) or {}
+    return json.dumps({k: meta[k] for k in PROVENANCE_KEYS if meta.get(k) is not None})

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..binary.pooling import pooled_size
 from ..models.lbcnn import LBCNN
-from .onnx_common import OPSET, class_names, import_onnx, register_onnx_builder
+from .onnx_common import OPSET, class_names, import_onnx, provenance_json, register_onnx_builder
 
 
 def same_pads(n: int) -> tuple[int, int]:
@@ -109,6 +109,7 @@ def build_lbcnn_onnx(model):
                        ("lbcnn_classes", ",".join(str(int(c)) for c in model.classes_)),
                        ("lbcnn_class_names", json.dumps(class_names(model))),
                        ("lbcnn_dataset", json.dumps((getattr(model, "meta_", {}) or {}).get("dataset"))),
+                       ("lbcnn_provenance", provenance_json(model)),
                        ("lbcnn_input", "uint8 NHWC raw pixels; scale applied inside"),
                        *_input_color(model)):
         entry = om.metadata_props.add()

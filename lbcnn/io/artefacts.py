@@ -182,7 +182,9 @@ def _onnx_predictor(path: Path) -> Predictor:
     names = _meta_list(meta.get("lbcnn_class_names"))
     config = {"dataset": _meta_str(meta.get("lbcnn_dataset")), "class_names": names,
               **{k2[6:]: v for k2, v in meta.items() if k2.startswith("lbcnn_")
-                 and k2 not in ("lbcnn_classes", "lbcnn_class_names", "lbcnn_dataset")}}
+                 and k2 not in ("lbcnn_classes", "lbcnn_class_names", "lbcnn_dataset",
+                                "lbcnn_provenance")},
+              **_meta_provenance(meta.get("lbcnn_provenance"), path)}
     if not config["dataset"]:
         config.pop("dataset")
     name = inp.name
@@ -193,6 +195,20 @@ def _onnx_predictor(path: Path) -> Predictor:
 
     return Predictor("onnx", path, tuple(int(s) for s in shape[1:]), classes, names, config,
                      _scores=scores)
+
+
+def _meta_provenance(text, path) -> dict:
+    """The model file's data record an export carried (``lbcnn_provenance``), if any."""
+    from ..deploy.onnx_common import PROVENANCE_KEYS
+    if not text:
+        return {}
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        raise DataError(f"{path}: metadata lbcnn_provenance is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: metadata lbcnn_provenance is not a JSON object")
+    return {k: v for k, v in record.items() if k in PROVENANCE_KEYS}
 
 
 def _meta_str(text):
