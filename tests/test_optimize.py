@@ -180,7 +180,7 @@ def test_front_is_pareto_and_kbits_equal_lbcnn_info(npz, tmp_path, capsys):
             acc, kb = t.values
             assert not (acc >= m["val_accuracy"] and kb <= m["kbits"] and
                         (acc > m["val_accuracy"] or kb < m["kbits"]))
-    assert {m["trial"] for m in front} <= {t.number for t in done}
+    assert {m["trial"] for m in front} <= {t.number + 1 for t in done}  # numbered from 1
 
 
 def _study_name(out):
@@ -310,7 +310,7 @@ def test_two_processes_share_one_postgresql_study(npz, tmp_path, postgres_url):
     fitted = [t for t in study.trials if "config" in t.user_attrs and t.state.is_finished()]
     assert len(fitted) == 12 and len({t.number for t in fitted}) == 12
     assert len({t.user_attrs["owner"] for t in fitted}) == 2
-    completed = {t.number for t in fitted if t.state.name == "COMPLETE"}
+    completed = {t.number + 1 for t in fitted if t.state.name == "COMPLETE"}  # from 1
     for out, _ in outs:
         summary = json.loads(out)
         assert summary["evaluated_this_run"] == 6

@@ -129,7 +129,7 @@ def _hash_arrays(h, *arrays) -> None:
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a)  # the buffer itself, no copy
 
 
 # name -> (file in LBCNN_DATA, input scale)
