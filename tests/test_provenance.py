@@ -245,7 +245,9 @@ def test_why8_predict_globs_and_bad_files(tmp_path, photos, capsys, monkeypatch)
     assert "readme.txt: cannot read it as an image (text)" in err
     assert "classified 10 of 12" in err and len(out.splitlines()) == 10
     out, err = cli(capsys, "predict", "run", "photos/square/readme.txt", rc=2)
-    assert "no image could be classified" in err
+    assert err.count("\n") == 1 and "readme.txt: cannot read it as an image (text)" in err
+    out, err = cli(capsys, "predict", "run", "photos/square/readme.txt", "photos/nope", rc=2)
+    assert "no image could be classified (2 of 2 skipped" in err
     cli(capsys, "predict", "run", "photos/star/000.jpg", "--top", "0", rc=2)
 
 

@@ -82,7 +82,7 @@ def run(args) -> int:
                 skipped.append((path, str(exc)))
                 if args.json:
                     print(strict_json({"image": path, "error": str(exc)}))
-                else:
+                elif len(files) + len(missing) > 1:   # one image alone: its error line says it
                     say(args, f"skipped: {exc}")
                 continue
             images.append(x)
@@ -120,10 +120,13 @@ def run(args) -> int:
             say(args, f"note: {len(converted)} of {done} images were converted for the model's "
                       f"{'x'.join(map(str, pred.input_shape))} input (e.g. {converted[0][1]})")
     if skipped:
+        total = done + len(skipped)
+        if done == 0 and len(skipped) == 1:   # one image asked for: its error, one line
+            item, why = skipped[0]
+            raise DataError(why if item in why else f"{item}: {why}")
         if not args.json and missing:
             for item, why in missing:
                 say(args, f"skipped: {item}: {why}")
-        total = done + len(skipped)
         if done == 0:
             raise DataError(f"no image could be classified ({len(skipped)} of {total} skipped; "
                             f"first: {skipped[0][0]}: {skipped[0][1]})")

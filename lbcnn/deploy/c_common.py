@@ -339,8 +339,8 @@ def sizes_table(sizes: dict | None) -> list[str]:
         f"| static RAM (data + bss: scratch buffers) | {sizes['data'] + sizes['bss']:,} |",
         f"| stack estimate (sum of all `-fstack-usage` frames) | {sizes['stack_estimate']:,} |",
         f"| **RAM total** | **{sizes['ram']:,}** |", "",
-        "On Cortex-M, `lbcnn mcu MODEL --cpu cortex-m4 --dataset D` measures flash, static RAM "
-        "and the peak stack from the ELF and runs real images in an emulator.", ""]
+        "On Cortex-M, `lbcnn mcu MODEL --cpu cortex-m4` measures flash, static RAM and the "
+        "peak stack from the ELF and runs the model's own test images in an emulator.", ""]
 
 
 __all__ = ["CFLAGS", "CTYPE", "EXPORTERS", "NOT_WEIGHTS", "compiled_weight_bytes", "LINKER_SCRIPT",
