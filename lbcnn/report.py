@@ -72,8 +72,10 @@ def plot_finetune(history: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def plot_training_curves(history: list[dict], path, title: str = "") -> None:
-    """A CBCNN run's train/validation accuracy and loss per epoch (the paper's Figs 6-8)."""
+def plot_training_curves(history: list[dict], path, title: str = "",
+                         loss_name: str = "squared hinge") -> None:
+    """A training run's train/validation accuracy and loss per epoch (CBCNN: the paper's
+    Figs 6-8)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +88,7 @@ def plot_training_curves(history: list[dict], path, title: str = "") -> None:
     a1.set_xlabel("epoch"); a1.set_ylabel("accuracy (%)"); a1.grid(alpha=0.3); a1.legend(fontsize=8)
     a2.plot(ep, [h["train_loss"] for h in history], "o-", ms=3, label="train")
     a2.plot(ep, [h["val_loss"] for h in history], "s-", ms=3, label="validation")
-    a2.set_xlabel("epoch"); a2.set_ylabel("squared hinge loss"); a2.grid(alpha=0.3); a2.legend(fontsize=8)
+    a2.set_xlabel("epoch"); a2.set_ylabel(f"{loss_name} loss"); a2.grid(alpha=0.3); a2.legend(fontsize=8)
     if all(h["train_loss"] > 0 and h["val_loss"] > 0 for h in history):
         a2.set_yscale("log")  # the first epochs' loss would flatten the rest of the curve
     fig.suptitle(title, fontsize=9)

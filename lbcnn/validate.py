@@ -230,11 +230,58 @@ def _validate_hybrid(config: dict, arrays: dict, where: str) -> None:
         _fail(where, "the MLP's arrays (mlp/...) are missing")
 
 
+def _validate_lowbit(config: dict, arrays: dict, where: str) -> None:
+    from .errors import ConfigError
+    from .models.lowbit import architecture, conv_inputs, dense_dims
+
+    net = config.get("net")
+    if not isinstance(net, dict):
+        _fail(where, "config 'net' (the lowbit architecture) is missing or not a dict")
+    _input_shape(config, where)
+    try:
+        arch = architecture(net.get("input_channels"), net.get("size"), net.get("channels"),
+                            net.get("first"), net.get("path"), net.get("conv_bits"), "auto",
+                            net.get("conv_scale"), net.get("conv_norm"), net.get("hidden"),
+                            net.get("head_bits"), net.get("head_mode"), net.get("act_bits"),
+                            net.get("n_classes"), net.get("dense_norm"))
+    except (ConfigError, TypeError, ValueError) as exc:
+        _fail(where, f"damaged lowbit architecture ({str(exc).splitlines()[0][:120]})")
+    modes = net.get("conv_modes")
+    if not isinstance(modes, list) or len(modes) != len(arch["conv_bits"]) or any(
+            m not in ("symnz", "int") or (m == "int" and b < 2)
+            for m, b in zip(modes, arch["conv_bits"])):
+        _fail(where, f"config 'net.conv_modes' must give symnz or int per conv, got {modes!r}")
+    if config["input_shape"][2] != arch["input_channels"]:
+        _fail(where, "config 'input_shape' and 'net.input_channels' disagree")
+    _float(config, "logit_scale", where)
+    if _check_classes(config, where) != arch["n_classes"]:
+        _fail(where, f"config 'classes' must list net.n_classes = {arch['n_classes']} classes")
+    m = arch["channels"]
+    for layer in range(len(arch["conv_bits"])):
+        _array(arrays, f"conv/{layer}/levels", where, (m, conv_inputs(arch, layer), 3, 3), "iu")
+        shift = _array(arrays, f"conv/{layer}/shift", where, (m,), "iu")
+        if shift.size and (shift.min() < 0 or shift.max() > 30):
+            _fail(where, f"array 'conv/{layer}/shift' must hold shifts in 0..30")
+        _array(arrays, f"conv/{layer}/bias", where, (m,), "iu")
+    _array(arrays, "head_in/mult", where, (m,), "iu")
+    shift = _array(arrays, "head_in/shift", where, (m,), "iu")
+    if shift.size and (shift.min() < 0 or shift.max() > 30):
+        _fail(where, "array 'head_in/shift' must hold shifts in 0..30")
+    dims = dense_dims(arch)
+    for i in range(len(dims) - 1):
+        _array(arrays, f"dense/{i}/levels", where, (dims[i + 1], dims[i]), "iu")
+        for name in ("mult", "shift", "bias"):
+            _array(arrays, f"dense/{i}/{name}", where, (dims[i + 1],), "iu")
+        shift = arrays[f"dense/{i}/shift"]
+        if shift.size and (shift.min() < 0 or shift.max() > 47):
+            _fail(where, f"array 'dense/{i}/shift' must hold shifts in 0..47")
+
+
 def validate_packed(spec, arrays: dict, where: str) -> dict:
-    """The config's ``packed`` map (array name -> bits 2..7, shape), checked against the
+    """The config's ``packed`` map (array name -> bits 1..7, shape), checked against the
     stored bytes: uint8, exactly ceil(count * bits / 8) of them, the spare bits after the
     last value zero. Returns ``{name: (bits, shape, count)}``; anything else is a DataError."""
-    from .engine.bits import PACKED_BITS, packed_nbytes
+    from .engine.bits import FILE_PACKED_BITS, packed_nbytes
 
     if not isinstance(spec, dict):
         _fail(where, "config 'packed' must be a JSON object")
@@ -242,8 +289,8 @@ def validate_packed(spec, arrays: dict, where: str) -> dict:
     for name, entry in spec.items():
         bits = entry.get("bits") if isinstance(entry, dict) else None
         shape = entry.get("shape") if isinstance(entry, dict) else None
-        if isinstance(bits, bool) or bits not in PACKED_BITS:
-            _fail(where, f"packed array {name!r} must give bits in 2..7, got {bits!r}")
+        if isinstance(bits, bool) or bits not in FILE_PACKED_BITS:
+            _fail(where, f"packed array {name!r} must give bits in 1..7, got {bits!r}")
         if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or any(
                 isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape):
             _fail(where, f"packed array {name!r} has a bad shape {shape!r}")
@@ -261,7 +308,8 @@ def validate_packed(spec, arrays: dict, where: str) -> dict:
     return out
 
 
-VALIDATORS = {"lbcnn": _validate_lbcnn, "cbcnn": _validate_cbcnn, "hybrid": _validate_hybrid}
+VALIDATORS = {"lbcnn": _validate_lbcnn, "cbcnn": _validate_cbcnn, "hybrid": _validate_hybrid,
+              "lowbit": _validate_lowbit}
 
 
 def validate_model(config, arrays: dict, where: str) -> None:

@@ -182,7 +182,7 @@ def _rewrite(path, out, edit_config=None, edit_arrays=None):
 
 
 @pytest.mark.parametrize("damage,message", [
-    (lambda c, a: c["packed"]["head/weight_q"].update(bits=9), "bits in 2..7"),
+    (lambda c, a: c["packed"]["head/weight_q"].update(bits=9), "bits in 1..7"),
     (lambda c, a: c["packed"]["head/weight_q"].update(shape="x"), "bad shape"),
     (lambda c, a: a.update({"head/weight_q": a["head/weight_q"][:-1]}), "uint8 bytes"),
     (lambda c, a: a["head/weight_q"].__setitem__(-1, 0xFF), "stray bits"),

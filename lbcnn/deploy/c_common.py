@@ -1,6 +1,6 @@
 """Shared pieces of the C99 generators and the exporter registry.
 
-Each family module (``c_lbcnn``, ``c_cbcnn``, ``c_hybrid``) imports this module and
+Each family module (``c_lbcnn``, ``c_cbcnn``, ``c_hybrid``, ``c_lowbit``) imports this module and
 registers ``{PlanClass: exporter}`` with :func:`register`; nothing here imports a
 family module (the registry imports its providers by name on the first lookup), so
 no module imports back up. :func:`lbcnn.deploy.c_export.export_c` is the public entry.
@@ -36,7 +36,7 @@ CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]
 
 # plan class -> exporter(plan, out_dir, measure=..., test_vectors=..., class_names=...)
 EXPORTERS = Registry("C exporter", providers=("lbcnn.deploy.c_lbcnn", "lbcnn.deploy.c_cbcnn",
-                                              "lbcnn.deploy.c_hybrid"))
+                                              "lbcnn.deploy.c_hybrid", "lbcnn.deploy.c_lowbit"))
 
 
 def register(plan_cls: type, exporter: Callable) -> None:
@@ -172,6 +172,37 @@ def selftest_build_command(cpu: str) -> list[str]:
              f"lbcnn_{cpu.replace('-', '_')}.elf"])
 
 
+def unpack_group_c(bits: int) -> str:
+    """``unpack_group(p, d)``: one group of 32 n-bit weights (n words of the layout of
+    ``engine.bits.lane_planes``) into eight words of four int8 lanes holding the stored
+    offset form t = w + 2^(n-1) (0 .. 2^n - 1: the plane fields OR-ed together, no sign
+    work; the C takes the offset off once, at the end), straight-line."""
+    from ..engine.bits import lane_planes
+
+    planes = lane_planes(bits)
+    loads, names, col = [], [], 0
+    for b, _ in planes:
+        names.append([f"p{col + i}" for i in range(b)])
+        loads += [f"p{col + i} = p[{col + i}]" for i in range(b)]
+        col += b
+    lines = []
+    for m in range(8):
+        parts = []
+        for (b, lo), words in zip(planes, names):
+            per = 8 // b
+            word, shift = words[m // per], (m % per) * b
+            field = f"({word} >> {shift})" if shift else word
+            field = f"({field} & 0x{((1 << b) - 1) * 0x01010101:08X}u)"
+            parts.append(f"{field} << {lo}" if lo else field)
+        lines.append(f"    d[{m}] = {' | '.join(parts)};")
+    return (f"/* 32 {bits}-bit weights (planes of "
+            f"{', '.join(f'{b} bits from bit {lo}' for b, lo in planes)}) -> 8 words of four "
+            f"byte lanes,\n * each lane t = w + {1 << (bits - 1)} (0 .. {(1 << bits) - 1}) */\n"
+            "static inline void unpack_group(const uint32_t *restrict p, "
+            "uint32_t *restrict d)\n{\n"
+            f"    const uint32_t {', '.join(loads)};\n" + "\n".join(lines) + "\n}\n")
+
+
 def _c_array(ctype: str, name: str, values, per_line: int = 24) -> str:
     vals = [str(int(v)) for v in np.asarray(values).ravel()]
     if ctype == "int64_t":
@@ -287,9 +318,11 @@ def measure_sizes(out_dir: Path, cc: str | None = None, opt: str = "-O2") -> dic
             "ram": data + bss + stack}
 
 
-# const objects of a generated model.c that are not weights: labels, class names, and the
-# tables of function pointers and stage descriptors (code, not parameters)
-NOT_WEIGHTS = frozenset({"LABELS", "LBCNN_CLASS_NAMES", "CONV", "CONVP", "ST"})
+# const objects of a generated model.c that are not weights: labels, class names, the
+# tables of function pointers and stage descriptors (code, not parameters), and a lowbit
+# model's input-resize tables (preprocessing)
+NOT_WEIGHTS = frozenset({"LABELS", "LBCNN_CLASS_NAMES", "CONV", "CONVP", "ST", "RESIZE_R0",
+                         "RESIZE_RW", "RESIZE_C0", "RESIZE_CW"})
 
 
 def compiled_weight_bytes(c_dir, cc: str | None = None) -> dict[str, int]:
@@ -346,4 +379,4 @@ def sizes_table(sizes: dict | None) -> list[str]:
 __all__ = ["CFLAGS", "CTYPE", "EXPORTERS", "NOT_WEIGHTS", "compiled_weight_bytes", "LINKER_SCRIPT",
            "MAIN_C", "POPCOUNT_C", "_c_array",
            "c_template", "class_names_c", "exporter_for", "find_cc", "header", "measure_sizes", "register",
-           "selftest_build_command", "sizes_table", "test_vector_sources"]
+           "selftest_build_command", "sizes_table", "test_vector_sources", "unpack_group_c"]

@@ -29,10 +29,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..engine.bits import PACKED_BITS, lane_planes, pack_lanes
+from ..engine.bits import PACKED_BITS, pack_lanes
 from ..engine.plan import INT32_MAX, IntegerPlan, bias_flash_bytes, head_stream_sizes
 from .c_common import (CTYPE, MAIN_C, _c_array, c_template, predict_header, register,
-                       sizes_table)
+                       sizes_table, unpack_group_c)
 from .c_project import write_c_project
 
 # the streaming model.c (@NAME@ placeholders), and one stage of the full-map host path
@@ -86,35 +86,6 @@ def head_streams(plan) -> tuple[np.ndarray, np.ndarray]:
     c = q[:, :, 2 * p:]                                                 # (ch, i, last col, c)
     bc = np.concatenate([b.reshape(rows, -1), c.reshape(rows, -1)], axis=1)
     return np.ascontiguousarray(a.reshape(rows, -1)), np.ascontiguousarray(bc)
-
-
-def unpack_group_c(bits: int) -> str:
-    """``unpack_group(p, d)``: one group of 32 n-bit weights (n words of the layout of
-    ``engine.bits.lane_planes``) into eight words of four int8 lanes holding the stored
-    offset form t = w + 2^(n-1) (0 .. 2^n - 1: the plane fields OR-ed together, no sign
-    work; the C takes the offset off once, at the end), straight-line."""
-    planes = lane_planes(bits)
-    loads, names, col = [], [], 0
-    for b, _ in planes:
-        names.append([f"p{col + i}" for i in range(b)])
-        loads += [f"p{col + i} = p[{col + i}]" for i in range(b)]
-        col += b
-    lines = []
-    for m in range(8):
-        parts = []
-        for (b, lo), words in zip(planes, names):
-            per = 8 // b
-            word, shift = words[m // per], (m % per) * b
-            field = f"({word} >> {shift})" if shift else word
-            field = f"({field} & 0x{((1 << b) - 1) * 0x01010101:08X}u)"
-            parts.append(f"{field} << {lo}" if lo else field)
-        lines.append(f"    d[{m}] = {' | '.join(parts)};")
-    return (f"/* 32 {bits}-bit weights (planes of "
-            f"{', '.join(f'{b} bits from bit {lo}' for b, lo in planes)}) -> 8 words of four "
-            f"byte lanes,\n * each lane t = w + {1 << (bits - 1)} (0 .. {(1 << bits) - 1}) */\n"
-            "static inline void unpack_group(const uint32_t *restrict p, "
-            "uint32_t *restrict d)\n{\n"
-            f"    const uint32_t {', '.join(loads)};\n" + "\n".join(lines) + "\n}\n")
 
 
 def _u32_array(name: str, words, per_line: int = 8) -> str:

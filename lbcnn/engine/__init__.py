@@ -5,6 +5,7 @@ importing the package imports them all.
 """
 from . import cbcnn_plan as _cbcnn_plan  # noqa: F401  (registers the CBCNN family)
 from . import hybrid_plan as _hybrid_plan  # noqa: F401  (registers the hybrid family)
+from . import lowbit_plan as _lowbit_plan  # noqa: F401  (registers the lowbit family)
 from .numpy_engine import NumpyEngine, agreement, xnor_popcount_conv2d, xnor_popcount_dense
 from .plan import IntegerPlan, compile_plan, dequantized_model, pack_signs_u64, quantize_head
 

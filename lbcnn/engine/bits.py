@@ -56,12 +56,16 @@ def pack_signs_u64(x: np.ndarray) -> np.ndarray:
 #   int8 lanes with shifts, masks, one add and one xor per word, no per-weight work
 #   (SWAR: the same code on a Cortex-M0+, an M4 and a host). See ``lane_planes``.
 PACKED_BITS = range(2, 8)   # 8- and 16-bit heads are stored as int8 / int16 arrays
+# the model file's stream also holds 1-bit fields (a lowbit family's +-1 kernels: level
+# indices -1 / 0, one bit each)
+FILE_PACKED_BITS = range(1, 8)
 
 
-def _check_packed_bits(bits: int) -> int:
+def _check_packed_bits(bits: int, allowed=PACKED_BITS) -> int:
     bits = int(bits)
-    if bits not in PACKED_BITS:
-        raise ConfigError(f"sub-byte packing takes 2..7 bits, got {bits}")
+    if bits not in allowed:
+        raise ConfigError(f"sub-byte packing takes {allowed.start}..{allowed.stop - 1} bits, "
+                          f"got {bits}")
     return bits
 
 
@@ -72,7 +76,7 @@ def packed_nbytes(count: int, bits: int) -> int:
 
 def pack_signed(q: np.ndarray, bits: int) -> np.ndarray:
     """Signed integers in ``[-2^(n-1), 2^(n-1) - 1]`` -> uint8, n bits each, LSB first."""
-    bits = _check_packed_bits(bits)
+    bits = _check_packed_bits(bits, FILE_PACKED_BITS)
     q = np.asarray(q).ravel()
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     if q.size and (q.min() < lo or q.max() > hi):
@@ -84,7 +88,7 @@ def pack_signed(q: np.ndarray, bits: int) -> np.ndarray:
 
 def unpack_signed(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     """The inverse of :func:`pack_signed`: ``count`` int8 values."""
-    bits = _check_packed_bits(bits)
+    bits = _check_packed_bits(bits, FILE_PACKED_BITS)
     fields = np.unpackbits(np.asarray(packed, np.uint8), count=int(count) * bits,
                            bitorder="little").reshape(int(count), bits)
     u = np.packbits(fields, axis=1, bitorder="little")[:, 0].astype(np.int16)

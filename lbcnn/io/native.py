@@ -4,8 +4,8 @@ No pickle anywhere: ``np.load(..., allow_pickle=False)`` reads it, and the
 config is versioned so older files keep loading or fail with a clear message.
 Writes are atomic (temporary file, then rename).
 
-Version 2 adds bit-packed arrays: integers of 2..7 bits (an n-bit head) may be stored
-as their continuous n-bit two's-complement stream (``lbcnn.engine.bits.pack_signed``),
+Version 2 adds bit-packed arrays: integers of 1..7 bits (an n-bit head, a lowbit kernel)
+may be stored as their continuous n-bit two's-complement stream (``lbcnn.engine.bits.pack_signed``),
 listed in the config's ``packed`` map (name -> bits, shape); ``load_model_file``
 unpacks them before validation, so every reader sees the plain integer arrays. A file
 is written as version 2 only when it holds a packed array, so files without one still
@@ -32,7 +32,7 @@ _WRITER_KEYS = ("format", "version", "packed")   # set by save_model_file, never
 
 def save_model_file(path, config: dict, arrays: dict[str, np.ndarray],
                     packed: dict[str, int] | None = None) -> Path:
-    """Write ``config`` and ``arrays``; ``packed`` maps array names to a bit width (2..7):
+    """Write ``config`` and ``arrays``; ``packed`` maps array names to a bit width (1..7):
     those integer arrays are stored bit-packed (format version 2)."""
     from ..engine.bits import pack_signed
 

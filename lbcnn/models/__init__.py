@@ -46,6 +46,7 @@ def trainer_for(family: str):
 from . import lbcnn as _lbcnn  # noqa: E402,F401  (registers the family)
 from . import cbcnn as _cbcnn  # noqa: E402,F401  (registers the family)
 from . import hybrid as _hybrid  # noqa: E402,F401  (registers the family)
+from . import lowbit as _lowbit  # noqa: E402,F401  (registers the family)
 
 
 def is_cbcnn(model) -> bool:
@@ -56,6 +57,10 @@ def is_hybrid(model) -> bool:
     return isinstance(model, _hybrid.Hybrid)
 
 
+def is_lowbit(model) -> bool:
+    return isinstance(model, _lowbit.LowBitCNN)
+
+
 def load_model(path):
     """Load any native model file, dispatching on its family."""
     from ..errors import DataError, LbcnnError
@@ -63,7 +68,7 @@ def load_model(path):
 
     config, arrays = load_model_file(path)
     loaders = {"lbcnn": _lbcnn.load_lbcnn, "cbcnn": _cbcnn.load_cbcnn,
-               "hybrid": _hybrid.load_hybrid}
+               "hybrid": _hybrid.load_hybrid, "lowbit": _lowbit.load_lowbit}
     family = config.get("family")
     if family not in loaders:
         raise ConfigError(f"{path}: unknown model family {family!r}")

@@ -1,4 +1,5 @@
-"""Knowledge distillation for CBCNN: the loss, the float twin (teacher) and its file.
+"""Knowledge distillation: the loss, the float twin (teacher) and its file (CBCNN here;
+the lowbit family's twin is its own network run in float, ``train.qat``).
 
 The teacher is the *float twin* of a CBCNN: the same layers (3x3 convs, 2x2
 max-pools, batch norms, dense layers, final BN) with real-valued weights and
@@ -95,7 +96,8 @@ def teacher_fingerprint(net) -> str:
     return h.hexdigest()
 
 
-def save_teacher(net, path, *, preprocess: dict, dataset: str, split: str, **meta) -> Path:
+def save_teacher(net, path, *, preprocess: dict, dataset: str, split: str,
+                 family: str = "cbcnn_float_twin", **meta) -> Path:
     from ..outputs import atomic_write_with, strict_json
 
     path = Path(path)
@@ -103,7 +105,7 @@ def save_teacher(net, path, *, preprocess: dict, dataset: str, split: str, **met
     for name, value in arrays.items():
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise ConfigError(f"refusing to save {path}: teacher array {name!r} holds NaN or inf")
-    config = {"format": TEACHER_FORMAT, "version": TEACHER_VERSION, "family": "cbcnn_float_twin",
+    config = {"format": TEACHER_FORMAT, "version": TEACHER_VERSION, "family": family,
               "net": net.config(), "activation": "relu", "preprocess": preprocess,
               "dataset": dataset, "split": split, **meta}
     arrays["__config__"] = np.frombuffer(strict_json(config).encode(), dtype=np.uint8)
@@ -120,30 +122,7 @@ def load_teacher(path, *, input_shape, n_classes: int, preprocess: dict, split: 
     from ..models.cbcnn import CBCNNNet
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--teacher: no such file {path} (train one with --float-twin, or "
-                          f"use --distill)")
-    not_teacher = (f"--teacher {path} is not an lbcnn teacher file (train one with "
-                   f"lbcnn train --model cbcnn --float-twin)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-        raise DataError(f"--teacher {path} is not a readable teacher file ({first})") from None
-    if not isinstance(arrays, dict) or "__config__" not in arrays:
-        raise DataError(not_teacher)
-    try:
-        config = json.loads(arrays.pop("__config__").tobytes().decode())
-    except (UnicodeDecodeError, ValueError):
-        raise DataError(f"--teacher {path}: its config is corrupt") from None
-    if not isinstance(config, dict) or config.get("format") != TEACHER_FORMAT:
-        raise DataError(not_teacher)
-    version = config.get("version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise DataError(f"--teacher {path}: config 'version' must be an integer")
-    if version > TEACHER_VERSION:
-        raise DataError(f"--teacher {path} was written by a newer lbcnn")
+    config, arrays = read_teacher_file(path, "cbcnn_float_twin")
     cfg = config.get("net")
     if not isinstance(cfg, dict):
         raise DataError(f"--teacher {path}: damaged network config")
@@ -179,6 +158,41 @@ def load_teacher(path, *, input_shape, n_classes: int, preprocess: dict, split: 
             raise DataError(f"--teacher {path}: array {k!r} is damaged (shape or NaN/inf)")
     net.load_state_dict({k: torch.as_tensor(np.asarray(arrays[k])).to(sd[k].dtype) for k in sd})
     return frozen_teacher(net.to(device if device is not None else "cpu")), config
+
+
+def read_teacher_file(path, family: str) -> tuple[dict, dict]:
+    """(config, arrays) of a teacher file of ``family`` (``cbcnn_float_twin``,
+    ``lowbit_float_twin``); every failure is one ConfigError / DataError line."""
+    path = Path(path)
+    model = "lowbit" if family.startswith("lowbit") else "cbcnn"
+    if not path.is_file():
+        raise ConfigError(f"--teacher: no such file {path} (train one with --float-twin, or "
+                          f"use --distill)")
+    not_teacher = (f"--teacher {path} is not an lbcnn teacher file (train one with "
+                   f"lbcnn train --model {model} --float-twin)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise DataError(f"--teacher {path} is not a readable teacher file ({first})") from None
+    if not isinstance(arrays, dict) or "__config__" not in arrays:
+        raise DataError(not_teacher)
+    try:
+        config = json.loads(arrays.pop("__config__").tobytes().decode())
+    except (UnicodeDecodeError, ValueError):
+        raise DataError(f"--teacher {path}: its config is corrupt") from None
+    if not isinstance(config, dict) or config.get("format") != TEACHER_FORMAT:
+        raise DataError(not_teacher)
+    version = config.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise DataError(f"--teacher {path}: config 'version' must be an integer")
+    if version > TEACHER_VERSION:
+        raise DataError(f"--teacher {path} was written by a newer lbcnn")
+    if config.get("family", "cbcnn_float_twin") != family:
+        raise ConfigError(f"--teacher {path} is a {config.get('family')} teacher; this run "
+                          f"needs a {family} (lbcnn train --model {model} --float-twin)")
+    return config, arrays
 
 
 def frozen_teacher(net):
