@@ -54,7 +54,12 @@ def run(args) -> int:
     t0 = time.perf_counter()
     if args.format == "h5":
         from ..deploy.keras_export import export_h5
-        from ..models import is_cbcnn, is_hybrid
+        from ..models import is_cbcnn, is_hybrid, is_lowbit
+        if is_lowbit(model):
+            raise ConfigError("Keras .h5 export is for LB-CNN models: a lowbit model is integer "
+                              "arithmetic (per-channel shifts, fixed-point requantization, an "
+                              "integer resize) that no Keras layer computes exactly; export it "
+                              "with --format onnx or c")
         if is_cbcnn(model) or is_hybrid(model):
             raise ConfigError(f"Keras .h5 export is for LB-CNN models; export a "
                               f"{type(model).__name__} with --format onnx")

@@ -1,4 +1,4 @@
-"""``lbcnn train``: end-to-end training for the trained families (cbcnn, hybrid)."""
+"""``lbcnn train``: end-to-end training for the trained families (cbcnn, hybrid, lowbit)."""
 from __future__ import annotations
 
 import argparse
@@ -40,18 +40,22 @@ def _threshold(text: str):
 
 
 def add_parser(sub) -> None:
-    t = sub.add_parser("train", help="train a binarized CNN (cbcnn) or the hybrid end to end")
-    t.add_argument("--model", required=True, choices=["cbcnn", "hybrid"],
+    t = sub.add_parser("train", help="train a binarized CNN (cbcnn), the hybrid or a low-bit "
+                                     "depthwise network (lowbit) end to end")
+    t.add_argument("--model", required=True, choices=["cbcnn", "hybrid", "lowbit"],
                    help="cbcnn: fully binarized CNN; hybrid: binarized image, fixed XNOR kernels, "
-                        "float MLP")
+                        "float MLP; lowbit: trained 1..8-bit depthwise channel paths and a "
+                        "2..8-bit head (docs/lowbit.md)")
     add_data_args(t)
     t.add_argument("--train-size", type=positive_int,
                    help="labelled training images used, validation included (default: all)")
     t.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="share of the training images held out to choose the epoch")
     t.add_argument("--seed", type=seed_int, default=0, help="seed for splits, initialization, batches")
-    t.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
-    t.add_argument("--batch-size", type=batch_int, default=100, help="images per step")
+    t.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs (default 10; lowbit 15)")
+    t.add_argument("--batch-size", type=batch_int, default=None,
+                   help="images per step (default 100; lowbit 256)")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     t.add_argument("--out", help="run folder (checkpoint, model.npz, curves, summary)")
     add_output_args(t)
@@ -60,22 +64,26 @@ def add_parser(sub) -> None:
     c.add_argument("--preset", default=None, help="cbcnn28 or cbcnn32 (three blocks, default by input size); "
                    "cbcnn28x4 / cbcnn32x4 (four blocks, the paper's 0.48 M / 0.59 M)")
     c.add_argument("--blocks", type=ints, help="conv widths, e.g. 64,128,128")
-    c.add_argument("--dense", type=ints, help="hidden dense widths, e.g. 256")
+    c.add_argument("--dense", type=ints, help="hidden dense widths, e.g. 256 (lowbit: 0 to 2 "
+                                              "hidden layers, default 64; \"\" for none)")
     c.add_argument("--lr-start", type=positive_float, default=None,
                    help="Adam learning rate at the first epoch; the peak for onecycle "
-                        "(default 1e-3, or the --recipe's)")
+                        "and lowbit (default 1e-3, or the --recipe's; lowbit 6e-3)")
     c.add_argument("--lr-end", type=positive_float, default=None,
-                   help="learning rate at the last epoch (default 1e-4, or the --recipe's)")
+                   help="learning rate at the last epoch (default 1e-4, or the --recipe's; "
+                        "lowbit --lr-start / 1000)")
     c.add_argument("--y-channel", action="store_true", help="RGB -> Y (BT.601)")
     c.add_argument("--equalize", action="store_true", help="per-image histogram equalization")
     c.add_argument("--standardize", action="store_true", help="per-image standardization")
     c.add_argument("--max-minutes", type=positive_float,
                    help="stop before an epoch that would overrun")
-    c.add_argument("--shift", type=nonneg_float, default=0.0, help="augmentation: random shift, pixels")
-    c.add_argument("--rotate", type=nonneg_float, default=0.0,
-                   help="augmentation: random rotation, degrees")
-    c.add_argument("--zoom", type=nonneg_float, default=0.0,
-                   help="augmentation: random zoom, fraction")
+    c.add_argument("--shift", type=nonneg_float, default=None,
+                   help="augmentation: random shift, pixels (default 0; lowbit 1.4, of the "
+                        "image before its resize)")
+    c.add_argument("--rotate", type=nonneg_float, default=None,
+                   help="augmentation: random rotation, degrees (default 0; lowbit 5)")
+    c.add_argument("--zoom", type=nonneg_float, default=None,
+                   help="augmentation: random zoom, fraction (default 0; lowbit 0.05)")
     c.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="training forward pass; bf16 autocast is ~1.6x faster on CPUs with "
                         "AVX512-BF16 and much slower without it: time it with "
@@ -126,6 +134,7 @@ def add_parser(sub) -> None:
     r.add_argument("--float-twin", action="store_true",
                    help="train the float twin (same layers, real weights, ReLU) and write "
                         "RUN/teacher.npz for --teacher; no test-set evaluation")
+    _add_lowbit_args(t)
     h = t.add_argument_group("hybrid")
     h.add_argument("--kernels", default="paper",
                    help="paper (edge probes), lines, random, or a .npy of (2, 3, 3) +-1")
@@ -144,14 +153,15 @@ def run(args) -> int:
     from ..settings import resolve_device
 
     resolve_device(args.device)
+    _check_family_options(args)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out, the run folder to continue")
     lock = None
     if args.out:
         out = prepare_run_dir(args.out, force=args.force, resume=args.resume)
-        if args.resume and args.model == "cbcnn" and not (out / "checkpoint.pt").exists() \
+        if args.resume and args.model in ("cbcnn", "lowbit") and not (out / "checkpoint.pt").exists() \
                 and not (out / "teacher" / "checkpoint.pt").exists():  # killed while distilling
-            raise ConfigError(f"--resume: {out} holds no CBCNN checkpoint")
+            raise ConfigError(f"--resume: {out} holds no {args.model} checkpoint")
         if args.resume and args.model == "hybrid":
             raise ConfigError("--resume is for CBCNN runs; hybrid training is short, run it again")
         lock = RunLock(out).acquire()
@@ -163,6 +173,8 @@ def run(args) -> int:
                       f"{len(ds.y_test):,} test images, {ds.n_classes} classes")
         if args.model == "cbcnn":
             summary = _train_cbcnn(args, ds)
+        elif args.model == "lowbit":
+            summary = _train_lowbit(args, ds)
         else:
             summary = _train_hybrid(args, ds)
     finally:
@@ -185,7 +197,10 @@ def _print_summary(summary: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
-    rows = [("best validation accuracy", pct(summary.get("best_val_accuracy"))),
+    rows = [("best validation accuracy" + (" (integer model)" if summary["model"] == "lowbit"
+                                           else ""), pct(summary.get("best_val_accuracy"))),
+            *([("validation, fake-quantized forward", pct(summary["fake_quant_val_accuracy"]))]
+              if summary.get("fake_quant_val_accuracy") is not None else []),
             *([("validation, BN re-estimated", pct(summary["bn_recalibration"]["val_accuracy_after"])
                 + (" (kept)" if summary["bn_recalibration"]["kept"] else " (not kept)"))]
               if summary.get("bn_recalibration") else []),
@@ -221,26 +236,29 @@ def _train_cbcnn(args, ds) -> dict:
     if args.recipe and _recipe_flips(args.recipe) and not recipe["flip"] and args.flip is None:
         say(args, f"note: --recipe {args.recipe} flips no images of {ds.name}: a mirror can "
                   f"change its classes")
-    r = train_cbcnn(ds, preset=None, blocks=blocks, dense=dense, epochs=args.epochs,
-                    batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
+    epochs = 10 if args.epochs is None else args.epochs
+    shift, rotate, zoom = (0.0 if v is None else v for v in (args.shift, args.rotate, args.zoom))
+    r = train_cbcnn(ds, preset=None, blocks=blocks, dense=dense, epochs=epochs,
+                    batch_size=args.batch_size or 100, seed=args.seed,
+                    val_fraction=args.val_fraction,
                     train_size=args.train_size, preprocess=pre, out_dir=args.out,
                     resume=args.resume, device=args.device, progress=not args.json,
                     log=lambda m: say(args, m),
-                    precision=args.precision, shift=args.shift, rotate=args.rotate,
-                    zoom=args.zoom, float_twin=args.float_twin,
+                    precision=args.precision, shift=shift, rotate=rotate,
+                    zoom=zoom, float_twin=args.float_twin,
                     recalibrate_bn=args.recalibrate_bn,
                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
                     **recipe)
     if r["stopped_by_time_budget"]:
-        say(args, f"stopped by --max-minutes after epoch {r['epochs_run']} of {args.epochs}; the "
+        say(args, f"stopped by --max-minutes after epoch {r['epochs_run']} of {epochs}; the "
                   f"best-validation model is saved. Continue with --resume; the test set is "
                   f"read when the run ends")
     teacher = r.get("teacher")
     return {"model": "cbcnn float twin" if args.float_twin else "cbcnn", "dataset": ds.name,
             "blocks": list(blocks), "dense": list(dense),
-            "preprocess": pre, "seed": args.seed, "epochs": args.epochs,
+            "preprocess": pre, "seed": args.seed, "epochs": epochs,
             "precision": args.precision,
-            "augment": {"shift": args.shift, "rotate": args.rotate, "zoom": args.zoom,
+            "augment": {"shift": shift, "rotate": rotate, "zoom": zoom,
                         "flip": recipe["flip"], "erase": recipe["erase"]},
             "recipe": args.recipe, "settings": recipe,
             "teacher": None if teacher is None else {k: v for k, v in teacher.items()},
@@ -305,8 +323,10 @@ def _train_hybrid(args, ds) -> dict:
     threshold = args.threshold
     tr, va = ds.split(args.train_size, args.val_fraction, args.seed)
     model = Hybrid(kernels=kernels, threshold=threshold, hidden=args.hidden,
-                   optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
-                   batch_size=args.batch_size, patience=args.patience, random_state=args.seed,
+                   optimizer=args.optimizer, lr=args.lr,
+                   epochs=10 if args.epochs is None else args.epochs,
+                   batch_size=args.batch_size or 100, patience=args.patience,
+                   random_state=args.seed,
                    progress=not args.json)
     model.fit(ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va])
     test_acc = model.score(ds.x_test, ds.y_test)  # the one look at the test set
@@ -327,3 +347,141 @@ def _train_hybrid(args, ds) -> dict:
         write_json(out / "summary.json", summary)
         write_json(out / "history.json", model.history_)
     return summary
+
+
+# -- lowbit ------------------------------------------------------------------------------------
+_LOWBIT_ONLY = ("size", "channels", "first", "path", "conv_bits", "conv_mode", "conv_scale",
+                "conv_norm", "head_bits", "head_mode", "act_bits", "dropout", "weight_decay",
+                "float_epochs", "label_smoothing", "init", "init_from")
+# options of the other families a lowbit run would silently ignore: refused instead
+_NOT_LOWBIT = {"preset": None, "blocks": None, "y_channel": False, "equalize": False,
+               "standardize": False, "recipe": None, "recalibrate_bn": False,
+               "precision": "fp32", "kernels": "paper", "threshold": "otsu", "hidden": 120,
+               "optimizer": "adam", "lr": 1e-3, "patience": 10}
+
+
+def _add_lowbit_args(t) -> None:
+    from ..models.lowbit import CONV_NORMS, FIRST_MODES
+
+    g = t.add_argument_group("lowbit (docs/lowbit.md; also --dense, --lr-start, --lr-end, "
+                             "--warmup, --shift/--rotate/--zoom, --flip, --erase, --ema, "
+                             "--teacher/--distill, --float-twin, --max-minutes)")
+    g.add_argument("--size", type=int_in(4, 512, "an input size"), default=None,
+                   help="input side after the exact integer area resize (default 16)")
+    g.add_argument("--channels", type=int_in(1, 4096, "a channel count"), default=None,
+                   help="channel paths (default 32)")
+    g.add_argument("--first", choices=FIRST_MODES, default=None,
+                   help="a path's first conv reads every colour plane (full, default) or one "
+                        "(depthwise)")
+    g.add_argument("--path", default=None,
+                   help="a path's ops after the resize: c = 3x3 valid conv, p = 2x2 max pool "
+                        "(default ccpcp)")
+    g.add_argument("--conv-bits", type=ints, default=None,
+                   help="kernel bits, one for all convs or one per conv, 1 (+-1) .. 8 "
+                        "(default 8)")
+    g.add_argument("--conv-mode", choices=["auto", "symnz", "int"], default=None,
+                   help="kernel level grid: symnz (no zero), int (symmetric, 2 bits = "
+                        "ternary), auto: symnz at 1, 3, 4 bits, int otherwise (default)")
+    g.add_argument("--conv-scale", choices=["channel", "tensor"], default=None,
+                   help="LSQ step per channel (default) or per layer")
+    g.add_argument("--conv-norm", choices=CONV_NORMS, default=None,
+                   help="after each conv: batch norm (default, folded at export), a bias, "
+                        "or nothing")
+    g.add_argument("--head-bits", type=ints, default=None,
+                   help="dense weight bits, one for all or one per dense layer, 2..8 "
+                        "(default 2,4)")
+    g.add_argument("--head-mode", choices=["symnz", "int"], default=None,
+                   help="dense weight level grid (default symnz)")
+    g.add_argument("--act-bits", type=int_in(2, 8, "activation bits"), default=None,
+                   help="bits of the head's input and hidden activations (default 8)")
+    g.add_argument("--dropout", type=_probability, default=None, help="dropout before dense layers")
+    g.add_argument("--weight-decay", type=nonneg_float, default=None,
+                   help="AdamW weight decay on the weights (default 1e-4)")
+    g.add_argument("--float-epochs", type=int_in(0, 10_000, "epochs"), default=None,
+                   help="first epochs in float (quantization off; default 0)")
+    g.add_argument("--label-smoothing", type=_probability, default=None,
+                   help="cross-entropy label smoothing (default 0)")
+    g.add_argument("--init", choices=["random", "lbcnn"], default=None,
+                   help="random kernels (default), or seeded random +-1 kernels with the ELM's "
+                        "closed-form ridge head as the initial output layer")
+    g.add_argument("--init-from", metavar="RUN_OR_MODEL", default=None,
+                   help="start from the +-1 kernels of a searched LB-CNN (lbcnn search's run or "
+                        "model; its filters x nl paths must match) and the ELM ridge head")
+
+
+def _check_family_options(args) -> None:
+    """Options of another family refused with one line, not ignored."""
+    if args.model == "lowbit":
+        for key, default in _NOT_LOWBIT.items():
+            if getattr(args, key, default) != default:
+                raise ConfigError(f"--{key.replace('_', '-')} is not a lowbit option "
+                                  f"(see lbcnn train --help, group lowbit)")
+        if args.lr_schedule not in (None, "cosine"):
+            raise ConfigError("lowbit training uses a warm-up then cosine schedule; "
+                              "--lr-schedule takes only cosine")
+        return
+    for key in _LOWBIT_ONLY:
+        if getattr(args, key, None) is not None:
+            raise ConfigError(f"--{key.replace('_', '-')} is a lowbit option; this run is "
+                              f"--model {args.model}")
+
+
+def _lowbit_settings(args) -> dict:
+    from ..train.qat import DEFAULTS
+
+    pick = lambda key, given: DEFAULTS[key] if given is None else given  # noqa: E731
+    settings = {"epochs": pick("epochs", args.epochs),
+                "batch_size": pick("batch_size", args.batch_size),
+                "lr": pick("lr", args.lr_start), "lr_end": args.lr_end,
+                "weight_decay": pick("weight_decay", args.weight_decay),
+                "warmup": args.warmup, "shift": pick("shift", args.shift),
+                "rotate": pick("rotate", args.rotate), "zoom": pick("zoom", args.zoom),
+                "flip": bool(args.flip), "erase": pick("erase", args.erase),
+                "ema": args.ema, "float_epochs": pick("float_epochs", args.float_epochs),
+                "label_smoothing": pick("label_smoothing", args.label_smoothing),
+                "init": args.init or "random", "init_from": args.init_from,
+                "teacher": args.teacher, "distill": bool(args.distill),
+                "teacher_epochs": args.teacher_epochs,
+                "distill_weight": pick("distill_weight", args.distill_weight),
+                "temperature": pick("temperature", args.temperature),
+                "float_twin": args.float_twin, "seed": args.seed,
+                "val_fraction": args.val_fraction, "train_size": args.train_size}
+    if args.teacher_epochs is not None and not args.distill:
+        raise ConfigError("--teacher-epochs goes with --distill")
+    if args.teacher is None and not args.distill and (args.distill_weight is not None
+                                                      or args.temperature is not None):
+        raise ConfigError("--distill-weight and --temperature go with --teacher FILE or --distill")
+    if args.float_twin and not args.out:
+        raise ConfigError("--float-twin needs --out, the folder that receives teacher.npz")
+    return settings
+
+
+def _train_lowbit(args, ds) -> dict:
+    from ..models.lowbit import LowBitCNN
+    from ..train.qat import train_lowbit
+
+    model = LowBitCNN(**{k: v for k, v in {
+        "size": args.size, "channels": args.channels, "first": args.first, "path": args.path,
+        "conv_bits": args.conv_bits, "conv_mode": args.conv_mode, "conv_scale": args.conv_scale,
+        "conv_norm": args.conv_norm, "hidden": args.dense, "head_bits": args.head_bits,
+        "head_mode": args.head_mode, "act_bits": args.act_bits, "dropout": args.dropout,
+        "device": args.device}.items() if v is not None})
+    settings = _lowbit_settings(args)
+    r = train_lowbit(ds, model=model, out_dir=args.out, resume=args.resume, device=args.device,
+                     log=lambda m: say(args, m),
+                     max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+                     **settings)
+    if r["stopped_by_time_budget"]:
+        say(args, f"stopped by --max-minutes after epoch {r['epochs_run']} of "
+                  f"{settings['epochs']}; the best-validation model is saved. Continue with "
+                  f"--resume; the test set is read when the run ends")
+    arch = model.architecture(ds.input_shape[2], ds.n_classes)
+    return {"model": "lowbit float twin" if args.float_twin else "lowbit", "dataset": ds.name,
+            "net": arch, "settings": {k: v for k, v in settings.items()},
+            "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
+            "best_val_accuracy": r["best_val_accuracy"],
+            "fake_quant_val_accuracy": r.get("fake_quant_val_accuracy"),
+            "test_accuracy": r["test_accuracy"], "train_size": r["train_size"],
+            "wall_seconds": r["wall_seconds"], "init": r["init"], "teacher": r["teacher"],
+            "stopped_by_time_budget": r["stopped_by_time_budget"], "out": args.out,
+            **({"teacher_path": r["teacher_path"]} if "teacher_path" in r else {})}

@@ -70,6 +70,9 @@ def export_h5(model, path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".h5", ".hdf5"):
         raise ConfigError(f"Keras export writes .h5 files; got {path.name}")
+    if not hasattr(model, "body_"):
+        raise ConfigError(f"Keras .h5 export is for LB-CNN models, not a "
+                          f"{type(model).__name__}; use ONNX or C")
     km = build_keras_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.h5")

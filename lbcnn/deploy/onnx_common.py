@@ -1,6 +1,6 @@
 """Shared pieces of the ONNX exporters and their registry.
 
-Each family module (``onnx_lbcnn``, ``onnx_cbcnn``) imports this module and registers
+Each family module (``onnx_lbcnn``, ``onnx_cbcnn``, ``onnx_lowbit``) imports this module and registers
 ``{ModelClass: build(model, input_channels=None) -> onnx.ModelProto}``; nothing here
 imports a family module (the registry imports its providers by name on the first
 lookup), so neither family module imports the other. ``onnx_export`` is the public entry.
@@ -24,7 +24,8 @@ def import_onnx():
 
 # model class -> build(model, input_channels=None) -> onnx.ModelProto
 ONNX_BUILDERS = Registry("ONNX exporter",
-                         providers=("lbcnn.deploy.onnx_lbcnn", "lbcnn.deploy.onnx_cbcnn"))
+                         providers=("lbcnn.deploy.onnx_lbcnn", "lbcnn.deploy.onnx_cbcnn",
+                                    "lbcnn.deploy.onnx_lowbit"))
 
 
 def register_onnx_builder(model_cls: type, build) -> None:

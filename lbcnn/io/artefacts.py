@@ -128,7 +128,10 @@ def _luma_adapter(pred: Predictor) -> Predictor:
 
 
 def _model_input_shape(model, config: dict) -> tuple:
-    from ..models import is_cbcnn
+    from ..models import is_cbcnn, is_lowbit
+
+    if is_lowbit(model):   # the raw image: the model resizes it itself
+        return tuple(int(s) for s in model.frozen_["input_shape"])
 
     if is_cbcnn(model):
         h, w, c = model.net.input_shape
