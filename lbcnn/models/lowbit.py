@@ -524,11 +524,15 @@ def save_lowbit(model: LowBitCNN, path, **meta) -> None:
     from .lowbit_int import frozen_arrays
 
     fz = model.frozen_
+    classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
+    if any(isinstance(c, bool) or not isinstance(c, int) for c in classes):
+        raise ConfigError(f"model files store integer class labels; this model's are "
+                          f"{type(classes[0]).__name__} ({classes[0]!r}, ...): fit it on "
+                          f"integer labels (and keep their names apart) to save it")
     arrays, packed = frozen_arrays(fz)
     config = {"family": "lowbit", "net": fz["arch"], "input_shape": list(fz["input_shape"]),
               "logit_scale": float(fz["logit_scale"]),
-              "classes": [c.item() if hasattr(c, "item") else c for c in model.classes_],
-              "frozen": fz["meta"], **meta}
+              "classes": classes, "frozen": fz["meta"], **meta}
     save_model_file(path, config, arrays, packed=packed)
 
 

@@ -58,12 +58,14 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
-def check_resume_config(saved: dict, config: dict, ckpt_path, exact: bool = False) -> None:
+def check_resume_config(saved: dict, config: dict, ckpt_path, exact: bool = False,
+                        defaults: dict | None = None) -> None:
     """Refuse to resume when a setting differs (all of ``config``'s keys; with ``exact``,
     also keys only the checkpoint has). Checkpoints written before bf16, augmentation and
-    the recipe options lack those keys: ``CONFIG_DEFAULTS`` says what they meant."""
+    the recipe options lack those keys: ``defaults`` (a CBCNN run's ``CONFIG_DEFAULTS``
+    unless given) says what they meant."""
     config = {k: v for k, v in config.items() if k in saved or k not in UNKNOWN_WHEN_ABSENT}
-    saved = {**CONFIG_DEFAULTS, **saved}
+    saved = {**(CONFIG_DEFAULTS if defaults is None else defaults), **saved}
     diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
     if exact and not diff and saved != config:
         diff = {k: (v, None) for k, v in saved.items() if k not in config}

@@ -144,7 +144,7 @@ class QATRun:
                            **{k: v for k, v in s.items()}}
         if resume and self.ckpt_path.exists():  # a changed setting is refused before any work
             check_resume_config(load_checkpoint(self.ckpt_path)["config"], self.run_config,
-                                self.ckpt_path)
+                                self.ckpt_path, defaults={})
 
         self.tr_idx, self.val_idx = dataset.split(train_size, val_fraction, seed)
         if len(self.tr_idx) < 2 or len(self.val_idx) < 1:
@@ -181,7 +181,8 @@ class QATRun:
         ck = None
         if resume and self.ckpt_path.exists():
             ck = load_checkpoint(self.ckpt_path)
-            check_resume_config(ck["config"], self.run_config, self.ckpt_path, exact=True)
+            check_resume_config(ck["config"], self.run_config, self.ckpt_path, exact=True,
+                                defaults={})
             try:
                 self.net.load_state_dict(ck["model"])
                 self.opt.load_state_dict(ck["optimizer"])
