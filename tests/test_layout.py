@@ -47,8 +47,8 @@ def test_cbcnn_estimator_finds_its_trainer_through_the_registry():
 
 
 @pytest.mark.parametrize("family_modules", [
-    ("onnx_lbcnn", "onnx_cbcnn", "onnx_export"),
-    ("c_lbcnn", "c_cbcnn", "c_hybrid", "c_export"),
+    ("onnx_lbcnn", "onnx_cbcnn", "onnx_lowbit", "onnx_export"),
+    ("c_lbcnn", "c_cbcnn", "c_hybrid", "c_lowbit", "c_export"),
 ])
 def test_exporter_families_register_instead_of_importing_each_other(family_modules):
     families, driver = family_modules[:-1], family_modules[-1]
@@ -64,6 +64,8 @@ def test_every_family_reaches_its_exporters_through_the_registries():
     from lbcnn.engine.hybrid_plan import HybridPlan
     from lbcnn.engine.plan import IntegerPlan
     from lbcnn.models.cbcnn import CBCNN
+    from lbcnn.engine.lowbit_plan import LowBitPlan
     from lbcnn.models.lbcnn import LBCNN
-    assert {IntegerPlan, CBCNNPlan, HybridPlan} <= set(EXPORTERS.keys())
-    assert {LBCNN, CBCNN} <= set(ONNX_BUILDERS.keys())
+    from lbcnn.models.lowbit import LowBitCNN
+    assert {IntegerPlan, CBCNNPlan, HybridPlan, LowBitPlan} <= set(EXPORTERS.keys())
+    assert {LBCNN, CBCNN, LowBitCNN} <= set(ONNX_BUILDERS.keys())

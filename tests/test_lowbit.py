@@ -14,7 +14,8 @@ from lbcnn.binary.quantizers import (LSQActivation, LSQWeight, get_quantizer, in
                                      list_quantizers, make_quantizer, weight_levels)
 from lbcnn.data.resize import FRAC_BITS, area_table, resize_images, resize_table, resize_torch
 from lbcnn.errors import ConfigError, DataError
-from lbcnn.models.lowbit import LowBitCNN, architecture, fixed_point
+from lbcnn.models.lowbit import LowBitCNN, architecture
+from lbcnn.models.lowbit_int import fixed_point
 
 
 # -- quantizers ----------------------------------------------------------------------------

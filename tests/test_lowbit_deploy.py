@@ -158,6 +158,9 @@ def test_emulated_cortex_m_equals_the_engine_on_mnist(trained, mnist, cpu, tmp_p
     else:
         assert res["armv6m_violations"] == 0
     assert res["ram_plus_stack_bytes"] < 4096
+    from lbcnn.deploy.accounting_lowbit import lowbit_ram_bytes     # info's static RAM
+    model = trained[0]["model"]
+    assert abs(res["ram_bytes"] - lowbit_ram_bytes(model.arch_, (28, 28, 1))["total"]) <= 16
 
 
 @needs_elf

@@ -336,11 +336,13 @@ def other_families(mnist):
                      device="cpu")["model"]
     cb.net.eval()
     hy = Hybrid(epochs=1).fit(x[:300], y[:300], x[300:400], y[300:400])
-    return {"cbcnn": cb, "hybrid": hy}
+    from test_lowbit import frozen_model
+    lb = frozen_model(input_shape=(28, 28, 1), conv_bits=(1, 4, 8), head_bits=(3, 8))
+    return {"cbcnn": cb, "hybrid": hy, "lowbit": lb}
 
 
 @needs_elf
-@pytest.mark.parametrize("family", ["cbcnn", "hybrid"])
+@pytest.mark.parametrize("family", ["cbcnn", "hybrid", "lowbit"])
 def test_info_bits_equal_the_compiled_weight_bytes_other_families(other_families, tmp_path,
                                                                   family):
     from lbcnn.deploy.accounting import account

@@ -1,5 +1,6 @@
 """Bit accounting of an LB-CNN: weights, bits, MACs and file sizes per layer
-(a CBCNN: ``account_cbcnn``, from its ``profile()``, at the end of this file).
+(a CBCNN: ``account_cbcnn``, from its ``profile()``, at the end of this file; a lowbit
+model: ``accounting_lowbit``).
 
 Bits are what the generated C flashes (``lbcnn export --format c``, whose arrays a
 test compiles and measures): kernels 1 bit per weight (+-1, packed per conv stage),
@@ -173,6 +174,7 @@ def account(model, path=None, sizes: bool = True) -> dict:
     elif is_hybrid(model):
         info = account_hybrid(model, path, sizes)
     elif is_lowbit(model):
+        from .accounting_lowbit import account_lowbit
         info = account_lowbit(model, path, sizes)
     elif hasattr(model, "body_"):
         info = account_lbcnn(model, path, sizes)
@@ -262,6 +264,7 @@ def render(info: dict):
     if info.get("family") == "hybrid":
         return render_hybrid(info)
     if info.get("family") == "lowbit":
+        from .accounting_lowbit import render_lowbit
         return render_lowbit(info)
     t = Table(title=f"LB-CNN filters {','.join(map(str, info['filters']))}, nl {info['nl']}, "
                     f"input {'x'.join(map(str, info['input_shape']))}")
@@ -574,76 +577,6 @@ def render_hybrid(info: dict):
         f"{info['float_bits'] / 1000:.2f} kbits at 32 bits/weight (float32))",
         f"MACs: {info['macs']:,}, of which {info['xnor_popcount_macs']:,} XNOR-popcount",
         info["c_head_note"],
-    ]
-    lines += _common_lines(info)
-    return Group(t, Text("\n".join(lines)))
-
-
-# -- lowbit -------------------------------------------------------------------------------------
-def lowbit_ram_bytes(arch: dict, input_shape) -> dict:
-    """Static RAM of the generated C by buffer (``c_lowbit``): the resized image, one int16
-    path map, the head's input and the hidden activations (the caller's raw image and the
-    int64 logits apart; the stack is measured by ``lbcnn mcu``)."""
-    from ..models.lowbit import dense_dims
-
-    c = int(input_shape[2])
-    size = arch["size"]
-    dims = dense_dims(arch)
-    out = {"resized_image": c * size * size, "path_map": 2 * (size - 2) ** 2,
-           "head_input": dims[0], "hidden": sum(dims[1:-1])}
-    out["total"] = sum(out.values())
-    return out
-
-
-def account_lowbit(model, path=None, sizes: bool = True) -> dict:
-    """The lowbit family: per-layer weights at their bits, MACs, and what the C flashes
-    (the plan's arrays: kernels and dense weights packed, shifts, biases, multipliers)."""
-    from ..engine.lowbit_plan import compile_lowbit
-    from ..models.lowbit import profile
-
-    arch = model.arch_
-    rows = profile(arch)
-    wb = compile_lowbit(model).weight_bytes()
-    weight_bits = sum(r["bits"] for r in rows)
-    out = {"family": "lowbit", "input_shape": list(model.frozen_["input_shape"]),
-           "net": arch, "layers": rows, "weight_bits": weight_bits,
-           "constant_bits": 8 * (wb["total"] - wb["conv"] - wb["dense"]),
-           "total_kbits": 8 * wb["total"] / 1000, "params_bytes": wb["total"],
-           "macs": sum(r["macs"] for r in rows),
-           "conv_macs": sum(r["macs"] for r in rows if r["name"].startswith("conv")),
-           "head_macs": sum(r["macs"] for r in rows if not r["name"].startswith(("conv", "pool"))),
-           "static_ram_bytes": lowbit_ram_bytes(arch, model.frozen_["input_shape"]),
-           "classes": arch["n_classes"]}
-    if sizes:
-        from ..models.lowbit import save_lowbit
-        out["file_bytes"] = _saved_and_onnx_sizes(model, save_lowbit, path)
-    return out
-
-
-def render_lowbit(info: dict):
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    a = info["net"]
-    h, w, c = info["input_shape"]
-    t = Table(title=f"lowbit: {a['channels']} paths {a['path']}, input {h}x{w}x{c} resized to "
-                    f"{a['size']}x{a['size']}, head {'-'.join(map(str, a['hidden'])) or 'none'}")
-    for col in ("layer", "type", "output", "weights", "bits/w", "kbits", "MACs"):
-        t.add_column(col, justify="right" if col in ("weights", "bits/w", "kbits", "MACs") else "left")
-    for r in info["layers"]:
-        t.add_row(r["name"], r["kind"], "x".join(map(str, r["output"])), f"{r['weights']:,}",
-                  str(r["bits_per_weight"]), f"{r['bits'] / 1000:.2f}", f"{r['macs']:,}")
-    ram = info["static_ram_bytes"]
-    lines = [
-        f"weights {info['weight_bits'] / 1000:.2f} kbits at their bit widths + "
-        f"{info['constant_bits'] / 1000:.2f} kbits of per-channel shifts, biases and "
-        f"multipliers = {info['total_kbits']:.2f} kbits as flashed",
-        f"MACs: {info['macs']:,} ({info['conv_macs']:,} in the channel paths, "
-        f"{info['head_macs']:,} in the head)",
-        f"static RAM of the C: {ram['total']:,} B (resized image {ram['resized_image']} + path "
-        f"map {ram['path_map']} + head input {ram['head_input']} + hidden {ram['hidden']}), "
-        "stack apart",
     ]
     lines += _common_lines(info)
     return Group(t, Text("\n".join(lines)))

@@ -27,8 +27,6 @@ trained parameters.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,6 +39,34 @@ CALIBRATION_TARGET = 1 << 14
 INT32_MAX = (1 << 31) - 1
 HEAD_IN_MAX_SHIFT = 30     # f * M + 2^(E-1) stays in int32 (f, |M| <= 32767)
 DENSE_MAX_SHIFT = 47       # acc * M in int64
+
+
+def fixed_point(ratio, bits: int = 16, max_shift: int = 47) -> tuple[np.ndarray, np.ndarray]:
+    """``(m, e)`` integers with ``m / 2^e`` ~ ``ratio``, ``|m| < 2^(bits-1)``, ``0 <= e <=
+    max_shift``: the most mantissa bits that fit. A ratio too small for ``max_shift`` is 0
+    (``m = 0``); one too large keeps ``e = 0`` and the largest mantissa (it saturates)."""
+    r = np.asarray(ratio, dtype=np.float64)
+    top = (1 << (bits - 1)) - 1
+    a = np.abs(r)
+    with np.errstate(divide="ignore"):
+        e = np.floor(np.log2(top / np.where(a > 0, a, 1.0))).astype(np.int64)
+    e = np.where(a > 0, e, 0)
+    m = np.rint(r * np.exp2(np.clip(e, 0, max_shift))).astype(np.int64)
+    m = np.where(e < 0, np.sign(r).astype(np.int64) * np.minimum(np.rint(a), top), m)
+    m = np.clip(m, -top, top)
+    zero = e > max_shift
+    m = np.where(zero, 0, m)
+    e = np.where(zero | (e < 0), 0, e)
+    return m.astype(np.int64), e.astype(np.int64)
+
+
+def exact_conv(A: torch.Tensor, W: torch.Tensor, groups: int) -> torch.Tensor:
+    """``conv2d`` of integer maps and integer weights, exactly, as int64: in float32 when no
+    partial sum can reach 2^24 (every one is then an exactly representable integer), else
+    in float64 (below 2^53)."""
+    bound = float(W.abs().sum((1, 2, 3)).max()) * float(A.abs().max()) if A.numel() else 0.0
+    dtype = torch.float32 if bound < 2**24 else torch.float64
+    return F.conv2d(A.to(dtype), W.to(dtype), groups=groups).long()
 
 
 def _round_shift(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -86,14 +112,12 @@ def freeze(net, calibration: torch.Tensor, input_shape) -> dict:
 
     ``calibration``: uint8-valued float NCHW images at the model's input size (training
     images), used only to choose the conv shifts."""
-    from .lowbit import fixed_point
-
     net.eval()
     a = net.arch
     m_paths = a["channels"]
     if not net.quantized:
         raise ConfigError("only the quantized network freezes into integers (not a float twin)")
-    x = calibration.to(torch.float64).cpu()
+    x = calibration.cpu().long()
     if len(x) < 1:
         raise ConfigError("freezing needs at least one calibration image")
     scale = torch.full((m_paths,), 1.0 / 255.0, dtype=torch.float64)
@@ -102,7 +126,7 @@ def freeze(net, calibration: torch.Tensor, input_shape) -> dict:
     stats = {"max_conv_acc": 0, "saturated_activations": 0}
     for op in a["path"]:
         if op == "p":
-            A = F.max_pool2d(A, 2)
+            A = F.max_pool2d(A.float(), 2).long()   # values <= 32767: exact
             continue
         W, u = _integer_weights(net.conv_q[layer], net.conv_w[layer])
         g, beta = _fold_norm(net.conv_norm[layer], net.conv_bias[layer], a["conv_norm"], m_paths)
@@ -110,20 +134,19 @@ def freeze(net, calibration: torch.Tensor, input_shape) -> dict:
         sign = torch.where(k < 0, -1, 1).long()
         W = W * sign.view(-1, 1, 1, 1)
         k = k.abs().clamp_min(1e-30)
-        acc = F.conv2d(A, W.double(), groups=_conv_groups(a, layer, A.shape[1]))
-        pre = acc + (beta / k).view(1, -1, 1, 1)
+        acc_l = exact_conv(A, W, _conv_groups(a, layer, A.shape[1]))
+        pre = acc_l.double() + (beta / k).view(1, -1, 1, 1)
         top = pre.abs().amax((0, 2, 3)).clamp_min(1.0)
         if a["conv_norm"] == "none" and a["conv_scale"] == "tensor":
             top = top.max().expand(m_paths)   # one scale for the layer: one shift
         sh = torch.clamp(torch.ceil(torch.log2(top / CALIBRATION_TARGET)), 0, 30).long()
         B = torch.clamp(torch.round(beta / (k * torch.exp2(sh.double()))), -32768, 32767).long()
-        acc_l = acc.long()
         stats["max_conv_acc"] = max(stats["max_conv_acc"], int(acc_l.abs().max()))
         A_l = _round_shift(acc_l, sh.view(1, -1, 1, 1)) + B.view(1, -1, 1, 1)
         stats["saturated_activations"] += int((A_l > MAP_MAX).sum())
-        A = torch.clamp(A_l, 0, MAP_MAX).double()
+        A = torch.clamp(A_l, 0, MAP_MAX)
         taps = int(W.abs().sum((1, 2, 3)).max())
-        if taps * bound + (1 << 30) > INT32_MAX:
+        if taps * bound + (1 << 29) > INT32_MAX:
             raise ConfigError("a conv sum could overflow int32; use fewer kernel bits")
         bound = MAP_MAX
         convs.append({"w": W.numpy().astype(np.int64), "shift": sh.numpy(), "bias": B.numpy()})
@@ -179,20 +202,19 @@ def _features(fz: dict, x: np.ndarray) -> torch.Tensor:
 
     a = fz["arch"]
     A = torch.from_numpy(resize_images(x, a["size"]).astype(np.int64))
-    A = A.permute(0, 3, 1, 2).double()
+    A = A.permute(0, 3, 1, 2)
     layer = 0
     for op in a["path"]:
         if op == "p":
-            A = F.max_pool2d(A, 2)
+            A = F.max_pool2d(A.float(), 2).long()   # values <= 32767: exact
             continue
         c = fz["conv"][layer]
-        acc = F.conv2d(A, torch.from_numpy(c["w"]).double(),
-                       groups=_conv_groups(a, layer, A.shape[1])).long()
+        acc = exact_conv(A, torch.from_numpy(c["w"]), _conv_groups(a, layer, A.shape[1]))
         A = _round_shift(acc, torch.from_numpy(c["shift"]).view(1, -1, 1, 1)) + \
             torch.from_numpy(c["bias"]).view(1, -1, 1, 1)
-        A = torch.clamp(A, 0, MAP_MAX).double()
+        A = torch.clamp(A, 0, MAP_MAX)
         layer += 1
-    f = A.long().flatten(1)
+    f = A.flatten(1)
     k = f.shape[1] // a["channels"]
     m = torch.from_numpy(fz["head_in"]["mult"]).repeat_interleave(k).view(1, -1)
     e = torch.from_numpy(fz["head_in"]["shift"]).repeat_interleave(k).view(1, -1)
@@ -288,5 +310,4 @@ def _check_levels(lv: np.ndarray, lo: int, hi: int, name: str) -> None:
         raise DataError(f"array {name!r} holds levels outside {lo}..{hi}")
 
 
-__all__ = ["freeze", "frozen_arrays", "frozen_from_arrays", "integer_features", "integer_logits"]
-_ = math
+__all__ = ["fixed_point", "freeze", "frozen_arrays", "frozen_from_arrays", "integer_features", "integer_logits"]

@@ -168,18 +168,24 @@ class QATRun:
 
         self.teacher_net, self.teacher_info, self.teacher_wall = self._teacher(resume)
         torch.manual_seed(s["seed"])
-        self.net = model.build_net(c, dataset.n_classes).to(self.device)
+        self.net = model.build_net(c, dataset.n_classes)
         if s["float_twin"]:
             self.net.quantized, self.net.float_twin = False, True
-        decay, rest = self.net.weight_decay_groups()
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": s["weight_decay"]},
-                                      {"params": rest, "weight_decay": 0.0}], lr=s["lr"])
         self.history, self.epoch, self.wall_before = [], 0, 0.0
         self.best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
         self.init_info = None
         self.ema_net = None
         ck = None
-        if resume and self.ckpt_path.exists():
+        fresh = not (resume and self.ckpt_path.exists())
+        if fresh:   # on the CPU, where the training images are
+            from .qat_init import initialize
+            self.init_info = initialize(self.net, s["init"], s["init_from"], s["seed"],
+                                        self.x_tr, np.asarray(self.y_tr), log)
+        self.net.to(self.device)
+        decay, rest = self.net.weight_decay_groups()
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": s["weight_decay"]},
+                                      {"params": rest, "weight_decay": 0.0}], lr=s["lr"])
+        if not fresh:
             ck = load_checkpoint(self.ckpt_path)
             check_resume_config(ck["config"], self.run_config, self.ckpt_path, exact=True,
                                 defaults={})
@@ -197,10 +203,6 @@ class QATRun:
             self.best = {"val_accuracy": ck["best_val_accuracy"], "epoch": ck["best_epoch"],
                          "state": ck["best_model"]}
             self.init_info = ck.get("init")
-        else:
-            from .qat_init import initialize
-            self.init_info = initialize(self.net, s["init"], s["init_from"], s["seed"],
-                                        self.x_tr, np.asarray(self.y_tr), log)
         if s["ema"] is not None:
             self.ema_net = copy.deepcopy(self.net)
             if ck is not None:
