@@ -252,3 +252,18 @@ def test_estimator_refuses_pixels_it_cannot_read(rng):
         m.predict(x)
     ok = m.predict((rng.integers(0, 256, (3, 20, 20)) / 255.0).astype(np.float32))
     assert ok.shape == (3,)
+
+
+def test_estimator_parameters_follow_scikit_learn():
+    """get_params / set_params / clone: the hyperparameters as given, nothing fitted copied.
+    (scikit-learn's generic checks feed real-valued tabular data; this family reads 8-bit
+    pixels, so they do not apply.)"""
+    from sklearn.base import clone
+
+    est = LowBitCNN(channels=5, hidden=(7,), conv_bits=(2, 4, 8))
+    params = est.get_params()
+    assert params["channels"] == 5 and params["conv_bits"] == (2, 4, 8)
+    fitted = frozen_model()
+    twin = clone(fitted)
+    assert twin.get_params() == fitted.get_params() and not hasattr(twin, "frozen_")
+    assert est.set_params(channels=9).channels == 9

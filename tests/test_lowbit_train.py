@@ -85,6 +85,8 @@ def test_run_folder_and_model_file_record_the_run(uninterrupted):
     assert config["best_epoch"] == full["best_epoch"] > 1       # epoch 1 was float warm-up
     assert config["frozen"]["calibration_images"] == 270        # the 270 training images
     assert config["training"]["float_epochs"] == 1
+    assert config["input_resize"]["from"] == [28, 28] and config["input_resize"]["to"] == [12, 12]
+    assert config["val_fraction"] == 0.1 and config["train_size"] == 300
     h = full["history"]
     assert h[0]["integer_val_accuracy"] is None and not h[0]["quantized"]
     assert all(r["integer_val_accuracy"] is not None for r in h[1:])

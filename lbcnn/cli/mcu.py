@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
                                     "and the labels")
     m.add_argument("model", metavar="MODEL",
                    help="a model file (.npz) or a run folder holding model.npz "
-                        "(LB-CNN, CBCNN or hybrid)")
+                        "(LB-CNN, CBCNN, hybrid or lowbit)")
     m.add_argument("--cpu", choices=sorted(CPUS), default="cortex-m4",
                    help="target core: cortex-m4 (Thumb-2 + DSP SIMD32, FPU unused) or "
                         "cortex-m0plus (ARMv6-M)")

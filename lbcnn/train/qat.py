@@ -461,6 +461,9 @@ class QATRun:
                         val_fraction=s["val_fraction"], train_size=s["train_size"],
                         val_accuracy=self.best["val_accuracy"],
                         test_accuracy=result["test_accuracy"],
+                        input_resize={"from": list(self.input_shape[:2]),
+                                      "to": [self.arch["size"]] * 2,
+                                      "method": "exact integer area, 8-bit fixed-point weights"},
                         training={k: v for k, v in s.items() if k != "dataset"})
             result["model_path"] = str(self.out / "model.npz")
         self._write_summary(result)
