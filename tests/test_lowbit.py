@@ -1,5 +1,5 @@
 """The lowbit family's pieces against small oracles: LSQ quantizers, the exact integer
-resize, fixed-point multipliers, architecture checks, LB-CNN kernels as initial paths,
+resize in batches, fixed-point multipliers, architecture checks, LB-CNN kernels as initial paths,
 and the model file (issue 30, part 2)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from lbcnn.binary.quantizers import (LSQActivation, LSQWeight, get_quantizer, integer_weight_map,
                                      list_quantizers, make_quantizer, weight_levels)
-from lbcnn.data.resize import FRAC_BITS, area_table, resize_images, resize_table, resize_torch
+from lbcnn.data.resize import resize_images, resize_table, resize_torch
 from lbcnn.errors import ConfigError, DataError
 from lbcnn.models.lowbit import LowBitCNN, architecture
 from lbcnn.models.lowbit_int import fixed_point
@@ -69,36 +69,51 @@ def test_quantizer_registry_names_both_kinds():
 
 
 # -- the integer resize -----------------------------------------------------------------------
-def _oracle_table(n_in, n_out):
-    """Largest-remainder rounding of the exact rational area weights, spelled out."""
-    rows = []
-    for i in range(n_out):
-        a, b = Fraction(i * n_in, n_out), Fraction((i + 1) * n_in, n_out)
-        exact = [max(Fraction(0), min(b, j + 1) - max(a, Fraction(j))) / Fraction(n_in, n_out)
-                 * (1 << FRAC_BITS) for j in range(n_in)]
-        floor = [int(v) for v in exact]
-        order = sorted(range(n_in), key=lambda j: (-(exact[j] - floor[j]), j))
-        for j in order[:(1 << FRAC_BITS) - sum(floor)]:
-            floor[j] += 1
-        rows.append(floor)
-    return np.array(rows)
+def _oracle_resize(img, size):
+    """The overlap-weighted mean of each output cell, rounded half up, in Fractions."""
+    H, W = img.shape
+    out = np.zeros((size, size), np.int64)
+    for i in range(size):
+        for j in range(size):
+            total = Fraction(0)
+            for y in range(H):
+                ry = max(Fraction(0), min(Fraction((i + 1) * H, size), Fraction(y + 1))
+                         - max(Fraction(i * H, size), Fraction(y)))
+                for x in range(W):
+                    rx = max(Fraction(0), min(Fraction((j + 1) * W, size), Fraction(x + 1))
+                             - max(Fraction(j * W, size), Fraction(x)))
+                    total += ry * rx * int(img[y, x])
+            mean = total / (Fraction(H, size) * Fraction(W, size))
+            out[i, j] = int(mean + Fraction(1, 2))            # half up (mean >= 0)
+    return out
+
+
+@pytest.mark.parametrize("h,w,size", [(7, 5, 3), (5, 5, 4), (4, 6, 7)])
+def test_resize_is_the_rational_mean(h, w, size, rng):
+    x = rng.integers(0, 256, (2, h, w), dtype=np.uint8)
+    y = resize_images(x, size)
+    for k in range(2):
+        assert np.array_equal(y[k], _oracle_resize(x[k], size))
 
 
 @pytest.mark.parametrize("n_in,n_out", [(28, 16), (32, 16), (28, 20), (7, 3), (16, 28), (5, 5)])
-def test_area_table_is_the_rational_oracle(n_in, n_out):
-    t = area_table(n_in, n_out)
-    assert np.array_equal(t, _oracle_table(n_in, n_out))
-    assert (t.sum(1) == 1 << FRAC_BITS).all()
+def test_resize_tables_hold_the_overlaps(n_in, n_out):
+    from lbcnn.data.images import overlaps
+
+    t = overlaps(n_out, n_in)
     first, w = resize_table(n_in, n_out)
     full = np.zeros_like(t)
     for r in range(n_out):
         full[r, first[r]:first[r] + w.shape[1]] = w[r]
-    assert np.array_equal(full, t)
+    assert np.array_equal(full, t) and (first + w.shape[1] <= n_in).all()
 
 
-def test_resize_numpy_and_torch_agree_and_constant_images_stay_constant(rng):
+def test_batch_resize_is_the_loaders_resize_in_numpy_and_torch(rng):
+    from lbcnn.data.images import area_resize
+
     x = rng.integers(0, 256, (6, 28, 24, 3), dtype=np.uint8)
     y = resize_images(x, 16)
+    assert all(np.array_equal(y[k], area_resize(x[k], (16, 16))) for k in range(6))
     yt = resize_torch(torch.from_numpy(x).permute(0, 3, 1, 2).float(), 16)
     assert np.array_equal(y, yt.permute(0, 2, 3, 1).numpy().astype(np.uint8))
     flat = np.full((1, 28, 28), 200, np.uint8)

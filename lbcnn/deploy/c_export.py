@@ -1,7 +1,7 @@
 """The public entry of the C99 export, for every family: ``export_c(model_or_plan,
 out_dir)`` compiles the model to its integer plan and hands it to the generator the
 plan's family registered in ``c_common.EXPORTERS`` (``c_lbcnn``, ``c_cbcnn``,
-``c_hybrid``).
+``c_hybrid``, ``c_lowbit``).
 
 Every project holds ``model.h`` / ``model.c`` (``int lbcnn_predict(const uint8_t
 *image)``, ``lbcnn_predict_logits``), ``main.c``, test vectors and a self test when
@@ -18,7 +18,7 @@ from .c_common import c_template, exporter_for
 
 def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True,
              test_images=None, class_names=None, layout: str = "c") -> dict:
-    """Write the C project for any family (LB-CNN, CBCNN, Hybrid) to ``out_dir``.
+    """Write the C project for any family (LB-CNN, CBCNN, Hybrid, lowbit) to ``out_dir``.
 
     ``test_images`` (uint8, a handful, in the model's input format) adds
     ``test_vectors.[ch]`` with the classes the NumPy integer engine predicts for them,

@@ -59,7 +59,8 @@ def _resize_c(plan: LowBitPlan) -> str:
     return ("#define RESIZE_NONE 0\n"
             f"#define RESIZE_RT {rw.shape[1]}   /* input rows an output row reads */\n"
             f"#define RESIZE_CT {cw.shape[1]}   /* input columns an output column reads */\n"
-            "/* first input row / column of each output, and their weights (x 2^-8) */\n"
+            f"#define RESIZE_AREA {h * w}u   /* H * W: the weights of an output sum to it */\n"
+            "/* first input row / column of each output, and their overlaps (data.images) */\n"
             + _c_array(small, "RESIZE_R0", r0) + _c_array("uint16_t", "RESIZE_RW", rw)
             + _c_array(small, "RESIZE_C0", c0) + _c_array("uint16_t", "RESIZE_CW", cw))
 
@@ -256,9 +257,9 @@ def generate_lowbit_sources(plan: LowBitPlan, class_names=None) -> dict[str, str
 
 
 def export_lowbit_c(plan, out_dir, measure: bool = True, test_vectors=None,
-                    class_names=None) -> dict:
+                    class_names=None, layout: str = "c") -> dict:
     return write_c_project(plan, out_dir, generate_lowbit_sources(plan, class_names), _readme,
-                           measure, test_vectors)
+                           measure, test_vectors, layout)
 
 
 def _readme(plan, wb: dict, sizes: dict | None) -> str:

@@ -5,8 +5,9 @@ the integer logits of the integer engine and the C (one unit = ``lbcnn_logit_sca
 real logit, in the metadata). Every value is an integer below 2^53 carried in float64, so
 the graph computes the very integers:
 
-- the exact area resize as two ``MatMul`` with the integer tables, then
-  ``Floor((t + 2^15) / 2^16)``;
+- the exact area resize (``data.images``) as two ``MatMul`` with the integer overlaps, then
+  ``Floor((2 t + H W) / (2 H W))`` (the rounded quotient of integers below 2^52 never
+  crosses an integer, so the floor is exact);
 - each 3x3 'valid' conv as nine (or 9 x planes) ``Slice`` x per-path weight ``Mul`` + ``Add``
   (onnxruntime has no float64 ``Conv``); a path's first conv reads the planes it reads in C;
 - ``rshift(x, e) = Floor((x + floor(2^e / 2)) / 2^e)`` with per-channel constants, ``Clip``
@@ -21,14 +22,14 @@ import json
 import numpy as np
 
 from ..models.lowbit import LowBitCNN
-from .onnx_common import OPSET, class_names, import_onnx, register_onnx_builder
+from .onnx_common import OPSET, class_names, import_onnx, provenance_json, register_onnx_builder
 
 
 def build_lowbit_onnx(model, input_channels=None):
     onnx = import_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..data.resize import FRAC_BITS, area_table
+    from ..data.images import overlaps
 
     fz = model.frozen_
     a = fz["arch"]
@@ -58,14 +59,16 @@ def build_lowbit_onnx(model, input_channels=None):
     x = node("Cast", ["images"], "x64", to=TensorProto.DOUBLE)
     x = node("Transpose", [x], "x_nchw", perm=[0, 3, 1, 2])
     if (H, W) != (size, size):
-        init("resize_rows", area_table(H, size).astype(np.float64))            # (S, H)
-        init("resize_cols_t", area_table(W, size).T.astype(np.float64))        # (W, S)
-        init("resize_half", np.array(float(1 << (2 * FRAC_BITS - 1))))
-        init("resize_one", np.array(float(1 << (2 * FRAC_BITS))))
+        init("resize_rows", overlaps(size, H).astype(np.float64))               # (S, H)
+        init("resize_cols_t", overlaps(size, W).T.astype(np.float64))           # (W, S)
+        init("resize_two", np.array(2.0))
+        init("resize_area", np.array(float(H * W)))
+        init("resize_den", np.array(float(2 * H * W)))
         t = node("MatMul", [node("MatMul", ["resize_rows", x], "rs_rows"), "resize_cols_t"],
                  "rs_both")
-        x = node("Floor", [node("Div", [node("Add", [t, "resize_half"], "rs_plus"),
-                                        "resize_one"], "rs_div")], "resized")
+        num = node("Add", [node("Mul", [t, "resize_two"], "rs_2t"), "resize_area"], "rs_num")
+        # floor of a quotient of integers below 2^52 is exact after float64 rounding
+        x = node("Floor", [node("Div", [num, "resize_den"], "rs_div")], "resized")
     layer, side = 0, size
     for op in a["path"]:
         if op == "p":
@@ -129,6 +132,7 @@ def build_lowbit_onnx(model, input_channels=None):
                        ("lbcnn_classes", ",".join(str(int(c)) for c in classes)),
                        ("lbcnn_class_names", json.dumps(class_names(model))),
                        ("lbcnn_dataset", json.dumps(meta.get("dataset"))),
+                       ("lbcnn_provenance", provenance_json(model)),
                        ("lbcnn_logit_scale", repr(float(fz["logit_scale"]))),
                        ("lbcnn_input", "uint8 NHWC raw pixels; resize inside; logits are the "
                                        "integer model's, exact in float64")):

@@ -141,7 +141,8 @@ class QATRun:
         self.arch = model.architecture(c, dataset.n_classes)
         self.input_shape = (h, w, c)
         self.run_config = {"arch": self.arch, "dropout": float(model.dropout),
-                           **{k: v for k, v in s.items()}}
+                           **{k: v for k, v in s.items()},
+                           "data_fingerprint": dataset.fingerprint()}
         if resume and self.ckpt_path.exists():  # a changed setting is refused before any work
             check_resume_config(load_checkpoint(self.ckpt_path)["config"], self.run_config,
                                 self.ckpt_path, defaults={})
@@ -461,6 +462,8 @@ class QATRun:
                         val_fraction=s["val_fraction"], train_size=s["train_size"],
                         val_accuracy=self.best["val_accuracy"],
                         test_accuracy=result["test_accuracy"],
+                        test_size=(int(len(self.dataset.y_test))
+                                   if result["test_accuracy"] is not None else None),
                         input_resize={"from": list(self.input_shape[:2]),
                                       "to": [self.arch["size"]] * 2,
                                       "method": "exact integer area, 8-bit fixed-point weights"},
