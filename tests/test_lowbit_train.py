@@ -197,3 +197,14 @@ def test_lowbit_options_are_refused_for_other_families(capsys, data_dir):
     from lbcnn.train.qat import load_teacher
     with pytest.raises(DataError, match="not a readable teacher file"):
         load_teacher(__file__, {}, "", 0.0)      # a file that is not a teacher
+
+
+def test_cli_choices_are_the_architectures():
+    """The parser spells out the lowbit choices (building it imports no model)."""
+    from lbcnn.cli import build_parser
+    from lbcnn.models.lowbit_arch import CONV_NORMS, FIRST_MODES
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    opts = {a.dest: a for a in train._actions}
+    assert tuple(opts["first"].choices) == FIRST_MODES
+    assert tuple(opts["conv_norm"].choices) == CONV_NORMS

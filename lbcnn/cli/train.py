@@ -120,7 +120,7 @@ def add_parser(sub) -> None:
                    help="epochs of the float twin with --distill (default: --epochs)")
     r.add_argument("--distill-weight", type=_probability, default=None, metavar="W",
                    help="loss = (1 - W) squared hinge + W T^2 KL(teacher || student) "
-                        "(default 0.5)")
+                        "(default 0.5; lowbit: cross-entropy, 0.7)")
     r.add_argument("--temperature", type=positive_float, default=None, metavar="T",
                    help="distillation temperature (default 4)")
     r.add_argument("--recalibrate-bn", action="store_true",
@@ -361,8 +361,8 @@ _NOT_LOWBIT = {"preset": None, "blocks": None, "y_channel": False, "equalize": F
 
 
 def _add_lowbit_args(t) -> None:
-    from ..models.lowbit import CONV_NORMS, FIRST_MODES
-
+    # the choices of models.lowbit_arch (FIRST_MODES, CONV_NORMS), spelled out: building the
+    # parser imports no model (nor torch)
     g = t.add_argument_group("lowbit (docs/lowbit.md; also --dense, --lr-start, --lr-end, "
                              "--warmup, --shift/--rotate/--zoom, --flip, --erase, --ema, "
                              "--teacher/--distill, --float-twin, --max-minutes)")
@@ -370,7 +370,7 @@ def _add_lowbit_args(t) -> None:
                    help="input side after the exact integer area resize (default 16)")
     g.add_argument("--channels", type=int_in(1, 4096, "a channel count"), default=None,
                    help="channel paths (default 32)")
-    g.add_argument("--first", choices=FIRST_MODES, default=None,
+    g.add_argument("--first", choices=["full", "depthwise"], default=None,
                    help="a path's first conv reads every colour plane (full, default) or one "
                         "(depthwise)")
     g.add_argument("--path", default=None,
@@ -384,7 +384,7 @@ def _add_lowbit_args(t) -> None:
                         "ternary), auto: symnz at 1, 3, 4 bits, int otherwise (default)")
     g.add_argument("--conv-scale", choices=["channel", "tensor"], default=None,
                    help="LSQ step per channel (default) or per layer")
-    g.add_argument("--conv-norm", choices=CONV_NORMS, default=None,
+    g.add_argument("--conv-norm", choices=["bn", "bias", "none"], default=None,
                    help="after each conv: batch norm (default, folded at export), a bias, "
                         "or nothing")
     g.add_argument("--head-bits", type=ints, default=None,

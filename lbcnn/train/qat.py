@@ -153,6 +153,10 @@ class QATRun:
                               f"images: batch norm needs at least 2 to train on and 1 to "
                               f"validate; raise --train-size")
         size = self.arch["size"]
+        from ..memory import require
+        n_all = len(self.tr_idx) + len(self.val_idx)
+        require(n_all * (h * w * c + 5 * size * size * c), f"{n_all:,} training and validation "
+                f"images (raw, resized, float)", "use a smaller --train-size or --size")
         self.x_raw = torch.from_numpy(np.ascontiguousarray(
             dataset.x_train[self.tr_idx])).permute(0, 3, 1, 2)          # uint8 NCHW, raw size
         x_tr_u8 = torch.from_numpy(resize_images(dataset.x_train[self.tr_idx], size)) \
