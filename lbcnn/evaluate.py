@@ -142,7 +142,7 @@ def render(result: dict, max_matrix: int = 15):
             m.add_column(result["class_names"][j][:8], justify="right")
         for i in range(k):
             m.add_row(result["class_names"][i][:16],
-                      *[f"[bold]{v}[/bold]" if i == j else (str(v) if v else "·")
+                      *[Text(str(v), style="bold") if i == j else (str(v) if v else "·")
                         for j, v in enumerate(conf[i])])
         parts.append(m)
     else:

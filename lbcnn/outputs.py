@@ -8,11 +8,14 @@ and writes each file atomically with the permissions the umask asks for.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
+import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -41,6 +44,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     be 0600).
     """
     path = Path(path)
+    refuse_non_regular(path, "output")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -121,6 +125,28 @@ def write_csv(path, rows: list[dict], fieldnames: list[str] | None = None) -> Pa
     return write_text(path, buf.getvalue())
 
 
+def refuse_non_regular(path, what: str) -> None:
+    """An existing ``path`` that is a device, FIFO or socket (itself or through a link) is
+    never replaced or opened: a write would replace the node, a read of a FIFO would hang."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ConfigError(f"{what} {path} is {_node_kind(mode)}, not a regular file; "
+                          f"give a file name")
+
+
+def _node_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def _first_existing(path: Path) -> Path:
     probe = path
     while not probe.exists():
@@ -147,37 +173,94 @@ def _check_path_text(path, what: str) -> Path:
     text = str(path)
     if "\0" in text:
         raise ConfigError(f"{what} contains a NUL byte")
-    return Path(text).expanduser()
+    path = Path(text).expanduser()
+    _check_name_lengths(path, what)
+    return path
+
+
+def _check_name_lengths(path: Path, what: str) -> None:
+    """A name longer than the file system takes fails in every later call with
+    ENAMETOOLONG: say so once, before anything is created."""
+    anchor = Path(path.anchor or ".")
+    try:
+        name_max = os.pathconf(anchor, "PC_NAME_MAX")
+        path_max = os.pathconf(anchor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise ConfigError(f"{what}: the name {part[:40]!r}... is {len(os.fsencode(part))} "
+                              f"bytes; this file system takes at most {name_max}")
+    if len(os.fsencode(str(path.absolute()))) >= path_max:
+        raise ConfigError(f"{what}: the path is longer than this file system's {path_max} "
+                          f"bytes")
+
+
+@contextlib.contextmanager
+def _os_guard(what: str, path):
+    """OSErrors while checking a path (a loop of links, no permission) as one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
 
 
 def check_out_file(path, what: str = "--out", overwrite: bool = True) -> Path:
     """Validate an output *file* path before any compute; returns it as a Path."""
     path = _check_path_text(path, what)
-    if path.is_dir():
-        raise ConfigError(f"{what} {path} is a folder; give a file name")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{what} {path} exists; pass --force to overwrite it")
-    anchor = _first_existing(path.parent)
-    if not anchor.is_dir():
-        raise ConfigError(f"{what} {path}: {anchor} is a file, not a folder")
-    if anchor == path.parent:
-        _check_writable_dir(anchor, what, path)
-    else:
-        _check_creatable(anchor, path.parent, what, path)
+    with _os_guard(what, path):
+        if path.is_dir():
+            raise ConfigError(f"{what} {path} is a folder; give a file name")
+        refuse_non_regular(path, what)
+        if path.exists() and not overwrite:
+            raise ConfigError(f"{what} {path} exists; pass --force to overwrite it")
+        anchor = _first_existing(path.parent)
+        if not anchor.is_dir():
+            raise ConfigError(f"{what} {path}: {anchor} is a file, not a folder")
+        if anchor == path.parent:
+            _check_writable_dir(anchor, what, path)
+        else:
+            _check_creatable(anchor, path.parent, what, path)
     return path
+
+
+# folders this process created while checking outputs: removed again if still empty when a
+# command fails, so a refused or failed run leaves nothing behind (``remove_empty_created``)
+_CREATED: list[Path] = []
 
 
 def _check_creatable(anchor: Path, folder: Path, what: str, shown: Path) -> None:
     """The folder does not exist yet: create it (the command will write there anyway)."""
     _check_writable_dir(anchor, what, shown)
+    missing = []
+    probe = folder
+    while probe != anchor and not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{what} {shown}: cannot create {folder} ({exc.strerror or exc})") from None
+    _CREATED.extend(missing)
+
+
+def remove_empty_created() -> None:
+    """Remove the folders output checks created that are still empty (deepest first)."""
+    while _CREATED:
+        folder = _CREATED.pop(0)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def forget_created() -> None:
+    _CREATED.clear()
 
 
 def prepare_run_dir(path, what: str = "--out", force: bool = False,
-                    resume: bool = False) -> Path:
+                    resume: bool = False, resumable: bool = True,
+                    not_empty_hint: str | None = None) -> Path:
     """Validate and create a run folder before any compute.
 
     A non-empty folder is refused unless ``force`` (start over in it) or
@@ -185,19 +268,56 @@ def prepare_run_dir(path, what: str = "--out", force: bool = False,
     the caller's to refuse, since only it knows what a resumable run holds.
     """
     path = _check_path_text(path, what)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{what} {path} is a file; give a folder for the run")
-    anchor = _first_existing(path)
-    if not anchor.is_dir():
-        raise ConfigError(f"{what} {path}: {anchor} is a file, not a folder")
-    if path.is_dir():
-        if any(p.name != LOCK_NAME for p in path.iterdir()) and not (force or resume):
-            raise ConfigError(f"{what} {path} is not empty; pass --force to overwrite its "
-                              f"files or --resume to continue the run in it")
-        _check_writable_dir(path, what, path)
-    else:
-        _check_creatable(anchor, path, what, path)
+    with _os_guard(what, path):
+        if path.exists() and not path.is_dir():
+            refuse_non_regular(path, what)
+            raise ConfigError(f"{what} {path} is a file; give a folder")
+        anchor = _first_existing(path)
+        if not anchor.is_dir():
+            raise ConfigError(f"{what} {path}: {anchor} is a file, not a folder")
+        if path.is_dir():
+            if any(p.name != LOCK_NAME for p in path.iterdir()) and not (force or resume):
+                hint = not_empty_hint or ("pass --force to overwrite its files" + (
+                    " or --resume to continue the run in it" if resumable else ""))
+                raise ConfigError(f"{what} {path} is not empty; {hint}")
+            _check_writable_dir(path, what, path)
+        else:
+            _check_creatable(anchor, path, what, path)
     return path
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move ``src``'s files into the existing folder ``dst``, sub-folders merged, each file
+    replaced atomically; files of ``dst`` that ``src`` lacks are kept."""
+    for item in sorted(src.iterdir()):
+        target = dst / item.name
+        if item.is_dir() and target.is_dir():
+            _move_into(item, target)
+        else:
+            os.replace(item, target)
+
+
+@contextlib.contextmanager
+def staged_folder(out):
+    """Write a folder's files into a hidden sibling, then move them into ``out`` only when
+    all are written: a failure leaves ``out`` as it was, never half-written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield stage
+        os.chmod(stage, 0o777 & ~current_umask())
+        if not out.exists():
+            os.rename(stage, out)
+            return
+        _move_into(stage, out)
+        shutil.rmtree(stage, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 class RunLock:

@@ -11,6 +11,7 @@ All functions take uint8 NHWC numpy arrays (``(n, H, W)`` is read as one channel
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -129,8 +130,18 @@ class Preprocess:
         if isinstance(d, Preprocess):
             return d
         if isinstance(d, str):
-            d = json.loads(d)
+            from .metadata import load_json
+            d = load_json(d, "preprocessing options")
+        if not isinstance(d, dict):
+            raise ConfigError(f"preprocessing options must be a JSON object, got {str(d)[:40]}")
         unknown = set(d) - {"y_channel", "equalize", "standardize", "input_scale"}
         if unknown:
             raise ConfigError(f"unknown preprocessing options {sorted(unknown)}")
+        flags = [k for k in ("y_channel", "equalize", "standardize")
+                 if k in d and not isinstance(d[k], bool)]
+        scale = d.get("input_scale", 1.0 / 255.0)
+        if flags or isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                or not math.isfinite(scale) or scale <= 0:
+            raise ConfigError(f"preprocessing options must be true/false flags and a finite "
+                              f"positive input_scale, got {str(d)[:80]}")
         return cls(**d)

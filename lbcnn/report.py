@@ -105,7 +105,11 @@ def _save_fig(fig, path: Path) -> None:
 def console(**kw):
     """A rich console on stdout: the terminal's width, or, when stdout is a file or a pipe
     (where rich would cut everything to 80 columns), wide enough for any table. ``COLUMNS``
-    still wins. For machine-readable output every command has ``--json``."""
+    still wins. For machine-readable output every command has ``--json``.
+
+    Markup is off: dataset names, class names and paths come from users, and a class called
+    ``[/]`` or a folder called ``[unlabeled]`` must print as itself, not crash the table or
+    vanish from it; styles are given as ``rich.text.Text`` objects instead."""
     import os
     import sys
 
@@ -113,6 +117,8 @@ def console(**kw):
 
     if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
         kw.setdefault("width", 1000)
+    kw.setdefault("markup", False)
+    kw.setdefault("highlight", False)
     return Console(**kw)
 
 

@@ -1,10 +1,9 @@
 """Process-wide settings read from the environment, in one place."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-
-import torch
 
 
 def data_dir() -> Path | None:
@@ -22,28 +21,36 @@ def cache_dir() -> Path:
     return Path(base) / "lbcnn"
 
 
-def default_device() -> torch.device:
+def default_device() -> "torch.device":
+    """``LBCNN_DEVICE``, checked like ``--device``; else CUDA when there is one."""
+    import torch
     if os.environ.get("LBCNN_DEVICE"):
-        return torch.device(os.environ["LBCNN_DEVICE"])
+        return _checked_device(os.environ["LBCNN_DEVICE"], "LBCNN_DEVICE=")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def resolve_device(device=None) -> torch.device:
+def resolve_device(device=None) -> "torch.device":
     """``cpu``, ``cuda`` or ``cuda:N``; a device this machine lacks is a one-line error."""
-    from .errors import ConfigError
-
     if device is None or device == "":
         return default_device()
+    return _checked_device(device, "device ")
+
+
+def _checked_device(device, what: str) -> "torch.device":
+    import torch
+
+    from .errors import ConfigError
+
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"unknown device {device!r}; use cpu or cuda") from None
+        raise ConfigError(f"unknown {what}{device!r}; use cpu or cuda") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {device!r} is not supported; use cpu or cuda")
+        raise ConfigError(f"{what}{device!r} is not supported; use cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but this machine has no CUDA device")
+        raise ConfigError(f"{what}{device!r} asked for, but this machine has no CUDA device")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+        raise ConfigError(f"{what}{device!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -64,6 +71,31 @@ def available_memory_bytes() -> int:
 
 def memory_budget_bytes() -> int:
     """What one allocation plan may use: ``LBCNN_MEMORY_GB`` or 80% of free RAM."""
-    if os.environ.get("LBCNN_MEMORY_GB"):
-        return int(float(os.environ["LBCNN_MEMORY_GB"]) * (1 << 30))
+    text = os.environ.get("LBCNN_MEMORY_GB")
+    if text:
+        from .errors import ConfigError
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value) or not 0 < value <= 1 << 20:
+            raise ConfigError(f"LBCNN_MEMORY_GB={text!r}: expected a number of gigabytes "
+                              f"above 0 (e.g. 8 or 0.5)")
+        return int(value * (1 << 30))
     return int(available_memory_bytes() * 0.8)
+
+
+def native_enabled() -> bool:
+    """``LBCNN_NATIVE``: 1 (default) builds and uses the C feature kernel, 0 the torch path."""
+    text = os.environ.get("LBCNN_NATIVE", "1").strip()
+    if text not in ("0", "1", ""):
+        from .errors import ConfigError
+        raise ConfigError(f"LBCNN_NATIVE={text!r}: expected 0 (torch path) or 1 (C kernel)")
+    return text != "0"
+
+
+def check_environment() -> None:
+    """The ``LBCNN_*`` settings, checked like options before a command starts
+    (``LBCNN_DEVICE`` when a command picks its default device: ``--device`` overrides it)."""
+    memory_budget_bytes()
+    native_enabled()

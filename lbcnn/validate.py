@@ -14,9 +14,12 @@ import numpy as np
 from .errors import DataError
 
 MAX_SIDE = 4096  # pixels per image side; larger is a damaged config, not an image
+MAX_PIXELS = 1 << 24  # H * W * C of one model input (a 4096 x 4096 gray image)
 MAX_LAYERS = 3
 MAX_NL = 8
 MAX_CLASSES = 100_000
+MAX_NAME = 1024  # characters of one class name (a folder name is at most 255 bytes)
+MAX_SEED = 2**32 - 1  # numpy and torch take 32-bit seeds
 
 
 def _fail(where: str, message: str):
@@ -55,7 +58,23 @@ def _input_shape(config: dict, where: str, key: str = "input_shape") -> tuple[in
     shape = _int_list(config, key, where, 1, MAX_SIDE, 3, 3)
     if shape[2] not in (1, 3):
         _fail(where, f"config {key!r} must have 1 or 3 channels, got {shape[2]}")
+    check_input_shape(shape, where)
     return tuple(shape)
+
+
+def check_input_shape(shape, where: str) -> tuple[int, int, int]:
+    """An input shape any artefact declares (native config, ONNX graph, C header): whole
+    numbers, at most ``MAX_SIDE`` a side and ``MAX_PIXELS`` in all, 1 or 3 channels, so
+    that ``predict`` never resizes a photo to a declared 60000 x 60000."""
+    if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                              for v in shape):
+        _fail(where, f"input shape {tuple(shape)} is not (H, W, C) whole numbers")
+    h, w, c = (int(v) for v in shape)
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) or c not in (1, 3) \
+            or h * w * c > MAX_PIXELS:
+        _fail(where, f"input shape {(h, w, c)} is outside what lbcnn runs (sides 1..{MAX_SIDE}, "
+                     f"1 or 3 channels, at most {MAX_PIXELS:,} values)")
+    return h, w, c
 
 
 def _array(arrays: dict, name: str, where: str, shape=None, kinds="fiub") -> np.ndarray:
@@ -142,10 +161,21 @@ def _check_provenance(config: dict, where: str) -> None:
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             _fail(where, f"config {key!r} must be an integer, got {value!r}")
+    seed = config.get("seed")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        _fail(where, f"config 'seed' = {seed} is outside 0..{MAX_SEED}")
+    train_size = config.get("train_size")
+    if train_size is not None and train_size < 1:
+        _fail(where, f"config 'train_size' must be positive, got {train_size}")
     frac = config.get("val_fraction")
     if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float))
                              or not 0 < frac < 1):
         _fail(where, f"config 'val_fraction' must lie in (0, 1), got {frac!r}")
+
+
+def check_provenance(record: dict, where: str) -> None:
+    """A data record an export carries (``lbcnn_provenance``): a model config's rules."""
+    _check_provenance(record, where)
 
 
 def _check_classes(config: dict, where: str) -> int:
@@ -155,11 +185,47 @@ def _check_classes(config: dict, where: str) -> int:
     if not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES or any(
             isinstance(c, bool) or not isinstance(c, int) for c in classes):
         _fail(where, f"config 'classes' must be a list of integers, got {str(classes)[:60]}")
+    if len(set(classes)) != len(classes):
+        _fail(where, f"config 'classes' repeats label {_first_repeat(classes)!r}")
     names = config.get("class_names")
     if names is not None and (not isinstance(names, list) or len(names) != len(classes)
                               or not all(isinstance(n, str) for n in names)):
-        _fail(where, f"config 'class_names' must be {len(classes)} strings")
+        _fail(where, f"config 'class_names' must be {len(classes)} strings, one per class")
+    if names is not None:
+        check_class_names(names, where)
+    values = config.get("label_values")
+    if values is not None:
+        if len(set(values)) != len(values):
+            _fail(where, f"config 'label_values' repeats label {_first_repeat(values)!r}")
+        if min(classes) < 0 or max(classes) >= len(values):
+            _fail(where, f"config 'label_values' has {len(values)} entries but the classes run "
+                         f"{min(classes)}..{max(classes)}; each class needs its label")
     return len(classes)
+
+
+def _first_repeat(values):
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
+def check_class_names(names, where: str, k: int | None = None) -> list[str]:
+    """Class names any format records: ``k`` distinct strings (when ``k`` is given) of at
+    most ``MAX_NAME`` characters, so outputs can be told apart by name."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        _fail(where, f"class names must be a list of strings, got {str(names)[:60]}")
+    if k is not None and len(names) != k:
+        _fail(where, f"{len(names)} class names for {k} classes")
+    long = [n for n in names if len(n) > MAX_NAME]
+    if long:
+        _fail(where, f"class name {long[0][:40]!r}... is longer than {MAX_NAME} characters")
+    if len(set(names)) != len(names):
+        _fail(where, f"class name {_first_repeat(names)!r} appears twice; names must tell the "
+                     f"classes apart")
+    return names
 
 
 def _validate_lbcnn(config: dict, arrays: dict, where: str) -> None:
@@ -193,25 +259,58 @@ def _validate_lbcnn(config: dict, arrays: dict, where: str) -> None:
         per_class = head.get("scale") == "per_class"
         _array(arrays, "head/weight_q", where, (d, k), "iu")
         _array(arrays, "head/bias_q", where, (k,), "iu")
-        _array(arrays, "head/scale", where, (k if per_class else 1,), "f")
+        scale = _array(arrays, "head/scale", where, (k if per_class else 1,), "f")
         bias_scale = _array(arrays, "head/bias_scale", where, None, "f")
         if bias_scale.ndim != 1 or bias_scale.shape[0] not in (1, k):
             _fail(where, f"array 'head/bias_scale' has shape {bias_scale.shape}, expected (1,) "
                          f"or ({k},)")
+        for name, values in (("head/scale", scale), ("head/bias_scale", bias_scale)):
+            if not (values > 0).all():  # a zero scale silences the head: every image one class
+                _fail(where, f"array {name!r} must hold positive scales, got "
+                             f"{float(values.min()):g}")
 
 
 def _validate_cbcnn(config: dict, arrays: dict, where: str) -> None:
     net = config.get("net")
     if not isinstance(net, dict):
         _fail(where, "config 'net' (the CBCNN layout) is missing or not a dict")
-    _input_shape(net, where + " net")
-    _int_list(net, "blocks", where + " net", 1, 65536, 1, 16)
-    _int_list(net, "dense", where + " net", 1, 65536, 0, 16)
-    _int(net, "n_classes", where + " net", 2, MAX_CLASSES)
+    shape = _input_shape(net, where + " net")
+    blocks = _int_list(net, "blocks", where + " net", 1, 65536, 1, 16)
+    dense = _int_list(net, "dense", where + " net", 1, 65536, 0, 16)
+    n_classes = _int(net, "n_classes", where + " net", 2, MAX_CLASSES)
+    if "scale" in net and not isinstance(net["scale"], bool):
+        _fail(where, f"config 'net.scale' must be true or false, got {net['scale']!r}")
     pre = config.get("preprocess")
     if pre is not None and not isinstance(pre, (dict, str)):
         _fail(where, f"config 'preprocess' must be a dict, got {type(pre).__name__}")
-    _check_classes(config, where)
+    from .errors import LbcnnError
+    from .preprocess import Preprocess
+    try:
+        Preprocess.from_dict(pre)
+    except LbcnnError as exc:
+        _fail(where, f"config 'preprocess': {exc}")
+    k = _check_classes(config, where)
+    if k not in (-1, n_classes):
+        _fail(where, f"config 'classes' lists {k} labels for the network's {n_classes} outputs")
+    _check_cbcnn_arrays(shape, blocks, dense, n_classes, bool(net.get("scale", False)), arrays,
+                        where)
+
+
+def _check_cbcnn_arrays(shape, blocks, dense, n_classes, scale, arrays, where) -> None:
+    """The file's arrays against the network the config describes, built on torch's meta
+    device (shapes only, no memory), so a config declaring 65536-wide layers is refused
+    before anything that large is allocated."""
+    import torch
+
+    from .errors import ConfigError
+    from .models.cbcnn import CBCNNNet
+    try:
+        with torch.device("meta"):
+            net = CBCNNNet(shape, blocks, dense, n_classes, scale)
+    except ConfigError as exc:
+        _fail(where, str(exc))
+    for name, tensor in net.state_dict().items():
+        _array(arrays, name, where, tuple(tensor.shape), "fiub")
 
 
 def _validate_hybrid(config: dict, arrays: dict, where: str) -> None:
@@ -226,8 +325,14 @@ def _validate_hybrid(config: dict, arrays: dict, where: str) -> None:
         _fail(where, "config 'classes' must list at least 2 classes")
     for i in range(n):
         _array(arrays, f"body/kernel/{i}", where, (3, 3), "iuf")
-    if not any(name.startswith("mlp/") for name in arrays):
-        _fail(where, "the MLP's arrays (mlp/...) are missing")
+    h, w, _ = _input_shape(config, where)
+    hidden, k = config["hidden"], len(config["classes"])
+    d = (h - 2 * n) * (w - 2 * n)
+    if h - 2 * n < 1 or w - 2 * n < 1:
+        _fail(where, f"input {h}x{w} is too small for {n} valid 3x3 convs")
+    for name, shape in (("mlp/hidden.weight", (hidden, d)), ("mlp/hidden.bias", (hidden,)),
+                        ("mlp/out.weight", (k, hidden)), ("mlp/out.bias", (k,))):
+        _array(arrays, name, where, shape, "f")
 
 
 def _validate_lowbit(config: dict, arrays: dict, where: str) -> None:

@@ -285,7 +285,7 @@ def test_edited_model_files_are_refused(model_file, tmp_path, capsys, name, conf
 @pytest.mark.parametrize("content,message", [
     (b"\x89HDF\r\n\x1a\n" + b"\0" * 100, "HDF5"),
     (b"just some notes\n", "not an lbcnn model file: looks like text"),
-    (os.urandom(300), "lbcnn model"),
+    (np.random.default_rng(300).bytes(300), "lbcnn model"),
     (b"", "empty"),
 ])
 def test_wrong_file_types_are_named(tmp_path, capsys, content, message):
@@ -312,8 +312,8 @@ def test_corrupt_checkpoints_give_one_line(tmp_path):
 
     from lbcnn.train.checkpoint import load_checkpoint
     good = {"config": {}, "epoch": 0, "model": {"w": torch.zeros(2)}, "optimizer": {},
-            "torch_rng": torch.get_rng_state(), "history": [], "best_val_accuracy": 0.5,
-            "best_epoch": 1, "best_model": None}
+            "torch_rng": torch.get_rng_state(), "history": [{"epoch": 1, "val_accuracy": 0.5}],
+            "best_val_accuracy": 0.5, "best_epoch": 1, "best_model": {"w": torch.ones(2)}}
     torch.save(good, tmp_path / "ok.pt")
     assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 0
     data = (tmp_path / "ok.pt").read_bytes()
@@ -445,3 +445,24 @@ def test_class_names_travel_with_the_model(tmp_path, capsys):
     import onnx
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(meta["lbcnn_class_names"]) == ["one", "seven", "zero"]
+
+
+# --- test IDs are the same in every process (pytest-xdist needs it) ---------------------------
+
+def test_collection_gives_the_same_ids_in_every_process():
+    """Two collections, in processes with different hash seeds, list the same test IDs:
+    no parametrization may draw unseeded random values (pytest -n auto refuses a suite
+    whose workers collect different IDs)."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+           str(root / "tests")]
+    procs = [subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONHASHSEED": seed})
+             for seed in ("1", "2")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    ids = []
+    for (out, err), p in zip(outs, procs):
+        assert p.returncode == 0, err[-2000:]
+        ids.append([line for line in out.splitlines() if "::" in line])
+    assert len(ids[0]) > 100
+    assert ids[0] == ids[1], sorted(set(ids[0]) ^ set(ids[1]))[:5]

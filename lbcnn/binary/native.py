@@ -26,6 +26,25 @@ _lib = None
 _tried = False
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(target: Path) -> bool:
+    """The cached library is the one this process built: a regular file whose size and
+    SHA-256 match the stamp written beside it. ``dlopen`` maps a truncated library and
+    dies by SIGBUS on first use, and a foreign one runs whatever it holds, so anything
+    else is rebuilt, never loaded."""
+    stamp = target.with_name(target.name + ".sha256")
+    try:
+        if not (target.is_file() and stamp.is_file()):
+            return False
+        size, digest = stamp.read_text().split()
+        return int(size) == target.stat().st_size and digest == _digest(target)
+    except (OSError, ValueError):
+        return False
+
+
 def _compile() -> Path | None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
@@ -33,17 +52,20 @@ def _compile() -> Path | None:
     src = _SOURCE.read_bytes()
     key = hashlib.sha256(src + " ".join([cc, *_FLAGS]).encode()).hexdigest()[:16]
     target = cache_dir() / "native" / f"lbfeat-{key}.so"
-    if target.exists():
+    if _intact(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / "lbfeat.so"
         proc = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(out)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             warnings.warn(f"lbcnn: C kernel did not compile, using torch: {proc.stderr.strip()[:200]}")
             return None
+        stamp = Path(tmp) / "stamp"
+        stamp.write_text(f"{out.stat().st_size} {_digest(out)}\n")
         os.replace(out, target)
+        os.replace(stamp, target.with_name(target.name + ".sha256"))
     return target
 
 
@@ -53,15 +75,21 @@ def load():
     if _tried:
         return _lib
     _tried = True
-    if os.environ.get("LBCNN_NATIVE", "1") == "0":
+    from ..settings import native_enabled
+    if not native_enabled():
         return None
     try:
         path = _compile()
         if path is None:
             return None
         lib = ctypes.CDLL(str(path))
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         warnings.warn(f"lbcnn: C kernel unavailable, using torch: {exc}")
+        return None
+    if not hasattr(lib, "lb_features"):  # the stamp matched, yet it is not our kernel
+        warnings.warn(f"lbcnn: {path} lacks lb_features; removed, using torch")
+        for stale in (path, path.with_name(path.name + ".sha256")):
+            stale.unlink(missing_ok=True)
         return None
     f32 = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
     i32 = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")

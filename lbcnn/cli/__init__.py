@@ -76,23 +76,54 @@ def _inherit_formatter(sub) -> None:
 
 
 def main(argv=None) -> int:
+    from ..outputs import forget_created, remove_empty_created
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    forget_created()
     try:
+        from ..settings import check_environment
+        check_environment()
         return args.func(args)
     except Interrupted as exc:
         print(f"lbcnn: {exc}", file=sys.stderr)
         return 130
     except LbcnnError as exc:
-        print(f"lbcnn: error: {exc}", file=sys.stderr)
+        remove_empty_created()
+        print(f"lbcnn: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except MemoryError:
-        print("lbcnn: error: out of memory; use fewer filters or a smaller --train-size",
-              file=sys.stderr)
+        remove_empty_created()
+        print(f"lbcnn: error: {_out_of_memory(args, sys.exc_info()[2])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lbcnn: interrupted", file=sys.stderr)
         return 130
+    except BaseException:
+        remove_empty_created()
+        raise
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+def _out_of_memory(args, tb) -> str:
+    """A MemoryError that no plan foresaw: name the command and the lbcnn step that asked,
+    rather than guess a fix that may be the wrong one."""
+    where = None
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith("lbcnn.") and not module.startswith("lbcnn.cli"):
+            where = f"{module}.{tb.tb_frame.f_code.co_name}"
+        tb = tb.tb_next
+    step = f" in {where}" if where else ""
+    from ..memory import human_bytes
+    from ..settings import available_memory_bytes
+    return (f"out of memory{step} during `lbcnn {args.command}` "
+            f"({human_bytes(available_memory_bytes())} free now); this step has no memory "
+            f"plan yet: please report it, and try a smaller input or LBCNN_MEMORY_GB")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,17 @@ def ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def int_list(lo: int, hi: int, what: str = "whole numbers"):
+    """An argparse type for one or more comma-separated whole numbers in [lo, hi]."""
+    def parse(text: str) -> tuple[int, ...]:
+        values = ints(text)
+        if not values or not all(lo <= v <= hi for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} from {lo} to "
+                                             f"{hi}, got {text!r}")
+        return values
+    return parse
+
+
 def finite_float(text: str) -> float:
     """A float option that refuses NaN and infinity at parse time."""
     try:
@@ -58,6 +69,15 @@ def int_in(lo: int, hi: int | None = None, what: str = "a whole number"):
     return parse
 
 
+def folds(text: str) -> int:
+    """--cv K: 0 (one validation split) or 2 to 100 folds."""
+    value = int_in(0, 100, "a fold count")(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("expected 0 (one validation split) or 2 to 100 folds, "
+                                         "got '1'")
+    return value
+
+
 positive_int = int_in(1)
 nonneg_int = int_in(0)
 bit_width = int_in(2, 16, "a bit width")
@@ -65,11 +85,33 @@ seed_int = int_in(0, 2**32 - 1, "a seed")  # numpy and torch both take 32-bit se
 batch_int = int_in(1, 1 << 20, "a batch size")
 
 
+def float_in(lo: float, hi: float, what: str = "a number"):
+    """An argparse type for finite numbers in [lo, hi]."""
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} from {lo:g} to {hi:g}, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
+degrees = float_in(0.0, 180.0, "an angle in degrees")
+
+
 def fraction(text: str) -> float:
     value = finite_float(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {text!r}")
     return value
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """H,W: two whole numbers from 1 to 4096 (the largest side a model records)."""
+    values = ints(text)
+    if len(values) != 2 or not all(1 <= v <= 4096 for v in values):
+        raise argparse.ArgumentTypeError(f"expected H,W from 1 to 4096, got {text!r}")
+    return values
 
 
 def add_data_args(p, required: bool = True, folder_options: bool = True,
@@ -89,7 +131,7 @@ def add_data_args(p, required: bool = True, folder_options: bool = True,
     if not folder_options:
         return
     g = p.add_argument_group("image folders and .npz files without a test split")
-    g.add_argument("--resize", type=ints, metavar="H,W",
+    g.add_argument("--resize", type=image_size, metavar="H,W",
                    help="resize every image of a folder: dataset to H x W (area resize, exact "
                         "integer arithmetic; the exported C repeats it)")
     colour = g.add_mutually_exclusive_group()
@@ -102,6 +144,13 @@ def add_data_args(p, required: bool = True, folder_options: bool = True,
                         "files with x and y, and olivetti (default 0.2; olivetti 0.5)")
     g.add_argument("--test-folder", metavar="PATH",
                    help="a separate folder of test images, laid out like the training folder")
+
+
+def add_trust_c(p) -> None:
+    p.add_argument("--trust-c", action="store_true",
+                   help="compile and run an exported C folder even when its sources differ "
+                        "from the SHA-256 `lbcnn export` recorded in model.json (its code "
+                        "runs on this machine: only for folders you trust)")
 
 
 def say(args, message: str) -> None:
@@ -266,10 +315,12 @@ def _check_split(args, meta: dict, ds, on_purpose: bool, quiet: bool, warn_misma
 
 
 def add_output_args(p, what: str = "run folder", resumable: bool = True) -> None:
-    p.add_argument("--force", action="store_true",
+    # --force starts over, --resume continues: together they contradict each other
+    g = p.add_mutually_exclusive_group() if resumable else p
+    g.add_argument("--force", action="store_true",
                    help=f"write into a non-empty {what}, replacing the files this command writes")
     if resumable:
-        p.add_argument("--resume", action="store_true",
+        g.add_argument("--resume", action="store_true",
                        help=f"continue the interrupted run in the {what} given by --out")
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .common import add_data_args, load_data, say, seed_int
+from .common import add_data_args, add_trust_c, load_data, say, seed_int
 
 
 def add_parser(sub) -> None:
@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
                    help="write evaluation.json and confusion.png (per-class accuracy and the "
                         "confusion matrix) into DIR; nothing is written without it")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    add_trust_c(e)
     e.set_defaults(func=run)
 
     d = sub.add_parser("datasets", help="list the dataset sources")
@@ -32,7 +33,10 @@ def run(args) -> int:
     from ..io.artefacts import open_predictor
     from ..outputs import strict_json
 
-    pred = open_predictor(args.model)
+    if args.out:  # checked before any compute: a file, a path under a file, /proc, read-only
+        from ..outputs import prepare_run_dir
+        prepare_run_dir(args.out, force=True, resumable=False)
+    pred = open_predictor(args.model, trust_c=args.trust_c)
     if not args.dataset and not pred.dataset:
         from ..errors import ConfigError
         raise ConfigError(f"{args.model} records no dataset ({pred.kind} model); pass --dataset")

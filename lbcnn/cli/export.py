@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     x.add_argument("--out", required=True, help="output file (h5, onnx) or folder (c, arduino)")
     x.add_argument("--bits", type=bit_width, default=8,
                    help="c, arduino: head bits used when the model's head is still float")
+    x.add_argument("--force", action="store_true",
+                   help="c, arduino: write into a non-empty folder, replacing the files the "
+                        "export writes (others are kept)")
     x.add_argument("--json", action="store_true", help="print one JSON object at the end")
     x.set_defaults(func=run)
 
@@ -40,17 +43,15 @@ def _raw_channels(model, path):
 def run(args) -> int:
     from ..outputs import check_out_file, prepare_run_dir
     c_like = args.format in ("c", "arduino")
-    if c_like:
-        prepare_run_dir(args.out, force=True)  # regenerating a C folder in place is expected
+    if c_like:  # a user's README.md or Makefile is never overwritten unasked
+        prepare_run_dir(args.out, force=args.force, resumable=False)
     else:
         check_out_file(args.out)
     model, src = load_model_arg(args.model)
     if c_like:  # integer-only C99
         ds, why = _recorded_data(model)
         _note_c_quantization(model, args, ds)
-        rc = _export_c(args, model, src, ds, why)
-        _write_c_provenance(model, Path(args.out))
-        return rc
+        return _export_c(args, model, src, ds, why)
     t0 = time.perf_counter()
     if args.format == "h5":
         from ..deploy.keras_export import export_h5
@@ -78,16 +79,16 @@ _PROVENANCE_KEYS = ("dataset", "dataset_path", "data_path", "class_names", "prep
                     "test_accuracy", "test_size")
 
 
-def _write_c_provenance(model, out: Path) -> None:
-    """model.json beside the C sources: what `lbcnn evaluate C_FOLDER` needs to find the data
-    and its test split, from any working directory."""
-    from ..outputs import write_json
+def _c_provenance(model) -> dict:
+    """What model.json records beside the C sources (with their hashes): what `lbcnn
+    evaluate C_FOLDER` needs to find the data and its test split, from any working
+    directory, and to name the classes."""
     meta = getattr(model, "meta_", {}) or {}
     record = {k: meta[k] for k in _PROVENANCE_KEYS if meta.get(k) is not None}
     classes = getattr(model, "classes_", None)
     if classes is not None:
         record["classes"] = [int(c) for c in classes]
-    write_json(out / "model.json", record)
+    return record
 
 
 def _recorded_data(model):
@@ -164,7 +165,8 @@ def _export_c(args, model, src, ds, why) -> int:
         images, why = _test_vectors(ds, plan)
     meta = getattr(model, "meta_", {}) or {}
     summary = export_c(plan, args.out, test_images=images, class_names=meta.get("class_names"),
-                       layout="arduino" if args.format == "arduino" else "c")
+                       layout="arduino" if args.format == "arduino" else "c",
+                       record=_c_provenance(model))
     out = {"format": args.format, "source": str(path), "out": str(args.out),
            "weight_bytes": summary["weight_bytes"]["total"], "sizes": summary["sizes"],
            "test_vectors": summary["test_vectors"], "files": summary["files"],

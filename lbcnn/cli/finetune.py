@@ -7,9 +7,9 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..outputs import strict_json
 from ..report import print_table
-from .common import (accuracy, add_data_args, batch_int, carried_meta, dataset_for, fraction,
-                     load_model_arg, nonneg_float, nonneg_int, positive_float, positive_int,
-                     require_lbcnn, say, seed_int)
+from .common import (accuracy, add_data_args, batch_int, carried_meta, dataset_for, degrees,
+                     float_in, fraction, int_in, load_model_arg, nonneg_float, positive_float,
+                     positive_int, require_lbcnn, say, seed_int)
 
 
 def add_parser(sub) -> None:
@@ -29,17 +29,19 @@ def add_parser(sub) -> None:
     f.add_argument("--refit-full", action="store_true",
                    help="after choosing the epoch on validation, retrain that many epochs from "
                         "the same start on train + validation (the saved head has then seen it)")
-    f.add_argument("--shift", type=nonneg_int, default=0,
+    f.add_argument("--shift", type=int_in(0, 4096, "a shift in pixels"), default=0,
                    help="augment: move each training image by up to N pixels, fresh each epoch "
                         "(features recomputed per epoch); 0 = off")
-    f.add_argument("--rotate", type=nonneg_float, default=0.0,
+    f.add_argument("--rotate", type=degrees, default=0.0,
                    help="augment: random rotations up to this many degrees (with --shift/--zoom)")
-    f.add_argument("--zoom", type=nonneg_float, default=0.0,
+    f.add_argument("--zoom", type=float_in(0.0, 0.99, "a zoom fraction"), default=0.0,
                    help="augment: random zoom factor in [1 - Z, 1 + Z]")
-    f.add_argument("--elastic", type=nonneg_float, default=0.0, metavar="ALPHA",
+    f.add_argument("--elastic", type=float_in(0.0, 1000.0, "a displacement in pixels"),
+                   default=0.0, metavar="ALPHA",
                    help="augment: elastic distortion of up to ALPHA pixels before smoothing "
                         "(Simard et al.; 34 with --elastic-sigma 4 for MNIST)")
-    f.add_argument("--elastic-sigma", type=positive_float, default=4.0,
+    f.add_argument("--elastic-sigma", type=float_in(0.01, 100.0, "a smoothing in pixels"),
+                   default=4.0,
                    help="smoothing of the elastic field, pixels")
     f.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="share of the training images held out to choose the epoch")

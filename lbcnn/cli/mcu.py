@@ -20,6 +20,26 @@ def _mhz(text: str) -> float:
     return value
 
 
+def _check_workdir(text: str) -> None:
+    """--workdir: missing, empty, or the C folder of an earlier run (its model.json says
+    lbcnn-c), since the build writes model.c, README.md, Makefile, ... into it."""
+    from pathlib import Path
+
+    from ..errors import LbcnnError
+    from ..metadata import C_FORMAT, load_json
+    from ..outputs import prepare_run_dir
+    folder = Path(text)
+    earlier = False
+    try:
+        record = load_json((folder / "model.json").read_bytes(), "model.json")
+        earlier = isinstance(record, dict) and record.get("format") == C_FORMAT
+    except (OSError, LbcnnError):
+        pass
+    prepare_run_dir(text, "--workdir", force=earlier, resumable=False,
+                    not_empty_hint="give an empty folder, or the --workdir of an earlier "
+                                   "lbcnn mcu run")
+
+
 def add_parser(sub) -> None:
     from ..deploy.mcu.toolchain import CPUS
     m = sub.add_parser("mcu", help="build the C for Cortex-M4 / M0+, size it and run real test "
@@ -77,6 +97,8 @@ def run(args) -> int:
     from ..io.native import load_model_file, resolve_model_path
     from ..preprocess import model_input
 
+    if args.workdir:  # checked before anything is built: a user's files are never replaced
+        _check_workdir(args.workdir)
     path = resolve_model_path(args.model)
     config = {}
     if path.suffix.lower() == ".npz":

@@ -1,7 +1,7 @@
 """``lbcnn predict MODEL IMAGE...``: the class of each image file, folder or glob."""
 from __future__ import annotations
 
-from .common import say
+from .common import add_trust_c, say
 
 BATCH = 256  # images decoded and classified at a time
 
@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top", type=_top, default=1, metavar="K",
                    help="also list the K best classes with their scores")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    add_trust_c(p)
     p.set_defaults(func=run)
 
 
@@ -66,7 +67,7 @@ def run(args) -> int:
     from ..io.images import read_image
     from ..outputs import strict_json
 
-    pred = open_predictor(args.model)
+    pred = open_predictor(args.model, trust_c=args.trust_c)
     files, missing = expand(args.images)
     skipped = [(item, why) for item, why in missing]
     names = pred.names()

@@ -1,8 +1,8 @@
 """``lbcnn search``: random +-1 kernel sets with a closed-form ELM head."""
 from __future__ import annotations
 
-from .common import (add_data_args, add_output_args, batch_int, fraction, ints, load_data,
-                     positive_float, positive_int, say, seed_int)
+from .common import (add_data_args, add_output_args, batch_int, folds, fraction, int_list,
+                     load_data, positive_float, positive_int, say, seed_int)
 
 # run-defining options: parsed as None so that ``--resume`` can tell "not given"
 # (take the run's value) from "given" (must agree with the run)
@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
     s = sub.add_parser("search", help="search random +-1 kernel sets with a closed-form ELM head")
     add_data_args(s, required=False, dataset_help="; required unless --resume (the run "
                   "folder records it)")
-    s.add_argument("--filters", type=ints, help="depth multipliers, one per conv layer "
+    s.add_argument("--filters", type=int_list(1, 4096, "depth multipliers"),
+                   help="depth multipliers, one per conv layer "
                    "(default: 40,4)")
     s.add_argument("--nl", type=positive_int, help="nonlinearity index: nl-1 extra ReLU + conv "
                    "per layer (default: 1)")
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
                    help="labelled training images used, validation included (default: all)")
     s.add_argument("--val-fraction", type=fraction,
                    help="share of --train-size held out to rank trials (default: 0.1)")
-    s.add_argument("--cv", type=int, metavar="K",
+    s.add_argument("--cv", type=folds, metavar="K",
                    help="rank trials by K-fold cross-validation over the whole training budget "
                         "(for tiny datasets; K ELM fits per trial); 0 = one validation split "
                         "(default: 0)")

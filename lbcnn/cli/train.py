@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .common import (add_data_args, add_output_args, batch_int, finite_float, fraction, int_in,
-                     ints, load_data, nonneg_float, positive_float, positive_int, say, seed_int)
+from .common import (add_data_args, add_output_args, batch_int, degrees, finite_float, float_in,
+                     fraction, int_in, ints, load_data, nonneg_float, positive_float,
+                     positive_int, say, seed_int)
 
 
 def _probability(text: str) -> float:
@@ -25,6 +26,19 @@ def _open_unit(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
     return value
+
+
+def _widths(text: str, least: int = 1) -> tuple[int, ...]:
+    """Layer widths: up to 16 whole numbers from 1 to 65536 (what a model file may record)."""
+    values = ints(text)
+    if not least <= len(values) <= 16 or any(not 1 <= v <= 65536 for v in values):
+        raise argparse.ArgumentTypeError(f"expected {least} to 16 comma-separated widths from "
+                                         f"1 to 65536, got {text!r}")
+    return values
+
+
+def _dense_widths(text: str) -> tuple[int, ...]:
+    return _widths(text, least=0)
 
 
 def _threshold(text: str):
@@ -63,9 +77,10 @@ def add_parser(sub) -> None:
     c = t.add_argument_group("cbcnn")
     c.add_argument("--preset", default=None, help="cbcnn28 or cbcnn32 (three blocks, default by input size); "
                    "cbcnn28x4 / cbcnn32x4 (four blocks, the paper's 0.48 M / 0.59 M)")
-    c.add_argument("--blocks", type=ints, help="conv widths, e.g. 64,128,128")
-    c.add_argument("--dense", type=ints, help="hidden dense widths, e.g. 256 (lowbit: 0 to 2 "
-                                              "hidden layers, default 64; \"\" for none)")
+    c.add_argument("--blocks", type=_widths, help="conv widths, e.g. 64,128,128")
+    c.add_argument("--dense", type=_dense_widths, help="hidden dense widths, e.g. 256 (lowbit: "
+                                                       "0 to 2 hidden layers, default 64; \"\" "
+                                                       "for none)")
     c.add_argument("--lr-start", type=positive_float, default=None,
                    help="Adam learning rate at the first epoch; the peak for onecycle "
                         "and lowbit (default 1e-3, or the --recipe's; lowbit 6e-3)")
@@ -77,12 +92,12 @@ def add_parser(sub) -> None:
     c.add_argument("--standardize", action="store_true", help="per-image standardization")
     c.add_argument("--max-minutes", type=positive_float,
                    help="stop before an epoch that would overrun")
-    c.add_argument("--shift", type=nonneg_float, default=None,
+    c.add_argument("--shift", type=float_in(0.0, 4096.0, "a shift in pixels"), default=None,
                    help="augmentation: random shift, pixels (default 0; lowbit 1.4, of the "
                         "image before its resize)")
-    c.add_argument("--rotate", type=nonneg_float, default=None,
+    c.add_argument("--rotate", type=degrees, default=None,
                    help="augmentation: random rotation, degrees (default 0; lowbit 5)")
-    c.add_argument("--zoom", type=nonneg_float, default=None,
+    c.add_argument("--zoom", type=float_in(0.0, 0.99, "a zoom fraction"), default=None,
                    help="augmentation: random zoom, fraction (default 0; lowbit 0.05)")
     c.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="training forward pass; bf16 autocast is ~1.6x faster on CPUs with "
@@ -136,8 +151,9 @@ def add_parser(sub) -> None:
                         "RUN/teacher.npz for --teacher; no test-set evaluation")
     _add_lowbit_args(t)
     h = t.add_argument_group("hybrid")
-    h.add_argument("--kernels", default="paper",
-                   help="paper (edge probes), lines, random, or a .npy of (2, 3, 3) +-1")
+    h.add_argument("--kernels", default="paper", type=_kernels,
+                   help="paper (edge probes), lines, random, or a .npy of (n, 3, 3) +-1 "
+                        "kernels, 1 <= n <= 64")
     h.add_argument("--threshold", type=_threshold, default="otsu",
                    help="input binarization: otsu or a value in [0, 1]")
     h.add_argument("--hidden", type=int_in(1, 1 << 16, "a layer width"), default=120, help="hidden units of the MLP")
@@ -308,18 +324,52 @@ def _recipe(args, dataset_name: str) -> dict:
     return settings
 
 
+KERNEL_SETS = ("paper", "lines", "random")
+
+
+def _kernels(text: str) -> str:
+    """--kernels: a named set, or an existing .npy file (read and checked before training)."""
+    if text in KERNEL_SETS:
+        return text
+    _read_kernels(text, argparse.ArgumentTypeError)
+    return text
+
+
+def _read_kernels(text: str, error=ConfigError) -> list:
+    """A ``.npy`` array of shape (n, 3, 3), 1 <= n <= 64, every value exactly +-1."""
+    from ..errors import DataError
+    from ..io.sniff import require_regular_file, sniff
+    path = Path(text)
+    if not path.exists():
+        raise error(f"no such file {text!r}; give paper, lines, random or a .npy of "
+                    f"(n, 3, 3) +-1 kernels")
+    try:
+        require_regular_file(path, "kernel file")
+        kind = sniff(path)
+    except DataError as exc:
+        raise error(str(exc)) from None
+    if kind != "a .npy array":
+        raise error(f"{text} looks like {kind}; give a .npy of (n, 3, 3) +-1 kernels "
+                    f"(np.save)")
+    if path.stat().st_size > 1 << 20:
+        raise error(f"{text} is {path.stat().st_size:,} bytes; 64 kernels of 3x3 take 576")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise error(f"cannot read {text}: {str(exc).splitlines()[0][:80]}") from None
+    if array.ndim != 3 or array.shape[1:] != (3, 3) or not 1 <= len(array) <= 64 \
+            or array.dtype.kind not in "iuf" or not np.all(np.abs(array) == 1):
+        raise error(f"{text} holds {array.dtype} {array.shape}; expected (n, 3, 3) with "
+                    f"1 <= n <= 64 and every value +1 or -1")
+    return list(array.astype(np.int8))
+
+
 def _train_hybrid(args, ds) -> dict:
     from ..models.hybrid import Hybrid, save_hybrid
 
     kernels = args.kernels
-    if kernels not in ("paper", "lines", "random"):
-        path = Path(kernels)
-        if not path.exists():
-            raise ConfigError(f"--kernels: no such file {path}")
-        try:
-            kernels = list(np.load(path, allow_pickle=False))
-        except ValueError as exc:
-            raise ConfigError(f"--kernels: cannot read {path}: {exc}") from None
+    if kernels not in KERNEL_SETS:
+        kernels = _read_kernels(kernels)
     threshold = args.threshold
     tr, va = ds.split(args.train_size, args.val_fraction, args.seed)
     model = Hybrid(kernels=kernels, threshold=threshold, hidden=args.hidden,

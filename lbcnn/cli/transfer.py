@@ -44,7 +44,7 @@ def run(args) -> int:
 
     if args.out:
         from ..outputs import prepare_run_dir
-        prepare_run_dir(args.out, force=args.force)
+        prepare_run_dir(args.out, force=args.force, resumable=False)
     # transfer's own --resize (auto/none) converts images for the backbone, not the loader
     data_args = argparse.Namespace(dataset=args.dataset, data_path=args.data_path,
                                    split=args.split)

@@ -291,9 +291,9 @@ int lbcnn_predict(const uint8_t *image)
 
 
 def export_cbcnn_c(plan, out_dir, measure: bool = True, test_vectors=None,
-                   class_names=None, layout: str = "c") -> dict:
+                   class_names=None, layout: str = "c", record=None) -> dict:
     return write_c_project(plan, out_dir, generate_cbcnn_sources(plan, class_names), _readme,
-                           measure, test_vectors, layout)
+                           measure, test_vectors, layout, record)
 
 
 register(CBCNNPlan, export_cbcnn_c)

@@ -17,13 +17,16 @@ from .c_common import c_template, exporter_for
 
 
 def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True,
-             test_images=None, class_names=None, layout: str = "c") -> dict:
+             test_images=None, class_names=None, layout: str = "c", record=None) -> dict:
     """Write the C project for any family (LB-CNN, CBCNN, Hybrid, lowbit) to ``out_dir``.
 
     ``test_images`` (uint8, a handful, in the model's input format) adds
     ``test_vectors.[ch]`` with the classes the NumPy integer engine predicts for them,
     and ``selftest.c``; ``class_names`` go into ``LBCNN_CLASS_NAMES`` ("0".."K-1" when
-    absent). ``layout="arduino"``: an Arduino library (``c_project``).
+    absent). ``layout="arduino"``: an Arduino library (``c_project``). ``model.json``
+    records the sources' SHA-256 (checked before ``lbcnn evaluate`` compiles them) and
+    ``record`` (the model file's provenance: dataset, class names, ...). The folder appears
+    complete or not at all; files already in it that the export does not write are kept.
     """
     from ..engine.plan import IntegerPlan, compile_plan
 
@@ -45,8 +48,10 @@ def export_c(model_or_plan, out_dir, bits: int = 8, measure: bool = True,
         # what lbcnn_predict returns: the label for LB-CNN, the class index otherwise
         vectors = (x, eng.predict(x) if isinstance(plan, IntegerPlan) else
                    eng.predict_index(x))
+    if class_names is None and record:
+        class_names = record.get("class_names")
     return exporter(plan, out_dir, measure=measure, test_vectors=vectors,
-                    class_names=class_names, layout=layout)
+                    class_names=class_names, layout=layout, record=record)
 
 
 def bench_source() -> str:

@@ -214,9 +214,9 @@ int lbcnn_predict(const uint8_t *image)
 
 
 def export_hybrid_c(plan, out_dir, measure: bool = True, test_vectors=None,
-                    class_names=None, layout: str = "c") -> dict:
+                    class_names=None, layout: str = "c", record=None) -> dict:
     return write_c_project(plan, out_dir, generate_hybrid_sources(plan, class_names), _readme,
-                           measure, test_vectors, layout)
+                           measure, test_vectors, layout, record)
 
 
 register(HybridPlan, export_hybrid_c)

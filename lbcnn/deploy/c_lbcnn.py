@@ -378,9 +378,9 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
 
 
 def export_lbcnn_c(plan, out_dir, measure: bool = True, test_vectors=None,
-                   class_names=None, layout: str = "c") -> dict:
+                   class_names=None, layout: str = "c", record=None) -> dict:
     return write_c_project(plan, out_dir, generate_sources(plan, class_names), _readme, measure,
-                           test_vectors, layout)
+                           test_vectors, layout, record)
 
 
 def _readme(plan, wb: dict, sizes: dict | None) -> str:

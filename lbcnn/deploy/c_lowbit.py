@@ -257,9 +257,9 @@ def generate_lowbit_sources(plan: LowBitPlan, class_names=None) -> dict[str, str
 
 
 def export_lowbit_c(plan, out_dir, measure: bool = True, test_vectors=None,
-                    class_names=None, layout: str = "c") -> dict:
+                    class_names=None, layout: str = "c", record=None) -> dict:
     return write_c_project(plan, out_dir, generate_lowbit_sources(plan, class_names), _readme,
-                           measure, test_vectors, layout)
+                           measure, test_vectors, layout, record)
 
 
 def _readme(plan, wb: dict, sizes: dict | None) -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..outputs import atomic_write_text
-from .c_common import LINKER_SCRIPT, ZIG_COMMON, ZIG_TARGETS, c_template, measure_sizes, \
-    test_vector_sources
+from ..outputs import staged_folder, strict_json
+from .c_common import LINKER_SCRIPT, ZIG_COMMON, ZIG_TARGETS, c_record, c_template, \
+    measure_sizes, test_vector_sources
 
 
 def build_lines(h: int, w: int, c: int, has_vectors: bool) -> list[str]:
@@ -224,42 +224,53 @@ void loop() {{
 
 
 def write_c_project(plan, out_dir, sources: dict, readme, measure: bool = True,
-                    test_vectors: tuple | None = None, layout: str = "c") -> dict:
+                    test_vectors: tuple | None = None, layout: str = "c",
+                    record: dict | None = None) -> dict:
     """Write generated sources (+ test vectors, frame preparation, build files), measure
-    flash/RAM, then the README: shared by every family. ``layout="arduino"`` writes an
-    Arduino library instead (the sources under ``src/``, no ``main``)."""
+    flash/RAM, then the README and ``model.json`` (``record``, the model file's provenance,
+    and every source's SHA-256, which ``lbcnn evaluate`` checks before compiling): shared
+    by every family. ``layout="arduino"`` writes an Arduino library instead (the sources
+    under ``src/``, no ``main``).
+
+    Everything is written into a hidden sibling folder first and moved into ``out_dir``
+    when complete, so a failure never leaves a half-written project behind."""
     if layout not in ("c", "arduino"):
         raise ValueError(f"unknown C project layout {layout!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     sources = dict(sources)
     if test_vectors is not None:
         sources.update(test_vector_sources(*test_vectors))
     for name, text in project_sources(test_vectors is not None).items():
         sources.setdefault(name, text)
     h, w, c = plan.input_shape if len(plan.input_shape) == 3 else (*plan.input_shape, 1)
-    src_dir = out_dir
+    src = ""
     if layout == "arduino":
         lib = arduino_name(out_dir)
-        src_dir = out_dir / "src"
+        src = "src/"
         sources = {**{f"src/{k}": v for k, v in sources.items() if k in ARDUINO_SOURCES},
                    **arduino_sources(lib, test_vectors is not None, (h, w, c))}
-    for name, text in sources.items():
-        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / name, text)
-    wb = plan.weight_bytes()
-    sizes = measure_sizes(src_dir) if measure else None
-    summary = {"out": str(out_dir), "weight_bytes": wb, "sizes": sizes, "plan": plan.describe(),
-               "test_vectors": 0 if test_vectors is None else len(test_vectors[0]),
-               "layout": layout, "files": sorted(sources)}
-    text = readme(plan, wb, sizes)
-    if layout == "arduino":
-        text += "\n" + "\n".join(
-            ["## Arduino", "",
-             f"An Arduino library: `#include <{lib}.h>`; `examples/Classify/Classify.ino` "
-             "prints the class names of the test images and of a frame on Serial.", ""]
-            + frame_lines(h, w, c))
-    else:
-        text += "\n" + "\n".join(build_lines(h, w, c, test_vectors is not None))
-    atomic_write_text(out_dir / "README.md", text)
+    files = {name: text.encode("utf-8") for name, text in sources.items()}
+    with staged_folder(out_dir) as stage:
+        for name, data in files.items():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
+            (stage / name).write_bytes(data)
+        wb = plan.weight_bytes()
+        sizes = measure_sizes(stage / src) if measure else None
+        summary = {"out": str(out_dir), "weight_bytes": wb, "sizes": sizes,
+                   "plan": plan.describe(),
+                   "test_vectors": 0 if test_vectors is None else len(test_vectors[0]),
+                   "layout": layout, "files": sorted(sources)}
+        text = readme(plan, wb, sizes)
+        if layout == "arduino":
+            text += "\n" + "\n".join(
+                ["## Arduino", "",
+                 f"An Arduino library: `#include <{lib}.h>`; `examples/Classify/Classify.ino` "
+                 "prints the class names of the test images and of a frame on Serial.", ""]
+                + frame_lines(h, w, c))
+        else:
+            text += "\n" + "\n".join(build_lines(h, w, c, test_vectors is not None))
+        (stage / "README.md").write_text(text, encoding="utf-8")
+        record = c_record(plan, files, record)
+        (stage / "model.json").write_text(strict_json(record, indent=2) + "\n",
+                                          encoding="utf-8")
     return summary

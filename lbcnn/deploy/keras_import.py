@@ -23,12 +23,14 @@ value is given.
 """
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from ..metadata import load_json, validate_h5_attrs
+from ..validate import MAX_CLASSES, check_input_shape
 
 _POOL = {"MaxPooling2D", "MaxPool2D"}
 _SKIP = {"Dropout"}  # inference no-ops (kept explicit; other layers are errors)
@@ -70,31 +72,74 @@ def _layers_in_order(cfg: dict, path) -> list[dict]:
     return layers
 
 
-def _weights(f, name: str) -> dict[str, np.ndarray]:
+def _weights(f, name: str, where: str, check=None) -> dict[str, np.ndarray]:
+    """A layer's weights, each read only after its declared dtype and shape are checked:
+    numbers, no more than the memory plan allows, and what ``check(key, shape)`` (the
+    layer's own rule) accepts. A gzip-compressed dataset can declare gigabytes in a few
+    kilobytes, and ``[()]`` would allocate them before the first byte is inflated."""
+    import h5py
+
+    from ..memory import require
     root = f["model_weights"] if "model_weights" in f else f
     if name not in root:
         return {}
     g = root[name]
-    names = [_decode(n) for n in g.attrs.get("weight_names", [])]
+    names = [_decode(n) for n in np.asarray(g.attrs.get("weight_names", [])).reshape(-1)]
     out = {}
     for wn in names:
-        key = wn.split("/")[-1].split(":")[0]
-        out[key] = np.asarray(g[wn])
+        key = str(wn).split("/")[-1].split(":")[0]
+        ds = g[wn]
+        if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiu" or ds.ndim > 4:
+            raise DataError(f"{where}: weights {wn!r} are not a numeric array of at most 4 "
+                            f"dimensions")
+        if check is not None:
+            try:
+                check(key, tuple(int(n) for n in ds.shape))
+            except DataError as exc:
+                raise DataError(f"{where}: {exc}") from None
+        require(int(ds.size) * 8, f"{where}: weights {wn!r} {tuple(ds.shape)}",
+                "the file declares arrays larger than this machine can hold")
+        out[key] = np.asarray(ds[()])
     return out
 
 
 def _provenance(attrs, path) -> dict:
     """The model file's data record the export carried (``lbcnn_provenance``), if any."""
-    from .onnx_common import PROVENANCE_KEYS
+    from ..metadata import validate_provenance
     if "lbcnn_provenance" not in attrs:
         return {}
-    try:
-        record = json.loads(_decode(attrs["lbcnn_provenance"]))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        raise DataError(f"{path}: attribute lbcnn_provenance is not valid JSON") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: attribute lbcnn_provenance is not a JSON object")
-    return {k: v for k, v in record.items() if k in PROVENANCE_KEYS}
+    raw = attrs["lbcnn_provenance"]
+    raw = raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw
+    if not isinstance(raw, (bytes, str)):
+        raise DataError(f"{path}: attribute lbcnn_provenance must be JSON text")
+    return validate_provenance(raw, f"{path}: attribute lbcnn_provenance")
+
+
+def _check_depthwise(key: str, shape: tuple) -> None:
+    if key in ("depthwise_kernel", "kernel") and (len(shape) != 4 or shape[:2] != (3, 3)
+                                                  or shape[2] > 4096 or shape[3] > 4096):
+        raise DataError(f"depthwise kernel shape {shape} is not (3, 3, C, m)")
+    if key == "bias" and (len(shape) != 1 or shape[0] > 1 << 24):
+        raise DataError(f"depthwise bias shape {shape} is not (C,)")
+
+
+def _dense_check(input_shape, blocks):
+    """The Dense kernel must be (features of the conv body, classes)."""
+    features = None
+    if input_shape is not None and blocks:
+        h, w, c = input_shape
+        for b in blocks:
+            c *= b["conv"].shape[3]
+            h, w = (h + 1) // 2, (w + 1) // 2
+        features = h * w * c
+
+    def check(key: str, shape: tuple) -> None:
+        if key == "kernel" and (len(shape) != 2 or shape[1] > MAX_CLASSES or
+                                (features is not None and shape[0] != features)):
+            raise DataError(f"Dense kernel shape {shape} is not ({features}, classes)")
+        if key == "bias" and (len(shape) != 1 or shape[0] > MAX_CLASSES):
+            raise DataError(f"Dense bias shape {shape} is not (classes,)")
+    return check
 
 
 def import_keras_h5(path, input_scale: float | None = None, classes=None):
@@ -124,9 +169,12 @@ def _import_keras_h5(path, input_scale: float | None = None, classes=None):
         raise DataError(f"reading .h5 files needs h5py (pip install 'lbcnn[export]'): {exc}") from None
     from ..models.lbcnn import LBCNN, LBCNNBody, check_filters
 
+    from ..io.sniff import require_regular_file
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"model file not found: {path}")
+    require_regular_file(path, "model file")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -135,21 +183,18 @@ def _import_keras_h5(path, input_scale: float | None = None, classes=None):
         raw = f.attrs.get("model_config")
         if raw is None:
             raise DataError(f"{path} has no model_config attribute; not a Keras .h5 model")
-        try:
-            cfg = json.loads(_decode(raw))
-        except json.JSONDecodeError:
-            raise DataError(f"{path}: model_config is not valid JSON") from None
-        if input_scale is None and "lbcnn_input_scale" in f.attrs:
-            input_scale = float(f.attrs["lbcnn_input_scale"])
-        if classes is None and "lbcnn_classes" in f.attrs:
-            classes = np.asarray(f.attrs["lbcnn_classes"])
-        extra_meta = {}
-        for key in ("lbcnn_class_names", "lbcnn_dataset"):
-            if key in f.attrs:
-                try:
-                    extra_meta[key[6:]] = json.loads(_decode(f.attrs[key]))
-                except (json.JSONDecodeError, TypeError, ValueError):
-                    raise DataError(f"{path}: attribute {key} is not valid JSON") from None
+        raw = raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw
+        if not isinstance(raw, (bytes, str)):
+            raise DataError(f"{path}: model_config must be JSON text, got {type(raw).__name__}")
+        cfg = load_json(raw, f"{path}: model_config")
+        if not isinstance(cfg, dict):
+            raise DataError(f"{path}: model_config must be a JSON object")
+        recorded = validate_h5_attrs(f.attrs, str(path))
+        if input_scale is None and "input_scale" in recorded:
+            input_scale = recorded["input_scale"]
+        if classes is None and "classes" in recorded:
+            classes = recorded["classes"]
+        extra_meta = {key: recorded[key] for key in ("class_names", "dataset") if key in recorded}
         extra_meta.update(_provenance(f.attrs, path))
         layers = _layers_in_order(cfg, path)
 
@@ -166,9 +211,7 @@ def _import_keras_h5(path, input_scale: float | None = None, classes=None):
             if shape is not None and input_shape is None:
                 if len(shape) != 4 or any(s is None for s in shape[1:]):
                     raise DataError(f"{where}: input shape {shape} is not (None, H, W, C)")
-                input_shape = tuple(int(s) for s in shape[1:])
-                if input_shape[2] not in (1, 3):
-                    raise DataError(f"{where}: input has {input_shape[2]} channels; 1 or 3 supported")
+                input_shape = check_input_shape(shape[1:], where)
             if cls == "InputLayer":
                 continue
             if cls in _SKIP:
@@ -189,7 +232,7 @@ def _import_keras_h5(path, input_scale: float | None = None, classes=None):
                 if bad:
                     raise DataError(f"{where}: unsupported settings {bad} (need 3x3, stride 1, "
                                     f"'same', no dilation, linear activation)")
-                w = _weights(f, name)
+                w = _weights(f, name, where, _check_depthwise)
                 if "depthwise_kernel" not in w and "kernel" in w:  # Keras 3 names it 'kernel'
                     w["depthwise_kernel"] = w["kernel"]
                 if "depthwise_kernel" not in w:
@@ -241,7 +284,7 @@ def _import_keras_h5(path, input_scale: float | None = None, classes=None):
                 if c.get("activation", "linear") not in ("softmax", "linear"):
                     raise DataError(f"{where}: Dense activation {c.get('activation')!r}; "
                                     f"softmax or linear supported")
-                w = _weights(f, name)
+                w = _weights(f, name, where, _dense_check(input_shape, blocks))
                 if "kernel" not in w:
                     raise DataError(f"{where}: no kernel weights in the file")
                 kern = w["kernel"].astype(np.float32)
@@ -269,8 +312,10 @@ def _import_keras_h5(path, input_scale: float | None = None, classes=None):
                             f"gets {chans}")
         chans *= b["conv"].shape[3]
     filters = check_filters([b["conv"].shape[3] for b in blocks])
-    body = LBCNNBody(input_shape, blocks, nl,
-                     float(input_scale) if input_scale is not None else 1.0 / 255.0)
+    scale = float(input_scale) if input_scale is not None else 1.0 / 255.0
+    if not math.isfinite(scale) or scale <= 0:
+        raise DataError(f"{path}: input scale {scale} is not a finite positive number")
+    body = LBCNNBody(input_shape, blocks, nl, scale)
     kern, bias = head
     if kern.shape[0] != body.n_features:
         raise DataError(f"{path}: Dense layer has {kern.shape[0]} inputs but the conv body "
@@ -282,6 +327,9 @@ def _import_keras_h5(path, input_scale: float | None = None, classes=None):
     model.classes_ = np.asarray(classes) if classes is not None else np.arange(kern.shape[1])
     if len(model.classes_) != kern.shape[1]:
         raise DataError(f"{path}: {len(model.classes_)} class labels for {kern.shape[1]} outputs")
+    names = extra_meta.get("class_names")
+    if names is not None and len(names) != kern.shape[1]:
+        raise DataError(f"{path}: {len(names)} class names for {kern.shape[1]} outputs")
     model.head_meta_ = {"kind": "float32"}
     model.meta_ = {"source": str(path), "keras_version": None, **extra_meta}
     return model

@@ -9,10 +9,6 @@ passed as the model) stops with one line saying what the file looks like (``snif
 """
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,6 +16,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..metadata import validate_onnx_metadata
+from ..validate import check_input_shape
 from .sniff import sniff
 
 # datasets whose images have one channel (a CBCNN with y_channel then takes gray input)
@@ -97,12 +95,16 @@ class Predictor:
         return names + [str(i) for i in range(len(names), k)]
 
 
-def open_predictor(path) -> Predictor:
-    """A run folder, native ``.npz``, Keras ``.h5``, ``.onnx`` or exported C folder."""
+def open_predictor(path, trust_c: bool = False) -> Predictor:
+    """A run folder, native ``.npz``, Keras ``.h5``, ``.onnx`` or exported C folder.
+
+    A C folder's sources are compiled and run only when they match the SHA-256 that
+    ``lbcnn export`` recorded in its ``model.json``, unless ``trust_c`` (``--trust-c``)."""
     path = Path(path)
     kind = sniff(path)
     if kind == "C folder":
-        return _luma_adapter(_c_predictor(path))
+        from .c_folder import c_predictor
+        return _luma_adapter(c_predictor(path, trust=trust_c))
     if kind == "ONNX":
         return _luma_adapter(_onnx_predictor(path))
     # the slot for a .tflite file: ``sniff`` names its kind, a ``_tflite_predictor`` runs it
@@ -177,117 +179,22 @@ def _onnx_predictor(path: Path) -> Predictor:
             "uint8" not in inp.type:
         raise DataError(f"{path}: not an lbcnn ONNX graph (input {inp.name} {inp.type} {shape}; "
                         f"lbcnn graphs take uint8 NHWC images)")
+    input_shape = check_input_shape(shape[1:], f"{path}: graph input")
+    out_shape = sess.get_outputs()[0].shape
+    k = out_shape[-1] if out_shape else None
+    if not isinstance(k, int) or not 1 <= k <= 100_000:
+        raise DataError(f"{path}: not an lbcnn ONNX graph (output shape {out_shape})")
     meta = dict(sess.get_modelmeta().custom_metadata_map)
-    k = int(sess.get_outputs()[0].shape[-1])
-    classes = np.arange(k)
-    if meta.get("lbcnn_classes"):
-        classes = np.array([int(v) for v in meta["lbcnn_classes"].split(",")])
-    names = _meta_list(meta.get("lbcnn_class_names"))
-    config = {"dataset": _meta_str(meta.get("lbcnn_dataset")), "class_names": names,
-              **{k2[6:]: v for k2, v in meta.items() if k2.startswith("lbcnn_")
-                 and k2 not in ("lbcnn_classes", "lbcnn_class_names", "lbcnn_dataset",
-                                "lbcnn_provenance")},
-              **_meta_provenance(meta.get("lbcnn_provenance"), path)}
-    if not config["dataset"]:
-        config.pop("dataset")
+    recorded = validate_onnx_metadata(meta, k, str(path))
+    classes = np.asarray(recorded.pop("classes", range(k)))
+    names = recorded.pop("class_names", None)
+    config = {"class_names": names, **recorded}
+    if not config.get("dataset"):
+        config.pop("dataset", None)
     name = inp.name
 
     def scores(x):
         outs = [sess.run(None, {name: x[i:i + 1024]})[0] for i in range(0, len(x), 1024)]
         return softmax(np.concatenate(outs) if outs else np.zeros((0, k), np.float32))
 
-    return Predictor("onnx", path, tuple(int(s) for s in shape[1:]), classes, names, config,
-                     _scores=scores)
-
-
-def _meta_provenance(text, path) -> dict:
-    """The model file's data record an export carried (``lbcnn_provenance``), if any."""
-    from ..deploy.onnx_common import PROVENANCE_KEYS
-    if not text:
-        return {}
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        raise DataError(f"{path}: metadata lbcnn_provenance is not valid JSON") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: metadata lbcnn_provenance is not a JSON object")
-    return {k: v for k, v in record.items() if k in PROVENANCE_KEYS}
-
-
-def _meta_str(text):
-    """A metadata string, JSON-encoded or plain."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return text
-    return value if isinstance(value, str) else text
-
-
-def _meta_list(text):
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-        return [str(v) for v in value] if isinstance(value, list) else None
-    except json.JSONDecodeError:
-        return text.split(",")
-
-
-def _parse_header(text: str) -> tuple[dict, list | None]:
-    defines = {m.group(1): int(m.group(2))
-               for m in re.finditer(r"^#define\s+(LBCNN_\w+)\s+(-?\d+)\s*$", text, re.M)}
-    m = re.search(r"LBCNN_CLASS_NAMES\[\d+\]\s*=\s*\{(.*?)\};", text, re.S)
-    names = None
-    if m:
-        names = [bytes(s, "utf-8").decode("unicode_escape")
-                 for s in re.findall(r'"((?:[^"\\]|\\.)*)"', m.group(1))]
-    return defines, names
-
-
-def _c_predictor(path: Path) -> Predictor:
-    from ..deploy.c_common import CFLAGS, find_cc
-
-    defines, names = _parse_header((path / "model.h").read_text(errors="replace"))
-    need = ("LBCNN_HEIGHT", "LBCNN_WIDTH", "LBCNN_CHANNELS", "LBCNN_N_CLASSES")
-    if any(k not in defines for k in need) or not (path / "main.c").exists():
-        raise DataError(f"{path}: not an lbcnn C export (model.h lacks {need} or main.c is missing)")
-    config = {}
-    meta_file = path / "model.json"   # written next to the sources when the exporter records it
-    if meta_file.exists():
-        try:
-            config = json.loads(meta_file.read_text())
-        except json.JSONDecodeError:
-            raise DataError(f"{meta_file} is not valid JSON") from None
-    k = defines["LBCNN_N_CLASSES"]
-    classes = np.asarray(config.get("classes") or np.arange(k))
-    if len(classes) != k:
-        classes = np.arange(k)
-    if config.get("class_names"):
-        names = config["class_names"]
-    cc = find_cc()
-    if cc is None:
-        raise ConfigError(f"running the C export {path} needs a C compiler (cc, gcc or clang) "
-                          f"on PATH")
-    build = Path(tempfile.mkdtemp(prefix="lbcnn_c_"))
-    exe = build / "lbcnn"
-    # LBCNN_PRINT_LABELS: main.c prints lbcnn_predict's integers, not class names
-    res = subprocess.run([cc, *CFLAGS, "-DLBCNN_PRINT_LABELS", str(path / "model.c"),
-                          str(path / "main.c"), "-o", str(exe)], capture_output=True, text=True)
-    if res.returncode != 0:
-        err = (res.stderr.strip().splitlines() or ["?"])[0][:300]
-        raise DataError(f"{path}: the C sources do not compile with {Path(cc).name}: {err}")
-    shape = (defines["LBCNN_HEIGHT"], defines["LBCNN_WIDTH"], defines["LBCNN_CHANNELS"])
-
-    def labels(x):
-        out = subprocess.run([str(exe)], input=x.tobytes(), capture_output=True)
-        if out.returncode != 0:
-            raise DataError(f"{path}: the compiled classifier exited with status {out.returncode}")
-        got = np.array([int(v) for v in out.stdout.split()], dtype=np.int64)
-        if len(got) != len(x):
-            raise DataError(f"{path}: the compiled classifier printed {len(got)} classes for "
-                            f"{len(x)} images")
-        return got
-
-    return Predictor("c", path, shape, classes, names, config, _labels=labels)
+    return Predictor("onnx", path, input_shape, classes, names, config, _scores=scores)

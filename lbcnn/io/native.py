@@ -14,7 +14,7 @@ newer lbcnn (format version 2)" rather than a wrong shape.
 """
 from __future__ import annotations
 
-import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -43,6 +43,14 @@ def save_model_file(path, config: dict, arrays: dict[str, np.ndarray],
     for name, value in payload.items():
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise ConfigError(f"refusing to save {path}: array {name!r} holds NaN or inf")
+    # what this writes must load: the validator every loader uses checks it first
+    from ..metadata import load_json
+    from ..validate import validate_model
+    try:
+        validate_model(load_json(strict_json({"format": FORMAT, "version": 1, **body}),
+                                 "the model config"), dict(payload), "the model")
+    except DataError as exc:
+        raise ConfigError(f"refusing to save {path}, it would not load: {exc}") from None
     spec = {}
     for name, bits in packed.items():
         value = payload[name]
@@ -58,30 +66,94 @@ def save_model_file(path, config: dict, arrays: dict[str, np.ndarray],
     return path
 
 
+MAX_MEMBERS = 100_000
+
+
+def check_npz_members(path, what: str = "model file") -> int:
+    """Check an ``.npz`` file's members before any array is read; returns the bytes the
+    arrays will take.
+
+    Each ``.npy`` member's header declares a dtype and shape; ``np.load`` allocates that
+    much before reading a byte of data, and a compressed member can declare gigabytes in a
+    few kilobytes. So every declared size must equal the size the zip directory records
+    (``np.save`` writes exactly header + data), no member may hold Python objects, and the
+    total must fit the memory plan.
+    """
+    from numpy.lib import format as npy_format
+
+    from ..memory import human_bytes, require
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise DataError(f"{path}: {len(infos):,} members; a {what} has far fewer")
+            for info in infos:
+                if not info.filename.endswith(".npy"):
+                    total += info.file_size
+                    continue
+                name = info.filename[:-4]
+                with zf.open(info) as fh:
+                    version = npy_format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = npy_format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _, dtype = npy_format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    header = fh.tell()
+                if dtype.hasobject:
+                    raise DataError(f"{path}: array {name!r} holds Python objects")
+                declared = header + math.prod(int(n) for n in shape) * dtype.itemsize
+                if declared != info.file_size:
+                    raise DataError(f"{path}: array {name!r} declares shape {tuple(shape)} "
+                                    f"{dtype} ({human_bytes(declared)}) but its member holds "
+                                    f"{human_bytes(info.file_size)}: damaged or forged")
+                total += declared
+    except DataError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError,
+            NotImplementedError) as exc:
+        raise DataError(f"{path} is not a readable {what} (corrupt or truncated: "
+                        f"{_first_line(exc)})") from None
+    require(total, f"{path}'s arrays ({human_bytes(Path(path).stat().st_size)} on disk)",
+            f"the {what} is damaged, forged or too large for this machine")
+    return total
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:100] if text else type(exc).__name__
+
+
 def load_model_file(path) -> tuple[dict, dict[str, np.ndarray]]:
     """Read and validate a native model file; every failure is one ``DataError`` line."""
+    from ..metadata import load_json
     from ..validate import validate_model
+    from .sniff import require_regular_file
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"model file not found: {path}")
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a model file or a run folder holding model.npz")
+    require_regular_file(path, "model file")
+    kind = sniff(path)
+    if kind != "zip":
+        raise DataError(f"{path}: not an lbcnn model file: looks like {kind}")
+    check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as exc:
-        kind = sniff(path)
-        if kind != "zip":
-            raise DataError(f"{path}: not an lbcnn model file: looks like {kind}") from None
         raise DataError(f"cannot read model file {path}: corrupt or truncated "
-                        f"({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})") from None
+                        f"({_first_line(exc)})") from None
     if not isinstance(arrays, dict) or "__config__" not in arrays:
         raise DataError(f"not an lbcnn model file: {path} has no lbcnn config")
-    try:
-        config = json.loads(arrays.pop("__config__").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError):
-        raise DataError(f"{path}: model config is corrupt") from None
+    raw = arrays.pop("__config__")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise DataError(f"{path}: model config is corrupt")
+    config = load_json(raw.tobytes(), f"{path}: model config")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise DataError(f"not an lbcnn model file: {path} has no lbcnn config")
     version = config.get("version", 0)

@@ -2,6 +2,8 @@
 file named .npz, an image passed as the model) is reported as what the file really is."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from ..errors import DataError
@@ -24,6 +26,7 @@ def sniff(path) -> str:
         return "folder"
     if not p.exists():
         raise DataError(f"file not found: {p}")
+    require_regular_file(p, "input")
     with open(p, "rb") as f:
         head = f.read(4096)
     for magic, kind in _MAGIC:
@@ -40,3 +43,18 @@ def sniff(path) -> str:
         except UnicodeDecodeError:
             pass
     return "empty" if not head else "binary"
+
+
+def require_regular_file(path, what: str = "input") -> None:
+    """Refuse a device, FIFO or socket before opening it: reading a FIFO waits forever
+    for a writer, and a device is no lbcnn file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise DataError(f"{what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special")
+        raise DataError(f"{what} {path} is {kind}, not a regular file")

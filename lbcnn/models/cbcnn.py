@@ -286,7 +286,10 @@ class CBCNN(ClassifierMixin, BaseEstimator):
     @preprocess.setter
     def preprocess(self, value):
         self._preprocess_param = value
-        self._preprocess = Preprocess.from_dict(value)
+        try:
+            self._preprocess = Preprocess.from_dict(value)
+        except ConfigError as exc:  # a ValueError too, as scikit-learn expects
+            raise as_value_error(exc) from None
 
     @property
     def device(self) -> torch.device:

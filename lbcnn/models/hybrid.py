@@ -93,11 +93,14 @@ class HybridBody:
 
     def __init__(self, input_shape, kernels, threshold=0.5):
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.kernels = [np.asarray(k, dtype=np.int8) for k in kernels]
-        self.threshold = threshold
-        for k in self.kernels:
-            if k.shape != (3, 3) or not np.all(np.abs(k) == 1):
+        raw = [np.asarray(k) for k in kernels]
+        if not 1 <= len(raw) <= 64:
+            raise ConfigError(f"the hybrid needs 1 to 64 kernels, got {len(raw)}")
+        for k in raw:
+            if k.shape != (3, 3) or k.dtype.kind not in "iuf" or not np.all(np.abs(k) == 1):
                 raise ConfigError("hybrid kernels must be 3x3 arrays of exactly +-1")
+        self.kernels = [k.astype(np.int8) for k in raw]
+        self.threshold = threshold
         h, w = self.input_shape[:2]
         if h - 2 * len(self.kernels) < 1 or w - 2 * len(self.kernels) < 1:
             raise ConfigError(f"input {h}x{w} is too small for {len(self.kernels)} valid 3x3 convs")
@@ -180,6 +183,21 @@ class Hybrid(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.progress = progress
 
+    def _plan_memory(self, n_images: int) -> None:
+        """The MLP with its gradients, Adam state and best copy (5 float32 copies), and the
+        features as float32 (plus the int8 ones they come from): refused before torch
+        allocates them."""
+        from ..memory import human_bytes, require
+        d, k, hidden = self.body_.n_features, len(self.classes_), int(self.hidden)
+        weights = 4 * 5 * (hidden * (d + 1) + k * (hidden + 1))
+        features = 5 * n_images * d
+        batch = 4 * 4 * int(self.batch_size) * (hidden + k)
+        require(weights + features + batch,
+                f"the hybrid's MLP ({d:,} features x {hidden:,} hidden: "
+                f"{human_bytes(weights)}) and its {n_images:,} images' features "
+                f"({human_bytes(features)})",
+                "use a smaller --hidden, smaller images or a smaller --train-size")
+
     def fit(self, X, y, X_val=None, y_val=None):
         X = np.asarray(X)
         y = np.asarray(y)
@@ -190,6 +208,7 @@ class Hybrid(ClassifierMixin, BaseEstimator):
         shape = X.shape[1:3] + (1,)
         self.body_ = HybridBody.make(shape, self.kernels, self.threshold, self.random_state)
         self.classes_ = np.unique(y if y_val is None else np.concatenate([y, y_val]))
+        self._plan_memory(len(X) + (0 if X_val is None else len(X_val)))
         torch.manual_seed(self.random_state)
         f = torch.from_numpy(self.body_.transform(X).astype(np.float32))
         t = torch.from_numpy(np.searchsorted(self.classes_, y))

@@ -236,7 +236,8 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         raise ConfigError("resume needs out_dir (where the checkpoint lives)")
     epochs, batch_size = int(epochs), int(batch_size)
     warmup = None if not warmup else float(warmup)
-    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from ..settings import resolve_device
+    device = resolve_device(device)
     if model is not None:
         pre = model.preprocess
     else:
@@ -272,6 +273,9 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
                 "temperature": float(temperature) if use_teacher else None,
                 "ema": float(ema) if ema is not None else None,
                 "data_fingerprint": dataset.fingerprint()}
+    memory_plan = _plan_training_memory(dataset, model, arch if model is None else None,
+                                        net_shape, batch_size, train_size, val_fraction, seed,
+                                        use_teacher)
     if resume and use_teacher and ckpt_path.exists():
         # refuse a changed setting before a teacher is trained or loaded, not after
         check_resume_config(load_checkpoint(ckpt_path)["config"], settings, ckpt_path)
@@ -528,7 +532,7 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
               "wall_seconds": wall, "final_state": final_state,
               "epochs_run": len(history), "stopped_by_time_budget": stopped_early,
               "teacher": teacher_info, "bn_recalibration": recalibration,
-              "val_accuracy": val_final}
+              "val_accuracy": val_final, "memory_plan_bytes": memory_plan}
     if out is not None:
         if twin:
             from .distill import TEACHER_FILE, save_teacher, split_fingerprint
@@ -550,6 +554,31 @@ def train_cbcnn(dataset, preset: str | None = "cbcnn28", blocks=None, dense=None
         write_json(out / "summary.json", summary)
         result.update(checkpoint=str(ckpt_path), curves=str(out / "curves.png"))
     return result
+
+
+def _plan_training_memory(dataset, model, arch, net_shape, batch_size, train_size,
+                          val_fraction, seed, use_teacher) -> None:
+    """Refuse, before torch allocates anything, a network and batch that do not fit: the
+    weights with their optimizer state, one batch's activations and the images as tensors."""
+    from ..memory import cbcnn_training_bytes, human_bytes, require
+    if model is not None:
+        blocks, dense, n_classes = model.net.blocks, model.net.dense, model.net.n_classes
+    else:
+        blocks, dense, n_classes = arch[1], arch[2], dataset.n_classes
+    tr, va = dataset.split(train_size, val_fraction, seed)
+    batch_size = max(min(int(batch_size), len(tr)), 1)  # a batch never holds more than the data
+    # validation and the final test score run in batches of up to 512 images
+    eval_batch = max(min(512, max(len(va), len(dataset.y_test))), 1)
+    plan = cbcnn_training_bytes(net_shape, blocks, dense, n_classes, batch_size,
+                                len(tr) + len(va), eval_batch=eval_batch,
+                                copies=2 if use_teacher else 1)
+    require(plan["total"], f"training a CBCNN with blocks {','.join(map(str, blocks))} and dense "
+                           f"{','.join(map(str, dense)) or '-'} (weights and optimizer "
+                           f"{human_bytes(plan['weights'])}, a batch of {batch_size} "
+                           f"{human_bytes(plan['batch'])}, images {human_bytes(plan['images'])})",
+            "use narrower --blocks/--dense, a smaller --batch-size or --train-size, or set "
+            "LBCNN_MEMORY_GB if more memory is free than lbcnn sees")
+    return plan
 
 
 register_trainer("cbcnn", train_cbcnn)

@@ -38,9 +38,13 @@ def load_checkpoint(path) -> dict:
     """
     import pickle
 
+    from ..io.sniff import require_regular_file
+    from ..metadata import validate_checkpoint
+
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
         raise DataError(f"checkpoint {path} is missing or empty; start again without --resume")
+    require_regular_file(path, "checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -55,7 +59,7 @@ def load_checkpoint(path) -> dict:
     if missing:
         raise DataError(f"checkpoint {path} lacks {', '.join(missing)}; it is not an lbcnn "
                         f"training checkpoint or it is damaged")
-    return ckpt
+    return validate_checkpoint(ckpt, f"checkpoint {path}")
 
 
 def check_resume_config(saved: dict, config: dict, ckpt_path, exact: bool = False,

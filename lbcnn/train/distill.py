@@ -17,7 +17,6 @@ so ``lbcnn evaluate`` / ``export`` do not read them.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import zipfile
 from pathlib import Path
@@ -170,6 +169,9 @@ def read_teacher_file(path, family: str) -> tuple[dict, dict]:
                           f"use --distill)")
     not_teacher = (f"--teacher {path} is not an lbcnn teacher file (train one with "
                    f"lbcnn train --model {model} --float-twin)")
+    from ..io.native import check_npz_members
+    from ..metadata import load_json
+    check_npz_members(path, "teacher file")  # declared sizes, before anything is allocated
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -178,10 +180,7 @@ def read_teacher_file(path, family: str) -> tuple[dict, dict]:
         raise DataError(f"--teacher {path} is not a readable teacher file ({first})") from None
     if not isinstance(arrays, dict) or "__config__" not in arrays:
         raise DataError(not_teacher)
-    try:
-        config = json.loads(arrays.pop("__config__").tobytes().decode())
-    except (UnicodeDecodeError, ValueError):
-        raise DataError(f"--teacher {path}: its config is corrupt") from None
+    config = load_json(arrays.pop("__config__").tobytes(), f"--teacher {path}: config")
     if not isinstance(config, dict) or config.get("format") != TEACHER_FORMAT:
         raise DataError(not_teacher)
     version = config.get("version", 0)

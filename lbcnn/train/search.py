@@ -6,7 +6,6 @@ split. The test set is read once, for the final model, after every choice.
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..data import Dataset, load_dataset
 from ..errors import ConfigError, DataError, Interrupted
+from ..metadata import load_json
 from ..models.lbcnn import LBCNN, LBCNNBody, check_filters, fit_elm, save_lbcnn
 from ..outputs import RunLock, prepare_run_dir, write_csv, write_json
 from ..settings import resolve_device
@@ -24,10 +24,17 @@ from ..settings import resolve_device
 HEAD_BITS_PAPER = 8
 
 
+def trial_seed(seed: int, t: int) -> int:
+    """Trial ``t``'s seed (0-based), drawn when the trial starts: the same number as
+    ``SeedSequence(seed).spawn(trials)[t]``, without spawning every trial's sequence up
+    front (``--trials 1000000000`` starts at once)."""
+    child = np.random.SeedSequence(seed, spawn_key=(t,))
+    return int(child.generate_state(1, dtype=np.uint32)[0])
+
+
 def trial_seeds(seed: int, trials: int) -> list[int]:
     """Independent, reproducible per-trial seeds derived from the run seed."""
-    children = np.random.SeedSequence(seed).spawn(trials)
-    return [int(c.generate_state(1, dtype=np.uint32)[0]) for c in children]
+    return [trial_seed(seed, t) for t in range(trials)]
 
 
 @dataclass
@@ -61,25 +68,25 @@ def read_run_config(out) -> dict:
     if not path.is_file():
         raise ConfigError(f"--resume: {out} holds no search run (no config.json)")
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        config = load_json(path.read_bytes(), f"--resume: {path}")
+    except OSError:
         raise DataError(f"--resume: {path} is corrupt") from None
     if not isinstance(config, dict) or config.get("kind", "search") != "search":
         raise ConfigError(f"--resume: {out} is not a search run")
     return config
 
 
-def _read_history(out_dir: Path, seeds: list[int]) -> list[dict]:
+def _read_history(out_dir: Path, seed: int, trials: int) -> list[dict]:
     path = out_dir / "history.json"
     if not path.exists():
         return []
     try:
-        history = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        history = load_json(path.read_bytes(), f"--resume: {path}", max_bytes=1 << 34)
+    except OSError:
         raise DataError(f"--resume: {path} is corrupt") from None
-    if not isinstance(history, list) or len(history) > len(seeds) or any(
-            not isinstance(h, dict) or h.get("trial") != i + 1 or h.get("seed") != seeds[i]
-            for i, h in enumerate(history)):
+    if not isinstance(history, list) or len(history) > trials or any(
+            not isinstance(h, dict) or h.get("trial") != i + 1
+            or h.get("seed") != trial_seed(seed, i) for i, h in enumerate(history)):
         raise DataError(f"--resume: {path} does not belong to this run's trial seeds")
     return history
 
@@ -176,7 +183,6 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
               **{k: (list(v) if isinstance(v, tuple) else v) for k, v in folder_opts.items()},
               "device": str(device), "data_fingerprint": ds.fingerprint(),
               "split_record": ds.split_record()}
-    seeds = trial_seeds(seed, trials)
     history: list[dict] = []
     if out_dir is not None:
         if resume and (out_dir / "config.json").exists():
@@ -190,7 +196,7 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
                                   + ("; the data changed since the run started, so its trials "
                                      "would be ranked across two datasets: start a new run"
                                      if "data_fingerprint" in diff else ""))
-            history = _read_history(out_dir, seeds)
+            history = _read_history(out_dir, seed, trials)
         write_json(out_dir / "config.json", config)
 
     best = max(range(len(history)), key=lambda i: (history[i]["val_accuracy"], -i), default=None)
@@ -201,7 +207,7 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
         bar.start()
     try:
         for t in range(len(history), trials):
-            tseed = seeds[t]
+            tseed = trial_seed(seed, t)
             timer: dict = {}
             start = time.perf_counter()
             body = LBCNNBody.random(ds.input_shape, filters, nl, tseed, ds.input_scale)
