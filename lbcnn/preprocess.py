@@ -141,7 +141,7 @@ class Preprocess:
                  if k in d and not isinstance(d[k], bool)]
         scale = d.get("input_scale", 1.0 / 255.0)
         if flags or isinstance(scale, bool) or not isinstance(scale, (int, float)) \
-                or not math.isfinite(scale) or scale <= 0:
+                or not math.isfinite(scale):
             raise ConfigError(f"preprocessing options must be true/false flags and a finite "
-                              f"positive input_scale, got {str(d)[:80]}")
+                              f"input_scale, got {str(d)[:80]}")
         return cls(**d)

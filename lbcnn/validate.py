@@ -286,9 +286,11 @@ def _validate_cbcnn(config: dict, arrays: dict, where: str) -> None:
     from .errors import LbcnnError
     from .preprocess import Preprocess
     try:
-        Preprocess.from_dict(pre)
+        scale = Preprocess.from_dict(pre).input_scale
     except LbcnnError as exc:
         _fail(where, f"config 'preprocess': {exc}")
+    if not scale > 0:
+        _fail(where, f"config 'preprocess' input_scale must be positive, got {scale}")
     k = _check_classes(config, where)
     if k not in (-1, n_classes):
         _fail(where, f"config 'classes' lists {k} labels for the network's {n_classes} outputs")

@@ -160,11 +160,11 @@ def test_too_long_out_names_are_one_line(made, tmp_path, capsys):
 
 
 def test_a_failed_export_leaves_no_half_written_folder(made, tmp_path, capsys, monkeypatch):
-    import lbcnn.deploy.c_common as cc
+    import lbcnn.deploy.c_project as project
 
     def broken(*a, **k):
         raise DataError("the compiler crashed")
-    monkeypatch.setattr(cc, "measure_sizes", broken)
+    monkeypatch.setattr(project, "measure_sizes", broken)
     rc, _, err = run(["export", made["model"], "--format", "c", "--out", tmp_path / "c"], capsys)
     assert rc == 2 and err.strip().endswith("lbcnn: error: the compiler crashed"), err
     assert "Traceback" not in err
