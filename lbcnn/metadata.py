@@ -140,6 +140,35 @@ def validate_c_record(raw: bytes, where: str) -> dict:
     return record
 
 
+TFLITE_FORMAT = "lbcnn-tflite"
+TFLITE_RECORD_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "format": {"const": TFLITE_FORMAT},
+        "version": {"type": "integer", "minimum": 1, "maximum": 1},
+        "family": {"enum": ["lbcnn", "cbcnn", "hybrid"]},
+        "exactness": {"type": "string", "maxLength": 4096},
+        **_PROVENANCE,
+    },
+}
+
+
+def validate_tflite_metadata(raw: bytes | None, k: int, where: str) -> dict:
+    """The ``lbcnn`` metadata entry of a ``.tflite`` with ``k`` outputs (bytes as stored;
+    None or empty: nothing recorded): what the export recorded, checked like a C folder's
+    ``model.json``. Other fields pass through unchecked by type but bounded in size."""
+    if not raw:
+        return {}
+    record = load_json(raw, where)
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: must be a JSON object, got {json_kind(record)}")
+    check_schema(record, TFLITE_RECORD_SCHEMA, where)
+    from .validate import check_provenance
+    check_provenance(record, where)
+    _classes_and_names(record, k, where)
+    return record
+
+
 def validate_provenance(raw, where: str) -> dict:
     """The data record (``lbcnn_provenance``) an ONNX or .h5 export carries: a JSON object
     whose known fields follow a model config's rules; other fields are dropped."""

@@ -49,6 +49,7 @@ def test_cbcnn_estimator_finds_its_trainer_through_the_registry():
 @pytest.mark.parametrize("family_modules", [
     ("onnx_lbcnn", "onnx_cbcnn", "onnx_lowbit", "onnx_export"),
     ("c_lbcnn", "c_cbcnn", "c_hybrid", "c_lowbit", "c_export"),
+    ("tflite_lbcnn", "tflite_cbcnn", "tflite_hybrid", "tflite_export"),
 ])
 def test_exporter_families_register_instead_of_importing_each_other(family_modules):
     families, driver = family_modules[:-1], family_modules[-1]
@@ -69,3 +70,5 @@ def test_every_family_reaches_its_exporters_through_the_registries():
     from lbcnn.models.lowbit import LowBitCNN
     assert {IntegerPlan, CBCNNPlan, HybridPlan, LowBitPlan} <= set(EXPORTERS.keys())
     assert {LBCNN, CBCNN, LowBitCNN} <= set(ONNX_BUILDERS.keys())
+    from lbcnn.deploy.tflite_common import TFLITE_BUILDERS
+    assert {IntegerPlan, CBCNNPlan, HybridPlan} <= set(TFLITE_BUILDERS.keys())

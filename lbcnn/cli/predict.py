@@ -10,7 +10,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify image files with a model: class name and score "
                                        "per image")
     p.add_argument("model", metavar="MODEL",
-                   help="a run folder, native .npz model, Keras .h5, .onnx file or exported C folder")
+                   help="a run folder, native .npz model, Keras .h5, .onnx file, .tflite file "
+                        "or exported C folder")
     p.add_argument("images", metavar="IMAGE", nargs="+",
                    help="image files in any format Pillow reads, folders (every file below them) "
                         "or glob patterns such as 'photos/**/*.jpg' (quoted); each is prepared "
@@ -19,6 +20,8 @@ def add_parser(sub) -> None:
                         "skipped, and counted at the end")
     p.add_argument("--top", type=_top, default=1, metavar="K",
                    help="also list the K best classes with their scores")
+    p.add_argument("--interpreter", choices=["tflm", "litert"], default="tflm",
+                   help="runs a .tflite: tflm (TensorFlow Lite Micro, the default) or litert")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     add_trust_c(p)
     p.set_defaults(func=run)
@@ -67,7 +70,8 @@ def run(args) -> int:
     from ..io.images import read_image
     from ..outputs import strict_json
 
-    pred = open_predictor(args.model, trust_c=args.trust_c)
+    pred = open_predictor(args.model, trust_c=args.trust_c,
+                          interpreter=args.interpreter)
     files, missing = expand(args.images)
     skipped = [(item, why) for item, why in missing]
     names = pred.names()

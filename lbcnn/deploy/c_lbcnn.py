@@ -238,12 +238,41 @@ static int scores(const uint8_t *image, int64_t *logits)
             for (i = 0; i < {rest}; i++) p += ({partial})f[{nfull * chunk} + i] * ({partial})w[{nfull * chunk} + i];
             acc += p;
         }}
-{"        acc *= HEAD_M[j];" + chr(10) if hd["rescale"] == "fixed-point" else ""}        if (logits) logits[j] = acc;
+        acc = HEAD_OUT(acc, j);
+        if (logits) logits[j] = acc;
         if (j == 0 || acc > bestv) {{ best = j; bestv = acc; }}
     }}
     return best;
 }}
 """
+
+
+def _head_out_c(hd: dict, k: int) -> str:
+    """``HEAD_OUT(acc, c)``: the class score from the exact accumulator -- itself, a
+    per-class fixed-point rescale, or TFLite's int16 logit (``engine.requant``)."""
+    rq = hd.get("requant")
+    if rq is not None:
+        mult, shift = rq["multiplier"], rq["shift"]
+        if mult.size == 1:
+            mult, shift = np.repeat(mult, k), np.repeat(shift, k)
+        from ..engine.requant import reduced_multiplier
+        red = [reduced_multiplier(int(q)) for q in mult]
+        total = [15 - int(s) for s in shift]
+        return ("/* TFLite rounding: the int16 logit TFLite Micro's 16x8 FULLY_CONNECTED gives,\n"
+                " * MultiplyByQuantizedMultiplier(int64) with the 16-bit multiplier HEAD_RQ_M\n"
+                " * and shift HEAD_RQ_T: (acc * m + 2^(t-1)) >> t (arithmetic shift, as\n"
+                " * TFLite's own C++), then clamped to int16 */\n"
+                + _c_array("int64_t", "HEAD_RQ_M", red) + _c_array("int32_t", "HEAD_RQ_T", total)
+                + "static int64_t head_out(int64_t a, int c)\n{\n"
+                "    const int64_t r = (a * HEAD_RQ_M[c] + ((int64_t)1 << (HEAD_RQ_T[c] - 1))) "
+                ">> HEAD_RQ_T[c];\n"
+                "    return r < -32768 ? -32768 : r > 32767 ? 32767 : r;\n}\n"
+                "#define HEAD_OUT(a, c) head_out((a), (c))\n")
+    if hd["rescale"] == "fixed-point":
+        return (f"/* per-class fixed-point rescale, multiplier / 2^{hd['shift']} */\n"
+                + _c_array("int32_t", "HEAD_M", hd["mult"])
+                + "#define HEAD_OUT(a, c) ((a) * HEAD_M[c])\n")
+    return "#define HEAD_OUT(a, c) (a)\n"
 
 
 _ACT_MIN = {"int16_t": "(-32767 - 1)", "int32_t": "(-2147483647 - 1)", "int64_t": "INT64_MIN"}
@@ -316,11 +345,7 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
     weights.append(head_c)
     weights.append(_c_array("int32_t" if bias_flash_bytes(hd["bias_q"]) == 4 else "int64_t",
                             "HEAD_B", hd["bias_q"]))
-    rescale = ""
-    if hd["rescale"] == "fixed-point":
-        weights.append(f"/* per-class fixed-point rescale, multiplier / 2^{hd['shift']} */\n")
-        weights.append(_c_array("int32_t", "HEAD_M", hd["mult"]))
-        rescale = " * HEAD_M[c]"
+    weights.append(_head_out_c(hd, k))
     weights.append(_c_array("int32_t", "LABELS", [int(c) for c in plan.classes]))
     # the depth-first loops: ch{s} = output channel of stage s
     ns = len(geo)
@@ -362,7 +387,7 @@ def generate_sources(plan, class_names=None) -> dict[str, str]:
                      "@FULL@": _full_path(plan, stages, act),
                      "@BUFFERS@": "\n".join(bufs), "@K@": k, "@WPMAX@": wpmax,
                      "@DECLS@": decls, "@LOOPS@": "\n".join(loops),
-                     "@RESCALE@": rescale, "@WO@": wo_last, "@NS@": ns,
+                     "@WO@": wo_last, "@NS@": ns,
                      "@RA@": sz["a"], "@RBC@": sz["bc"], "@PACKED@": int(packed),
                      "@OFFSET@": (1 << (bits - 1)) if packed else 0,
                      "@UNPACK@": unpack_group_c(bits) if packed else "",

@@ -124,6 +124,9 @@ def _lbcnn_scores(plan: IntegerPlan, feats: np.ndarray) -> np.ndarray:
     f = feats.astype(np.int64)
     q = hd["weight_q"].astype(np.int64)
     acc = f @ q + hd["bias_q"][None, :]
+    if "requant" in hd:  # TFLite's int16 logits (engine.requant.with_tflite_rounding)
+        from .requant import apply_head_requant
+        return apply_head_requant(acc, hd["requant"])
     if hd["rescale"] == "fixed-point":
         acc = acc * hd["mult"][None, :]
     return acc

@@ -200,8 +200,16 @@ class IntegerPlan:
                          "partial_dtype": h["partial_dtype"], "chunk": h["chunk"],
                          "accumulator_dtype": h["acc_dtype"], "accumulator_bound": h["acc_bound"],
                          "bias_requantized": h["bias_requantized"],
-                         **({"rescale_shift": h["shift"]} if h["rescale"] == "fixed-point" else {})},
+                         **({"rescale_shift": h["shift"]} if h["rescale"] == "fixed-point" else {}),
+                         **({"tflite_rounding": _requant_summary(h["requant"])}
+                            if "requant" in h else {})},
                 "weight_bytes": self.weight_bytes()}
+
+
+def _requant_summary(rq: dict) -> dict:
+    return {"logits": rq["out_dtype"], "output_scale": rq["output_scale_f32"],
+            "k": rq["shift_k"], "multiplier": [int(v) for v in rq["multiplier"]],
+            "shift": [int(v) for v in rq["shift"]]}
 
 
 def _compile_head(head: dict, feature_bound: int, n_features: int, n_classes: int,
@@ -329,13 +337,19 @@ def compile_lbcnn(model, head: dict | None = None, bits: int = 8) -> IntegerPlan
                        act_dtype, bounds)
 
 
-def compile_plan(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:
+def compile_plan(model, head: dict | None = None, bits: int = 8,
+                 rounding: str = "exact", calibration=None) -> IntegerPlan:
     """Compile a fitted model (or a native model file path) into an :class:`IntegerPlan`.
 
     ``head`` overrides the quantized head (``weight_q``, ``bias_q``, ``scale``,
     ``bits``); without it a model file's ``head/weight_q`` is used, else the
-    float head is quantized per-tensor to ``bits`` bits.
+    float head is quantized per-tensor to ``bits`` bits. ``rounding="tflite"`` (LB-CNN)
+    ends the head the way the exported ``.tflite`` does: int16 logits rescaled with
+    TFLite's ``MultiplyByQuantizedMultiplier`` (:mod:`lbcnn.engine.requant`), the logit
+    step chosen on ``calibration`` images (the ones the export used) or the worst case.
     """
+    if rounding not in ("exact", "tflite"):
+        raise ConfigError(f"rounding must be 'exact' or 'tflite', got {rounding!r}")
     from pathlib import Path
 
     if isinstance(model, (str, Path)):
@@ -346,7 +360,11 @@ def compile_plan(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:
         if head is None:
             head = head_from_arrays(arrays, config)
         model = load_model(model)
-    return compiler_for(model)(model, head=head, bits=bits)
+    plan = compiler_for(model)(model, head=head, bits=bits)
+    if rounding == "tflite":
+        from .requant import with_tflite_rounding
+        plan = with_tflite_rounding(plan, calibration)
+    return plan
 
 
 def _compile_lbcnn_entry(model, head: dict | None = None, bits: int = 8) -> IntegerPlan:

@@ -1,6 +1,8 @@
 """Open any lbcnn artefact, by content: a run folder, a native ``.npz``, a Keras ``.h5``
-(or ``.keras``), an ``.onnx`` file (run through onnxruntime) or an exported C folder
-(compiled with the system C compiler; its ``main.c`` reads raw uint8 images on stdin).
+(or ``.keras``), an ``.onnx`` file (run through onnxruntime), a ``.tflite`` file or the
+folder ``lbcnn export --format tflite`` writes (run in TensorFlow Lite Micro's reference
+interpreter, or LiteRT's reference kernels) or an exported C folder (compiled with the
+system C compiler; its ``main.c`` reads raw uint8 images on stdin).
 
 ``load_any(path)`` gives the Python model (native and Keras files, which every command
 can use); ``open_predictor(path)`` gives one ``Predictor`` over every kind, for
@@ -22,6 +24,8 @@ from .sniff import sniff
 
 # datasets whose images have one channel (a CBCNN with y_channel then takes gray input)
 GRAY_DATASETS = {"mnist", "fashion_mnist", "olivetti"}
+# lbcnn writes .tflite files of a few hundred KB; the interpreters hold the whole file
+MAX_TFLITE_BYTES = 256 << 20
 
 
 def _not_a_model(path, kind: str) -> DataError:
@@ -46,6 +50,9 @@ def load_any(path):
     if kind == "ONNX":
         raise DataError(f"{path}: an ONNX file; lbcnn evaluate and lbcnn predict run it, other "
                         f"commands need the native .npz model it was exported from")
+    if kind in ("TFLite", "TFLite folder"):
+        raise DataError(f"{path}: a TFLite model; lbcnn evaluate, predict and info run it, "
+                        f"other commands need the native .npz model it was exported from")
     raise _not_a_model(path, kind)
 
 
@@ -53,7 +60,7 @@ def load_any(path):
 class Predictor:
     """One interface over every model artefact."""
 
-    kind: str                       # native, h5, onnx, c
+    kind: str                       # native, h5, onnx, tflite, c
     path: Path
     input_shape: tuple              # raw uint8 image (H, W, C) fed to it
     classes: np.ndarray             # label value of each output index
@@ -95,11 +102,14 @@ class Predictor:
         return names + [str(i) for i in range(len(names), k)]
 
 
-def open_predictor(path, trust_c: bool = False) -> Predictor:
-    """A run folder, native ``.npz``, Keras ``.h5``, ``.onnx`` or exported C folder.
+def open_predictor(path, trust_c: bool = False, interpreter: str = "tflm") -> Predictor:
+    """A run folder, native ``.npz``, Keras ``.h5``, ``.onnx``, ``.tflite`` (or its export
+    folder) or exported C folder.
 
     A C folder's sources are compiled and run only when they match the SHA-256 that
-    ``lbcnn export`` recorded in its ``model.json``, unless ``trust_c`` (``--trust-c``)."""
+    ``lbcnn export`` recorded in its ``model.json``, unless ``trust_c`` (``--trust-c``).
+    ``interpreter`` runs a ``.tflite``: ``tflm`` (TensorFlow Lite Micro's reference
+    interpreter) or ``litert`` (LiteRT's reference kernels)."""
     path = Path(path)
     kind = sniff(path)
     if kind == "C folder":
@@ -107,10 +117,12 @@ def open_predictor(path, trust_c: bool = False) -> Predictor:
         return _luma_adapter(c_predictor(path, trust=trust_c))
     if kind == "ONNX":
         return _luma_adapter(_onnx_predictor(path))
-    # the slot for a .tflite file: ``sniff`` names its kind, a ``_tflite_predictor`` runs it
+    if kind in ("TFLite", "TFLite folder"):
+        return _luma_adapter(_tflite_predictor(path if kind == "TFLite" else path / "model.tflite",
+                                               interpreter))
     if kind == "folder":
-        raise DataError(f"{path}: a folder with neither model.npz (a run folder) nor "
-                        f"model.h + model.c (an exported C folder)")
+        raise DataError(f"{path}: a folder with neither model.npz (a run folder), "
+                        f"model.h + model.c (an exported C folder) nor model.tflite")
     model = load_any(path)
     return _luma_adapter(_native_predictor(model, path, "h5" if kind == "HDF5" else "native"))
 
@@ -198,3 +210,37 @@ def _onnx_predictor(path: Path) -> Predictor:
         return softmax(np.concatenate(outs) if outs else np.zeros((0, k), np.float32))
 
     return Predictor("onnx", path, input_shape, classes, names, config, _scores=scores)
+
+
+def _tflite_predictor(path: Path, interpreter: str) -> Predictor:
+    from ..deploy.tflite_builder import METADATA_NAME, read_metadata
+    from ..deploy.tflite_runtime import Runner
+    from ..metadata import validate_tflite_metadata
+    from ..models._sk import softmax
+
+    size = path.stat().st_size
+    if size > MAX_TFLITE_BYTES:
+        raise DataError(f"{path}: {size:,} bytes; lbcnn reads .tflite files of at most "
+                        f"{MAX_TFLITE_BYTES:,} bytes")
+    data = path.read_bytes()
+    runner = Runner(data, interpreter)   # validates the flatbuffer before the C++ sees it
+    if len(runner.input_shape) != 4 or runner.input_shape[0] != 1:
+        raise DataError(f"{path}: not an lbcnn TFLite graph (input shape {runner.input_shape}; "
+                        f"lbcnn graphs take one (1, H, W, C) image)")
+    input_shape = check_input_shape(tuple(int(v) for v in runner.input_shape[1:]),
+                                     f"{path}: graph input")
+    k = runner.n_outputs
+    config = validate_tflite_metadata(read_metadata(data).get(METADATA_NAME), k,
+                                      f"{path}: metadata {METADATA_NAME}")
+    classes = np.asarray(config.get("classes") or np.arange(k))
+    names = config.get("class_names")
+
+    def labels(x):
+        return classes[runner.run(x).argmax(1)]
+
+    def scores(x):
+        logits = (runner.run(x) - runner.output_zero_point) * runner.output_scale
+        return softmax(logits.astype(np.float64))
+
+    return Predictor("tflite", path, input_shape, classes, names, config,
+                     _labels=labels, _scores=scores)

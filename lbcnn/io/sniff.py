@@ -15,20 +15,25 @@ _MAGIC = [(b"\x89HDF\r\n\x1a\n", "HDF5"), (b"PK\x03\x04", "zip"), (b"PK\x05\x06"
 
 
 def sniff(path) -> str:
-    """What a path looks like: 'run folder', 'C folder', 'folder', 'HDF5', 'zip',
-    'ONNX', an image kind, 'text' or 'binary'."""
+    """What a path looks like: 'run folder', 'C folder', 'TFLite folder', 'folder', 'HDF5',
+    'zip', 'ONNX', 'TFLite', an image kind, 'text' or 'binary'."""
     p = Path(path)
     if p.is_dir():
         if (p / "model.npz").exists():
             return "run folder"
         if (p / "model.h").exists() and (p / "model.c").exists():
             return "C folder"
+        if (p / "model.tflite").is_file():
+            return "TFLite folder"
         return "folder"
     if not p.exists():
         raise DataError(f"file not found: {p}")
     require_regular_file(p, "input")
     with open(p, "rb") as f:
         head = f.read(4096)
+    # a TFLite flatbuffer: root offset, then the file identifier "TFL3"
+    if head[4:8] == b"TFL3":
+        return "TFLite"
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
