@@ -318,6 +318,57 @@ def test_refusals_are_one_line(mnist, tmp_path):
     assert r.returncode == 2 and "give a folder name" in r.stderr
 
 
+def test_lowbit_is_refused_naming_the_layer(tmp_path):
+    from test_lowbit import frozen_model
+
+    from lbcnn.deploy.tflite_lowbit import unmapped_layer
+    resized = frozen_model(input_shape=(20, 20, 1))
+    resized.save(tmp_path / "lowbit.npz")
+    r = run_cli("export", str(tmp_path / "lowbit.npz"), "--format", "tflite",
+                "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "layer 'resize' (20x20 -> 16x16" in r.stderr and "--format c or onnx" in r.stderr
+    assert not (tmp_path / "o").exists()
+    # without a resize, the first dense layer is what does not map
+    plan = compile_plan(frozen_model(input_shape=(16, 16, 1)))
+    assert unmapped_layer(plan).startswith("layer 'dense0' adds its bias after")
+    with pytest.raises(ConfigError, match="layer 'dense0'"):
+        build_tflite(plan)
+
+
+def test_export_folder_and_recorded_metadata_are_checked(lb_models, mnist, tmp_path):
+    from lbcnn.deploy.tflite_common import TfliteOptions, builder_for
+    from lbcnn.errors import DataError
+    from lbcnn.io.artefacts import open_predictor
+
+    out = tmp_path / "tf"
+    out.mkdir()
+    (out / "README.md").write_text("mine")
+    r = run_cli("export", str(lb_models["q4"]), "--format", "tflite", "--out", str(out))
+    assert r.returncode == 2 and "not empty" in r.stderr and "--force" in r.stderr
+    assert (out / "README.md").read_text() == "mine"
+    plan = compile_plan(lb_models["q4"])
+    good = builder_for(plan)(plan, TfliteOptions()).finish(
+        json.dumps({"format": "lbcnn-tflite", "classes": list(range(10)),
+                    "class_names": [f"digit {i}" for i in range(10)]}).encode())
+    (tmp_path / "good.tflite").write_bytes(good)
+    pred = open_predictor(tmp_path / "good.tflite")
+    assert pred.class_names[3] == "digit 3" and pred.input_shape == (28, 28, 1)
+    assert np.array_equal(pred.predict(mnist.x_test[:20]),
+                          NumpyEngine(compile_plan(lb_models["q4"], rounding="tflite")).predict(
+                              mnist.x_test[:20]))
+    for record, why in [(b"[1, 2]", "must be a JSON object"),
+                        (json.dumps({"class_names": ["a"] * 10}).encode(), "non-unique"),
+                        (json.dumps({"classes": [0, 1]}).encode(), "2 labels for 10 outputs"),
+                        (json.dumps({"split": {"kind": "guess"}}).encode(), "split"),
+                        (b"{\"a\": " * 40 + b"1" + b"}" * 40, "nested")]:
+        bad = builder_for(plan)(plan, TfliteOptions()).finish(record)
+        (tmp_path / "bad.tflite").write_bytes(bad)
+        with pytest.raises(DataError, match=why):
+            open_predictor(tmp_path / "bad.tflite")
+
+
 # -- CBCNN and hybrid --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def binary_models(mnist):

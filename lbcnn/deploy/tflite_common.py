@@ -1,6 +1,7 @@
 """Shared pieces of the TFLite exporters and their registry.
 
-Each family module (``tflite_lbcnn``, ``tflite_cbcnn``, ``tflite_hybrid``) registers
+Each family module (``tflite_lbcnn``, ``tflite_cbcnn``, ``tflite_hybrid``; ``tflite_lowbit``
+only to refuse, naming the layer) registers
 ``{PlanClass: build(plan, options) -> TfliteGraph}`` with :func:`register`; nothing
 here imports a family module (the registry imports its providers by name on the first
 lookup), so no family imports another. :func:`lbcnn.deploy.tflite_export.export_tflite`
@@ -21,7 +22,7 @@ from ..registry import Registry
 # plan class -> build(plan, options: TfliteOptions) -> TfliteGraph
 TFLITE_BUILDERS = Registry("TFLite exporter",
                            providers=("lbcnn.deploy.tflite_lbcnn", "lbcnn.deploy.tflite_cbcnn",
-                                      "lbcnn.deploy.tflite_hybrid"))
+                                      "lbcnn.deploy.tflite_hybrid", "lbcnn.deploy.tflite_lowbit"))
 
 FORMAT = TFLITE_FORMAT
 FORMAT_VERSION = 1
