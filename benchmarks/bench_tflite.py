@@ -4,7 +4,8 @@ For each model: ``.tflite`` size against the C weights, TensorFlow Lite Micro's 
 the generated C's RAM, agreement on the full test split (TFLM argmax vs the integer engine's
 exact argmax; the largest logit difference in LSB against the exact accumulator; identical
 logits against the engine with ``rounding="tflite"``; LiteRT's reference kernels vs TFLM),
-and time per image of the TFLM interpreter, the generated C (``-O2``, the baseline) and
+the generated C's static RAM and peak stack on an emulated Cortex-M4 (``lbcnn mcu``), and time
+per image of the TFLM interpreter, the generated C (``-O2``, the baseline) and
 onnxruntime, one thread each, on the same machine in the same run. The lossy int8 graph
 (``--activations int8``, shifts calibrated on 500 seeded training images) is measured
 beside it: size, arena, agreement, time. Prints one JSON object.
@@ -124,7 +125,21 @@ def time_c(plan, x: np.ndarray, tmp: Path) -> dict:
             "sizes": summary["sizes"], "weights": summary["weight_bytes"]["total"]}
 
 
-def bench_model(path: str, n_time: int) -> dict:
+def c_ram_cortex_m4(plan, x: np.ndarray, n: int) -> dict | None:
+    """Static RAM and painted peak stack of the generated C on an emulated Cortex-M4 (``-O2``,
+    ``lbcnn mcu``), its logits checked against the engine on ``n`` images; None without the
+    [mcu] extra."""
+    from lbcnn.errors import ConfigError
+    try:
+        from lbcnn.deploy.mcu import run_mcu
+        r = run_mcu(plan, images=x[:n], n=n, count=1, check_alignment=False)
+    except ConfigError:
+        return None
+    return {"static_ram_bytes": r["ram_bytes"], "peak_stack_bytes": r["stack_bytes"],
+            "flash_bytes": r["flash_bytes"], "images": n, "logits_agree": r["logits_agree"]}
+
+
+def bench_model(path: str, n_time: int, n_mcu: int) -> dict:
     from lbcnn.engine.plan import IntegerPlan
     config, _ = load_model_file(path)
     model = load_model(path)
@@ -151,6 +166,8 @@ def bench_model(path: str, n_time: int) -> dict:
                         "tflm_arena_head_tail": [summ["arena"]["head"], summ["arena"]["tail"]],
                         "c_ram_bytes": (c["sizes"] or {}).get("ram"),
                         "c_flash_bytes": (c["sizes"] or {}).get("flash")}
+        if n_mcu:
+            out["sizes"]["c_cortex_m4"] = c_ram_cortex_m4(plan, x, n_mcu)
         out["notes"] = summ["notes"]
         out["ops"] = summ["ops"]
         # agreement on the full test split
@@ -242,11 +259,14 @@ def main():
     ap.add_argument("models", nargs="+", help="native .npz model files (LB-CNN, CBCNN, hybrid)")
     ap.add_argument("--time-images", type=int, default=500,
                     help="test images timed per runtime (median per image)")
+    ap.add_argument("--mcu-images", type=int, default=4,
+                    help="test images run on the emulated Cortex-M4 for the C's RAM and stack "
+                         "(needs the [mcu] extra; 0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "python": platform.python_version()},
-           "models": [bench_model(p, args.time_images) for p in args.models]}
+           "models": [bench_model(p, args.time_images, args.mcu_images) for p in args.models]}
     print(json.dumps(res, indent=1))
 
 
