@@ -40,8 +40,9 @@ def run(args) -> int:
 
 def _tflite_info(path: Path, args) -> int:
     from ..deploy.tflite_info import render_tflite_info, tflite_info
+    from ..io.artefacts import read_tflite_file
 
-    info = tflite_info(path.read_bytes())
+    info = tflite_info(read_tflite_file(path))
     info["model"] = str(path)
     if args.json:
         print(strict_json(info))

@@ -394,7 +394,8 @@ def read_metadata(data: bytes) -> dict[str, bytes]:
     for i in range(m.MetadataLength()):
         md = m.Metadata(i)
         buf = m.Buffers(md.Buffer())
-        out[md.Name().decode()] = buf.DataAsNumpy().tobytes() if buf.DataLength() else b""
+        out[md.Name().decode(errors="replace")] = (buf.DataAsNumpy().tobytes()
+                                                    if buf.DataLength() else b"")
     return out
 
 

@@ -212,17 +212,27 @@ def _onnx_predictor(path: Path) -> Predictor:
     return Predictor("onnx", path, input_shape, classes, names, config, _scores=scores)
 
 
+def read_tflite_file(path) -> bytes:
+    """A ``.tflite`` file's bytes: a regular file (a folder's ``model.tflite`` may be a FIFO
+    or a device) of at most ``MAX_TFLITE_BYTES``."""
+    from .sniff import require_regular_file
+
+    path = Path(path)
+    require_regular_file(path, "model")
+    size = path.stat().st_size
+    if size > MAX_TFLITE_BYTES:
+        raise DataError(f"{path}: {size:,} bytes; lbcnn reads .tflite files of at most "
+                        f"{MAX_TFLITE_BYTES:,} bytes")
+    return path.read_bytes()
+
+
 def _tflite_predictor(path: Path, interpreter: str) -> Predictor:
     from ..deploy.tflite_builder import METADATA_NAME, read_metadata
     from ..deploy.tflite_runtime import Runner
     from ..metadata import validate_tflite_metadata
     from ..models._sk import softmax
 
-    size = path.stat().st_size
-    if size > MAX_TFLITE_BYTES:
-        raise DataError(f"{path}: {size:,} bytes; lbcnn reads .tflite files of at most "
-                        f"{MAX_TFLITE_BYTES:,} bytes")
-    data = path.read_bytes()
+    data = read_tflite_file(path)
     runner = Runner(data, interpreter)   # validates the flatbuffer before the C++ sees it
     if len(runner.input_shape) != 4 or runner.input_shape[0] != 1:
         raise DataError(f"{path}: not an lbcnn TFLite graph (input shape {runner.input_shape}; "
