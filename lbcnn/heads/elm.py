@@ -100,20 +100,26 @@ class RidgeAccumulator:
             return self._gram.cpu().numpy()
         return np.triu(self._gram) + np.triu(self._gram, 1).T
 
-    def solve(self) -> np.ndarray:
-        lam = 1.0 / self.C
+    def solve(self, C: float | None = None, host: bool = True):
+        """The head for ``C`` (default: the accumulator's); the sums are kept, so any
+        number of C can be solved from one pass over the data. ``host=False`` on CUDA
+        leaves the weights on the device."""
+        lam = 1.0 / (self.C if C is None else C)
         if self.device.type == "cuda":
             a = self._gram.clone()
             a.diagonal().add_(lam)
             factor, info = torch.linalg.cholesky_ex(a)
             if info.item() == 0:
                 self.solver_ = "primal-cholesky-float32"
-                return torch.cholesky_solve(self._hty, factor).cpu().numpy()
+                w = torch.cholesky_solve(self._hty, factor)
+                return w.cpu().numpy() if host else w
+            del a, factor
             a = self._gram.double()
             a.diagonal().add_(lam)
             self.solver_ = "primal-cholesky-float64"
             factor = torch.linalg.cholesky(a)
-            return torch.cholesky_solve(self._hty.double(), factor).float().cpu().numpy()
+            w = torch.cholesky_solve(self._hty.double(), factor).float()
+            return w.cpu().numpy() if host else w
         a = _take("work", self.n_features)
         try:
             a[...] = self._gram
@@ -139,25 +145,66 @@ class RidgeAccumulator:
         return w.astype(np.float32)
 
 
+class DualSystem:
+    """The dual ridge system for when features outnumber samples: the kernel
+    ``K = HHᵀ`` (n x n) is formed once, and ``solve(C)`` gives
+    ``W = Hᵀ (I/C + K)⁻¹ T`` for any C. NumPy on the CPU, torch on CUDA (``h`` a
+    device tensor)."""
+
+    def __init__(self, h, t):
+        _check_finite(h)
+        n = h.shape[0]
+        require(2 * 8 * n * n, f"the {n:,}² dual kernel matrix", "use a smaller --train-size")
+        self.on_device = isinstance(h, torch.Tensor) and h.device.type == "cuda"
+        if self.on_device:
+            self.h = h.float()
+            self.t = torch.as_tensor(t, dtype=torch.float32, device=h.device)
+            self.k = self.h @ self.h.T
+        else:
+            self.h = np.ascontiguousarray(h, dtype=np.float32)
+            self.t = np.ascontiguousarray(t, dtype=np.float32)
+            # h.T is Fortran (d, n): syrk(trans=1) forms (h.T).T @ h.T = h @ h.T (upper).
+            self.k = blas.ssyrk(1.0, self.h.T, trans=1, lower=0)
+        self._k64 = None
+
+    @property
+    def n(self) -> int:
+        return self.h.shape[0]
+
+    def solve(self, C: float, host: bool = True):
+        """(W, solver): W (d, k) float32, a NumPy array unless ``host=False`` on CUDA."""
+        lam = 1.0 / C
+        if self.on_device:
+            a = self.k.clone()
+            a.diagonal().add_(lam)
+            factor, info = torch.linalg.cholesky_ex(a)
+            if info.item() == 0:
+                w, solver = self.h.T @ torch.cholesky_solve(self.t, factor), "dual-cholesky-float32"
+            else:
+                a = self.k.double()
+                a.diagonal().add_(lam)
+                alpha = torch.cholesky_solve(self.t.double(), torch.linalg.cholesky(a))
+                w, solver = (self.h.T.double() @ alpha).float(), "dual-cholesky-float64"
+            return (w.cpu().numpy() if host else w), solver
+        k = self.k.copy(order="F")
+        k[np.diag_indices_from(k)] += lam
+        factor, info = lapack.spotrf(k, lower=0, clean=0, overwrite_a=1)
+        if info == 0:
+            alpha, info = lapack.spotrs(factor, self.t, lower=0)
+            if info == 0 and np.isfinite(alpha).all():
+                return (self.h.T @ alpha).astype(np.float32), "dual-cholesky-float32"
+        del k, factor
+        if self._k64 is None:
+            self._k64 = blas.dsyrk(1.0, self.h.T.astype(np.float64), trans=1, lower=0)
+        k = self._k64.copy(order="F")
+        k[np.diag_indices_from(k)] += lam
+        factor, info = lapack.dpotrf(k, lower=0, clean=0, overwrite_a=1)
+        if info != 0:
+            raise DataError("the ELM dual system is not positive definite even in float64")
+        alpha, _ = lapack.dpotrs(factor, self.t.astype(np.float64), lower=0)
+        return (self.h.T.astype(np.float64) @ alpha).astype(np.float32), "dual-cholesky-float64"
+
+
 def solve_dual(h: np.ndarray, t: np.ndarray, C: float = 1e-3) -> tuple[np.ndarray, str]:
     """W = Hᵀ (I/C + HHᵀ)⁻¹ T, for when features outnumber samples."""
-    _check_finite(h)
-    n = h.shape[0]
-    require(2 * 8 * n * n, f"the {n:,}² dual kernel matrix", "use a smaller --train-size")
-    h = np.ascontiguousarray(h, dtype=np.float32)
-    lam = 1.0 / C
-    # h.T is Fortran (d, n): syrk(trans=1) forms (h.T).T @ h.T = h @ h.T.
-    k = blas.ssyrk(1.0, h.T, trans=1, lower=0)
-    k[np.diag_indices_from(k)] += lam
-    factor, info = lapack.spotrf(k, lower=0, clean=0, overwrite_a=1)
-    if info == 0:
-        alpha, info = lapack.spotrs(factor, t, lower=0)
-        if info == 0 and np.isfinite(alpha).all():
-            return (h.T @ alpha).astype(np.float32), "dual-cholesky-float32"
-    k = blas.dsyrk(1.0, h.T.astype(np.float64), trans=1, lower=0)
-    k[np.diag_indices_from(k)] += lam
-    factor, info = lapack.dpotrf(k, lower=0, clean=0, overwrite_a=1)
-    if info != 0:
-        raise DataError("the ELM dual system is not positive definite even in float64")
-    alpha, _ = lapack.dpotrs(factor, t.astype(np.float64), lower=0)
-    return (h.T.astype(np.float64) @ alpha).astype(np.float32), "dual-cholesky-float64"
+    return DualSystem(h, t).solve(C)

@@ -11,15 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..binary import native
-from ..binary.kernels import random_sign_kernels, sign_kernels_to_taps, sign_kernels_to_torch
-from ..binary.pooling import maxpool_same, pooled_size
+from ..binary.kernels import random_sign_kernels, sign_kernels_to_taps
+from ..binary.pooling import pooled_size
 from ..errors import ConfigError, DataError
-from ..heads.elm import RidgeAccumulator, one_vs_rest_targets, solve_dual
+from ..heads.elm import DualSystem, RidgeAccumulator, one_vs_rest_targets
 from ..memory import human_bytes, require
 from . import register_model
 from ._sk import (PER_CLASS_SCORES, ParamError, as_value_error, classifier_tags, load_estimator, save_estimator,
@@ -126,25 +125,58 @@ class LBCNNBody:
             raise DataError("images contain NaN or infinity")
         return xb, 1.0
 
-    # -- torch path: the reference, and the CUDA path ------------------------
-    def _torch_weights(self, device):
+    # -- torch path: the CUDA path, and the CPU fallback without a C compiler --
+    def _torch_layers(self, device):
         key = str(device)
         if key not in self._torch_cache:
+            from ..binary.torch_kernel import taps_tensor
             self._torch_cache[key] = [
-                (sign_kernels_to_torch(k["conv"], device=device),
-                 [sign_kernels_to_torch(e, device=device) for e in k["extras"]])
+                (taps_tensor(k["conv"], device), [taps_tensor(e, device) for e in k["extras"]])
                 for k in self.kernels]
         return self._torch_cache[key]
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
-        """NHWC float tensor -> (n, d) features, in torch (autograd-free)."""
-        h = x.permute(0, 3, 1, 2)
-        for main, extras in self._torch_weights(x.device):
-            h = F.conv2d(h, main, padding=1, groups=h.shape[1])
-            for extra in extras:
-                h = F.conv2d(F.relu(h), extra, padding=1, groups=h.shape[1])
-            h = maxpool_same(h)
-        return h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)
+        """NHWC float tensor -> (n, d) unscaled features, in torch (autograd-free)."""
+        from ..binary.torch_kernel import body_features
+        with torch.inference_mode():
+            return body_features(x, self._torch_layers(x.device))
+
+    def iter_device(self, x, device, rows: int | None = None):
+        """Yield ``(start, stop, features)`` with the features a float32 tensor on ``device``.
+
+        ``x`` is uint8 or float NHWC, a NumPy array (copied to the device a chunk at a
+        time, as uint8 when it is uint8) or a tensor already there. Chunks are as large
+        as the memory plan allows (``binary.torch_kernel.chunk_rows``) unless ``rows``.
+        """
+        from ..binary.torch_kernel import body_features, chunk_rows
+
+        device = torch.device(device)
+        n = len(x)
+        if rows is None:
+            rows = chunk_rows(self.input_shape, self.filters, self.nl, device, n)
+        layers = self._torch_layers(device)
+        is_u8 = (x.dtype == torch.uint8) if isinstance(x, torch.Tensor) else x.dtype == np.uint8
+        scale = float(self.input_scale) if is_u8 else 1.0
+        with torch.inference_mode():
+            for start in range(0, n, rows):
+                xb = x[start:start + rows]
+                if not isinstance(xb, torch.Tensor):
+                    if not is_u8:
+                        xb = np.asarray(xb, dtype=np.float32)
+                    xb = torch.from_numpy(np.ascontiguousarray(xb))
+                xb = xb.to(device)
+                if not is_u8 and not torch.isfinite(xb).all():
+                    raise DataError("images contain NaN or infinity")
+                yield start, start + len(xb), body_features(xb, layers, scale)
+
+    def features_device(self, x, device) -> torch.Tensor:
+        """All (n, d) features as one float32 tensor on ``device`` (see ``iter_device``)."""
+        device = torch.device(device)
+        x = self._check_images(x) if not isinstance(x, torch.Tensor) else x
+        out = torch.empty((len(x), self.n_features), dtype=torch.float32, device=device)
+        for a, b, f in self.iter_device(x, device):
+            out[a:b] = f
+        return out
 
     def _taps(self) -> np.ndarray:
         if "taps" not in self._torch_cache:
@@ -168,12 +200,9 @@ class LBCNNBody:
             if rc != 0:
                 raise MemoryError("native feature kernel ran out of memory")
             return
-        xf, scale = self._batch_to_float(xb)
-        with torch.inference_mode():
-            feats = self.forward_torch(torch.from_numpy(xf).to(device))
-            if scale != 1.0:
-                feats = feats * scale
-            dst[...] = feats.cpu().numpy()
+        device = torch.device(device)
+        for a, b, f in self.iter_device(xb, device):
+            dst[a:b] = f.cpu().numpy()
 
     def iter_transform(self, x: np.ndarray, batch_size: int = 2048, device=None):
         """Yield ``(start, stop, features)`` batches without holding all features.
@@ -314,42 +343,69 @@ class LBCNN(ClassifierMixin, BaseEstimator):
         save_lbcnn(self, path, **meta)
 
 
+def elm_system(body: LBCNNBody, X: np.ndarray, y_idx: np.ndarray, n_classes: int,
+               batch_size: int = 2048, device=None, timer=None, C: float = 1e-3):
+    """Stream the body's features into the ridge system the head is solved from: a
+    ``RidgeAccumulator`` (primal, features < samples) or a ``DualSystem``. On CUDA the
+    images go to the device as uint8 and the features never leave it.
+
+    ``timer``, when given, is a dict that receives seconds spent in 'features' and
+    'solve' (here: forming the Gram or kernel).
+    """
+    import time
+
+    d, n = body.n_features, len(X)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    on_gpu = device.type == "cuda"
+    t_feat = t_solve = 0.0
+    if d < n:
+        system = RidgeAccumulator(d, n_classes, C, device)
+        batches = body.iter_device(body._check_images(X), device) if on_gpu else \
+            body.iter_transform(X, batch_size, device)
+        t0 = time.perf_counter()
+        for a, b, f in batches:
+            t1 = time.perf_counter()
+            t_feat += t1 - t0
+            system.update(f, one_vs_rest_targets(y_idx[a:b], n_classes))
+            t0 = time.perf_counter()
+            t_solve += t0 - t1
+    else:
+        t0 = time.perf_counter()
+        h = body.features_device(X, device) if on_gpu else body.transform(X, batch_size, device)
+        t1 = time.perf_counter()
+        system = DualSystem(h, one_vs_rest_targets(y_idx, n_classes))
+        t_feat += t1 - t0
+        t_solve += time.perf_counter() - t1
+    if timer is not None:
+        timer["features"] = timer.get("features", 0.0) + t_feat
+        timer["solve"] = timer.get("solve", 0.0) + t_solve
+    return system
+
+
+def solve_system(system, C: float, host: bool = True):
+    """(W, solver) for ``C`` from an ``elm_system``."""
+    if isinstance(system, DualSystem):
+        return system.solve(C, host=host)
+    w = system.solve(C, host=host)
+    return w, system.solver_
+
+
 def fit_elm(body: LBCNNBody, X: np.ndarray, y_idx: np.ndarray, n_classes: int, C: float,
             batch_size: int = 2048, device=None, timer=None) -> tuple[np.ndarray, str]:
-    """Stream the body's features into the ELM solver (primal or dual).
+    """Stream the body's features into the ELM solver (primal or dual); (W, solver).
 
     ``timer``, when given, is a dict that receives seconds spent in
     'features' and 'solve'.
     """
     import time
 
-    d, n = body.n_features, len(X)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    t_feat = t_solve = 0.0
-    if d < n:
-        acc = RidgeAccumulator(d, n_classes, C, device)
-        t0 = time.perf_counter()
-        for a, b, f in body.iter_transform(X, batch_size, device):
-            t1 = time.perf_counter()
-            t_feat += t1 - t0
-            acc.update(f, one_vs_rest_targets(y_idx[a:b], n_classes))
-            t0 = time.perf_counter()
-            t_solve += t0 - t1
-        t1 = time.perf_counter()
-        w = acc.solve()
-        acc.release()
-        t_solve += time.perf_counter() - t1
-        solver = acc.solver_
-    else:
-        t0 = time.perf_counter()
-        h = body.transform(X, batch_size, device)
-        t1 = time.perf_counter()
-        w, solver = solve_dual(h, one_vs_rest_targets(y_idx, n_classes), C)
-        t_feat += t1 - t0
-        t_solve += time.perf_counter() - t1
+    system = elm_system(body, X, y_idx, n_classes, batch_size, device, timer, C)
+    t0 = time.perf_counter()
+    w, solver = solve_system(system, C)
+    if isinstance(system, RidgeAccumulator):
+        system.release()
     if timer is not None:
-        timer["features"] = timer.get("features", 0.0) + t_feat
-        timer["solve"] = timer.get("solve", 0.0) + t_solve
+        timer["solve"] = timer.get("solve", 0.0) + time.perf_counter() - t0
     return w, solver
 
 
