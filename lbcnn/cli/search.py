@@ -10,6 +10,23 @@ DEFAULTS = {"filters": (40, 4), "nl": 1, "C": 1e-3, "trials": 20, "val_fraction"
             "seed": 0, "train_size": None}
 
 
+def c_option(text: str):
+    """--C: a positive number, ``auto`` or comma-separated values (a sweep)."""
+    import argparse
+    t = text.strip().lower()
+    if t == "auto":
+        return "auto"
+    parts = [p for p in t.split(",") if p.strip()]
+    try:
+        values = [positive_float(p) for p in parts]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, comma-separated numbers or "
+                                         f"auto, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or auto, got {text!r}")
+    return values[0] if len(values) == 1 else sorted(set(values))
+
+
 def add_parser(sub) -> None:
     s = sub.add_parser("search", help="search random +-1 kernel sets with a closed-form ELM head")
     add_data_args(s, required=False, dataset_help="; required unless --resume (the run "
@@ -19,8 +36,10 @@ def add_parser(sub) -> None:
                    "(default: 40,4)")
     s.add_argument("--nl", type=positive_int, help="nonlinearity index: nl-1 extra ReLU + conv "
                    "per layer (default: 1)")
-    s.add_argument("--C", type=positive_float, help="ridge regularisation, system I/C + HᵀH "
-                   "(default: 0.001)")
+    s.add_argument("--C", type=c_option, help="ridge regularisation, system I/C + HᵀH "
+                   "(default: 0.001); auto: chosen per trial on validation from 1e-5..1 "
+                   "(half-decade steps, one pass over the data); or comma-separated values "
+                   "to choose from")
     s.add_argument("--trials", type=positive_int, help="kernel sets to try (default: 20)")
     s.add_argument("--train-size", type=positive_int,
                    help="labelled training images used, validation included (default: all)")

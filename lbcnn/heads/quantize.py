@@ -138,24 +138,29 @@ def quantize_tensor(x: np.ndarray, bits: int, axis=None, pow2: bool = False, cli
 
 
 def gptq_bytes(d: int) -> int:
-    """Peak memory of ``gptq_round`` on ``d`` features: the permuted Gram and two
-    triangular factors in float32, plus float64 blocks (a small extra)."""
-    return 3 * int(d) * int(d) * 4 + 2 * _GPTQ_BLOCK * int(d) * 8
+    """Peak memory of ``gptq_round`` on ``d`` features: the permuted Gram, factorized in
+    place, in float32, plus a float64 block of it (a small extra)."""
+    return 2 * int(d) * int(d) * 4 + 2 * _GPTQ_BLOCK * int(d) * 8
 
 
 def gptq_round(w: np.ndarray, scale: np.ndarray, qmax: int, gram: np.ndarray,
                damp: float = GPTQ_DAMP, block: int = _GPTQ_BLOCK,
-               dtype=np.float32) -> np.ndarray:
+               dtype=np.float32, native_loop: bool = True) -> np.ndarray:
     """Integers ``q`` (same shape as ``w`` (d, k)) with ``q * scale`` close to ``w`` in
     logit error ``(W - Q)^T gram (W - Q)``; ``scale`` is a scalar or one per column.
 
-    GPTQ: features in order of falling Gram diagonal (the largest errors are
-    rounded first, while most features remain to absorb them); ``U``, the upper
-    Cholesky factor of the damped inverse Gram, gives each step's compensation,
-    so the inverse is never updated feature by feature. See ``gptq_round_reference``
-    for the textbook form this equals. The factorization runs in ``dtype``
-    (float32: 5x faster than float64 at 8,000 features on 2 cores; the damping
-    keeps it well conditioned); the rounding loop in float64."""
+    GPTQ, features in order of falling Gram diagonal (the largest errors are rounded
+    first, while most features remain to absorb them), computed in its nearest-plane
+    form (Babai's algorithm, which GPTQ equals): with the damped Gram ``H = R Rᵀ``, R
+    upper triangular, feature j is rounded at ``w_j + (1/R_jj) Σ_{l<j} R_lj e_l``,
+    ``e_l = w_l - q_l s`` the errors already made, which is the value the remaining
+    features' optimal compensation gives it. One Cholesky factorization, no inverse
+    (the inverse-Gram form needs a triangular inverse too, as much work again). See
+    ``gptq_round_reference`` for the textbook form this equals. The factorization runs
+    in ``dtype`` (float32: 5x faster than float64 at 8,000 features on 2 cores; the
+    damping keeps it well conditioned); the rounding in float64, block by block, the
+    in-block loop in C when the kernel builds (``binary.native.load_gptq``;
+    ``native_loop=False`` runs the same loop in NumPy, with the same integers)."""
     from scipy.linalg import lapack
 
     w = np.asarray(w, dtype=np.float64)
@@ -163,14 +168,12 @@ def gptq_round(w: np.ndarray, scale: np.ndarray, qmax: int, gram: np.ndarray,
     gram = np.asarray(gram)
     if gram.shape != (d, d) or not np.isfinite(gram).all():
         raise DataError(f"GPTQ needs a finite ({d}, {d}) feature Gram, got shape {gram.shape}")
-    single = np.dtype(dtype) == np.float32
-    potrf, trtri = (lapack.spotrf, lapack.strtri) if single else (lapack.dpotrf, lapack.dtrtri)
+    potrf = lapack.spotrf if np.dtype(dtype) == np.float32 else lapack.dpotrf
     s = np.asarray(scale, dtype=np.float64)
     diag = np.diag(gram).astype(np.float64)
     order = np.argsort(-diag, kind="stable")
-    # H = R R^T with R upper (the Cholesky factor of the reversed matrix), so
-    # H^-1 = U^T U with U = R^-1 upper: one factorization and one triangular
-    # inverse, no full inverse; Fortran order spares LAPACK a copy.
+    # H = R R^T with R upper: the lower Cholesky factor of the reversed matrix, reversed;
+    # Fortran order spares LAPACK a copy
     rev = order[::-1]
     h = np.asfortranarray(gram[np.ix_(rev, rev)], dtype=dtype)
     h[np.diag_indices(d)] += damp * max(float(diag.mean()), 1e-12)
@@ -178,21 +181,33 @@ def gptq_round(w: np.ndarray, scale: np.ndarray, qmax: int, gram: np.ndarray,
     del h
     if info != 0:
         raise DataError("GPTQ: the damped feature Gram is not positive definite")
-    u, info = trtri(np.asfortranarray(m[::-1, ::-1]), lower=0, overwrite_c=1)
-    del m
-    if info != 0:
+    r = m[::-1, ::-1]  # upper triangular view
+    if not np.all(np.diag(r) > 0):
         raise DataError("GPTQ: the feature Gram's Cholesky factor is singular")
-    work = w[order].copy()
-    q = np.empty_like(work)
+    w_ord = w[order]
+    k = w_ord.shape[1]
+    q = np.empty_like(w_ord)
+    err = np.empty_like(w_ord)
+    acc = np.zeros_like(w_ord)  # Σ_{l<j} R_lj e_l from the blocks already rounded
+    s_cols = np.ascontiguousarray(np.broadcast_to(s, (k,)), dtype=np.float64)
+    from ..binary import native
+    lib = native.load_gptq() if native_loop else None
     for a in range(0, d, block):
         b = min(a + block, d)
-        ub = np.triu(u[a:b, a:b]).astype(np.float64)
-        err = np.empty((b - a, work.shape[1]))
-        for i in range(b - a):
-            q[a + i] = np.clip(np.rint(work[a + i] / s), -qmax, qmax)
-            err[i] = (work[a + i] - q[a + i] * s) / ub[i, i]
-            work[a + i + 1:b] -= np.outer(ub[i, i + 1:], err[i])
-        work[b:] -= u[a:b, b:].T.astype(np.float64) @ err
+        rb = np.ascontiguousarray(np.triu(r[a:b, a:b]), dtype=np.float64)
+        if lib is not None:  # the loop below in C, GIL released (same arithmetic, same order)
+            wb, ab = np.ascontiguousarray(w_ord[a:b]), np.ascontiguousarray(acc[a:b])
+            qb, eb = np.empty_like(wb), np.empty_like(wb)
+            lib.gptq_block(wb, ab, rb, s_cols, float(qmax), b - a, k, qb, eb)
+            q[a:b], err[a:b] = qb, eb
+        else:
+            ab = acc[a:b]
+            for i in range(b - a):
+                v = w_ord[a + i] + ab[i] / rb[i, i]
+                q[a + i] = np.clip(np.rint(v / s), -qmax, qmax)
+                err[a + i] = w_ord[a + i] - q[a + i] * s
+                ab[i + 1:] += np.outer(rb[i, i + 1:], err[a + i])
+        acc[b:] += r[a:b, b:].T.astype(np.float64) @ err[a:b]
     out = np.empty_like(q)
     out[order] = q
     return out
@@ -311,10 +326,19 @@ def _add_rows_gram(g: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return blas.ssyrk(1.0, rows.T, beta=1.0, c=g, trans=0, lower=0, overwrite_c=1)
 
 
-def _mirrored(g: np.ndarray) -> np.ndarray:
-    """The full symmetric matrix from ``ssyrk``'s upper triangle."""
-    g = np.triu(g)
-    g += np.triu(g, 1).T
+def _mirrored(g: np.ndarray, block: int = 512) -> np.ndarray:
+    """The full symmetric matrix from ``ssyrk``'s upper triangle, in place, a block of
+    columns at a time (``np.triu`` on the whole matrix costs a d² mask and two copies:
+    most of the time of a Gram at 8,000 features)."""
+    d = g.shape[0]
+    for a in range(0, d, block):
+        b = min(a + block, d)
+        # rows below the diagonal block take the transposed upper part; inside the
+        # diagonal block, only the strictly lower entries
+        g[b:, a:b] = g[a:b, b:].T
+        blk = g[a:b, a:b]
+        lower = np.tril_indices(b - a, -1)
+        blk[lower] = blk.T[lower]
     return g
 
 

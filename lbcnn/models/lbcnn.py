@@ -196,7 +196,7 @@ class LBCNNBody:
             n, hh, ww, cc = xc.shape
             rc = lib.lb_features(xc.ctypes.data, is_u8, n, hh, ww, cc, len(self.kernels),
                                  np.array(self.filters, dtype=np.int32), self.nl, self._taps(),
-                                 scale, dst, torch.get_num_threads())
+                                 scale, dst, native.threads())
             if rc != 0:
                 raise MemoryError("native feature kernel ran out of memory")
             return

@@ -91,7 +91,38 @@ def _read_history(out_dir: Path, seed: int, trials: int) -> list[dict]:
     return history
 
 
-def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: float = 1e-3,
+def parse_C(C):
+    """A fixed C (a positive number), or a sweep: "auto" (the default grid,
+    ``heads.ridge_path.c_grid()``) or a sequence of values. Returns (fixed C or None,
+    grid or None)."""
+    from ..heads.ridge_path import c_grid
+
+    if isinstance(C, str):
+        text = C.strip().lower()
+        if text == "auto":
+            return None, c_grid()
+        try:
+            C = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"C must be a positive number, a comma-separated list or auto, "
+                              f"got {C!r}") from None
+    if isinstance(C, (list, tuple, np.ndarray)):
+        values = sorted(set(float(v) for v in C))
+        if not values or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ConfigError(f"every C must be a positive finite number, got {list(C)}")
+        if len(values) == 1:
+            return values[0], None
+        return None, np.array(values)
+    try:
+        C = float(C)
+    except (TypeError, ValueError):
+        raise ConfigError(f"C must be a positive finite number, got {C!r}") from None
+    if not (math.isfinite(C) and C > 0):
+        raise ConfigError(f"C must be a positive finite number, got {C}")
+    return C, None
+
+
+def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C=1e-3,
            trials: int = 20, train_size: int | None = None, val_fraction: float = 0.1,
            seed: int = 0, out: str | Path | None = None, data_path: str | None = None,
            split: str = "default", refit: bool = True, batch_size: int = 2048,
@@ -111,12 +142,17 @@ def search(dataset: str | Dataset = "mnist", filters=(40, 4), nl: int = 1, C: fl
     each finished trial is written at once, so a killed or interrupted
     search continues with ``resume=True`` and ends as the uninterrupted run
     would. Trials are numbered from 1.
+
+    ``C``: a number fixes the ridge C; ``"auto"`` (or a list of values) picks it per
+    trial on validation from one pass over the data (``heads.ridge_path.sweep``): the
+    first trial tries the whole grid, each later one the best trial's C and its
+    neighbours, walking on while an edge wins. Each trial records its C and every C
+    it tried; the final model is refit with the best trial's C.
     """
     filters = check_filters(filters)
     if int(trials) < 1:
         raise ConfigError(f"trials must be a positive integer, got {trials}")
-    if not (math.isfinite(C) and C > 0):
-        raise ConfigError(f"C must be a positive finite number, got {C}")
+    parse_C(C)
     if int(nl) < 1 or int(nl) > 8:
         raise ConfigError(f"nl must be between 1 and 8, got {nl}")
     if int(batch_size) < 1:
@@ -174,7 +210,8 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
             f"{f' ({cv}-fold CV over both)' if cv else ''}, {len(ds.y_test):,} test images, "
             f"{n_classes} classes, {d:,} features")
 
-    config = {"kind": "search", "dataset": ds.name, "filters": list(filters), "nl": nl, "C": C,
+    config = {"kind": "search", "dataset": ds.name, "filters": list(filters), "nl": nl,
+              "C": C if isinstance(C, (int, float, str)) else [float(c) for c in C],
               "seed": seed, "trials": trials, "train_size": int(len(train_idx) + len(val_idx)),
               "requested_train_size": train_size, "val_fraction": val_fraction, "cv": cv,
               "refit_on_train_plus_val": bool(refit or cv),
@@ -199,8 +236,13 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
             history = _read_history(out_dir, seed, trials)
         write_json(out_dir / "config.json", config)
 
+    fixed_C, grid = parse_C(C)
     best = max(range(len(history)), key=lambda i: (history[i]["val_accuracy"], -i), default=None)
     best_w = None  # the trial head of a trial run in this process, for --no-refit
+    on_gpu = device.type == "cuda"
+    if on_gpu:  # the images live on the device for the whole search, as uint8
+        import torch
+        x_tr, x_va = torch.from_numpy(x_tr).to(device), torch.from_numpy(x_va).to(device)
     bar = _progress(trials, progress)
     task = bar.add_task("", total=trials, completed=len(history)) if bar else None
     if bar:
@@ -211,33 +253,36 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
             timer: dict = {}
             start = time.perf_counter()
             body = LBCNNBody.random(ds.input_shape, filters, nl, tseed, ds.input_scale)
+            extra = {}
             if cv:
-                correct = 0.0
-                for f in range(cv):
-                    fit, held = folds != f, folds == f
-                    w, solver = fit_elm(body, x_pool[fit], y_pool[fit], n_classes, C, batch_size,
-                                        device, timer)
-                    correct += held.sum() * _score(body, w, x_pool[held], y_pool[held],
-                                                   batch_size, device, timer)
-                val_acc = float(correct / len(y_pool))
-            else:
-                w, solver = fit_elm(body, x_tr, y_tr, n_classes, C, batch_size, device, timer)
+                val_acc, w, solver, extra = _trial_cv(body, x_pool, y_pool, folds, n_classes,
+                                                      fixed_C, grid, batch_size, device, timer)
+            elif grid is None:
+                w, solver = fit_elm(body, x_tr, y_tr, n_classes, fixed_C, batch_size, device, timer)
                 val_acc = _score(body, w, x_va, y_va, batch_size, device, timer)
+            else:
+                start_C = None if best is None else history[best]["C"]
+                val_acc, w, solver, extra = _trial_sweep(body, x_tr, y_tr, x_va, y_va, n_classes,
+                                                         grid, start_C, batch_size, device, timer)
             if not np.all(np.isfinite(w)):
                 raise ConfigError(f"trial {t + 1}: the ELM head is not finite; raise C's "
                                   f"regularization (smaller --C) or check the images")
             total = time.perf_counter() - start
             rec = {"trial": t + 1, "seed": tseed, "val_accuracy": val_acc, "solver": solver,
+                   "C": extra.get("C", fixed_C),
                    "seconds": total, "seconds_features": timer["features"],
                    "seconds_solve": timer["solve"], "seconds_scoring": timer["scoring"]}
+            if "C_sweep" in extra:
+                rec["C_sweep"] = extra["C_sweep"]
             history.append(rec)
             if best is None or val_acc > history[best]["val_accuracy"]:
                 best, best_w = t, w
             if out_dir is not None:
                 write_json(out_dir / "history.json", history)
             if bar:
-                bar.update(task, advance=1, description=f"trial {t + 1}: {100 * val_acc:.2f}%  best "
-                           f"{100 * history[best]['val_accuracy']:.2f}% (trial {best + 1})  "
+                c_note = f"  C {rec['C']:.2g}" if grid is not None else ""
+                bar.update(task, advance=1, description=f"trial {t + 1}: {100 * val_acc:.2f}%{c_note}  "
+                           f"best {100 * history[best]['val_accuracy']:.2f}% (trial {best + 1})  "
                            f"{total:.1f}s/trial")
     except KeyboardInterrupt:
         if out_dir is None:
@@ -248,12 +293,15 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
     finally:
         if bar:
             bar.stop()
+    if on_gpu:
+        x_tr, x_va = x_tr.cpu().numpy(), x_va.cpu().numpy()
 
     best_t = best
     val_acc = history[best_t]["val_accuracy"]
+    chosen_C = history[best_t].get("C", fixed_C)
     # kernels are a pure function of the trial seed, so a resumed run rebuilds the same body
     body = LBCNNBody.random(ds.input_shape, filters, nl, history[best_t]["seed"], ds.input_scale)
-    model = LBCNN(filters=filters, nl=nl, C=C, random_state=history[best_t]["seed"],
+    model = LBCNN(filters=filters, nl=nl, C=chosen_C, random_state=history[best_t]["seed"],
                   input_scale=ds.input_scale, batch_size=batch_size, device=device)
     t0 = time.perf_counter()
     model.body_, model.classes_ = body, np.arange(n_classes)
@@ -261,18 +309,22 @@ def _search_locked(dataset, filters, nl, C, trials, train_size, val_fraction, se
     if refit or cv:  # the head is closed-form, so refitting on train+val chooses nothing
         x_fit = np.concatenate([x_tr, x_va])
         y_fit = np.concatenate([y_tr, y_va])
-        model.coef_, model.solver_ = fit_elm(body, x_fit, y_fit, n_classes, C, batch_size, device)
+        model.coef_, model.solver_ = fit_elm(body, x_fit, y_fit, n_classes, chosen_C, batch_size,
+                                             device)
     elif best_w is not None:
         model.coef_, model.solver_ = best_w, history[best_t]["solver"]
     else:  # the best trial ran before a resume: re-solve its head, the same closed form
-        model.coef_, model.solver_ = fit_elm(body, x_tr, y_tr, n_classes, C, batch_size, device)
+        model.coef_, model.solver_ = fit_elm(body, x_tr, y_tr, n_classes, chosen_C, batch_size,
+                                             device)
     refit_seconds = time.perf_counter() - t0
     # The one and only look at the test set.
     test_acc = model.score(ds.x_test, ds.y_test)
 
     per_trial = [h["seconds"] for h in history]
     summary = {
-        "dataset": ds.name, "filters": list(filters), "nl": nl, "C": C, "seed": seed,
+        "dataset": ds.name, "filters": list(filters), "nl": nl, "C": chosen_C,
+        "C_selection": "fixed" if grid is None else
+        f"validation sweep over {len(grid)} values {grid[0]:.3g}..{grid[-1]:.3g}", "seed": seed,
         "trials": trials, "best_trial": best_t + 1, "best_trial_seed": history[best_t]["seed"],
         "train_size": config["train_size"], "fit_size": int(len(train_idx)),
         "val_size": int(len(val_idx)), "test_size": int(len(ds.y_test)),
@@ -313,9 +365,19 @@ def _score(body, w, x, y, batch_size, device, timer) -> float:
     correct = 0
     t0 = time.perf_counter()
     t_feat = t_score = 0.0
-    for a, b, f in body.iter_transform(x, batch_size, device):
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+        w_dev = torch.as_tensor(w, device=device)
+        y_dev = torch.as_tensor(y, device=device)
+        batches = body.iter_device(x, device)
+    else:
+        batches = body.iter_transform(x, batch_size, device)
+    for a, b, f in batches:
         t1 = time.perf_counter()
-        correct += int(((f @ w).argmax(1) == y[a:b]).sum())
+        if isinstance(f, np.ndarray):
+            correct += int(((f @ w).argmax(1) == y[a:b]).sum())
+        else:
+            correct += int(((f @ w_dev).argmax(1) == y_dev[a:b]).sum().item())
         t2 = time.perf_counter()
         t_feat += t1 - t0
         t_score += t2 - t1
@@ -323,6 +385,78 @@ def _score(body, w, x, y, batch_size, device, timer) -> float:
     timer["features"] = timer.get("features", 0.0) + t_feat
     timer["scoring"] = timer.get("scoring", 0.0) + t_score
     return correct / max(len(y), 1)
+
+
+def _features(body, x, batch_size, device, timer):
+    """All features of ``x``: a NumPy array, or a tensor on CUDA."""
+    t0 = time.perf_counter()
+    h = body.features_device(x, device) if device.type == "cuda" else \
+        body.transform(x, batch_size, device)
+    timer["features"] = timer.get("features", 0.0) + time.perf_counter() - t0
+    return h
+
+
+def _trial_sweep(body, x_tr, y_tr, x_va, y_va, n_classes, grid, start_C, batch_size, device,
+                 timer):
+    """One trial with C chosen on validation; (val accuracy, W, solver, extra)."""
+    from ..heads.ridge_path import RidgePath, sweep, validation_score
+    from ..models.lbcnn import elm_system
+
+    system = elm_system(body, x_tr, y_tr, n_classes, batch_size, device, timer)
+    h_val = _features(body, x_va, batch_size, device, timer)
+    t0 = time.perf_counter()
+    n_values = len(grid) if start_C is None else 3
+    path = RidgePath(system, "auto", n_values)
+    res = sweep(path, grid, lambda w: validation_score(h_val @ w, y_va), start=start_C,
+                host=device.type != "cuda")
+    if hasattr(system, "release"):
+        system.release()
+    w = res.weights.cpu().numpy() if not isinstance(res.weights, np.ndarray) else res.weights
+    timer["solve"] = timer.get("solve", 0.0) + time.perf_counter() - t0
+    timer.setdefault("scoring", 0.0)
+    return res.accuracy, w, res.solver, {"C": res.C, "C_sweep": res.record()}
+
+
+def _trial_cv(body, x_pool, y_pool, folds, n_classes, fixed_C, grid, batch_size, device, timer):
+    """One trial scored by K-fold cross-validation; with a grid, C is the value with the
+    most held-out images right over all folds (every grid value is solved in every fold).
+    Returns (CV accuracy, the last fold's W, solver, extra)."""
+    from ..heads.ridge_path import RidgePath, validation_score
+    from ..models.lbcnn import elm_system, solve_system
+
+    values = [fixed_C] if grid is None else [float(c) for c in grid]
+    correct = np.zeros(len(values))
+    margins = np.zeros(len(values))
+    w = solver = None
+    for f in range(int(folds.max()) + 1):
+        fit, held = folds != f, folds == f
+        system = elm_system(body, x_pool[fit], y_pool[fit], n_classes, batch_size, device, timer)
+        h_held = _features(body, x_pool[held], batch_size, device, timer)
+        t0 = time.perf_counter()
+        path = RidgePath(system, "auto", len(values))
+        for i, c in enumerate(values):
+            w, solver = path.weights(c) if grid is not None else solve_system(system, c)
+            acc, margin = validation_score(h_held @ _like(w, h_held), y_pool[held])
+            correct[i] += acc * held.sum()
+            margins[i] += margin * held.sum()
+        if hasattr(system, "release"):
+            system.release()
+        timer["solve"] = timer.get("solve", 0.0) + time.perf_counter() - t0
+    timer.setdefault("scoring", 0.0)
+    i = max(range(len(values)), key=lambda j: (round(correct[j]), margins[j], -j))
+    extra = {"C": values[i]}
+    if grid is not None:
+        extra["C_sweep"] = [{"C": c, "val_accuracy": float(correct[j] / len(y_pool))}
+                            for j, c in enumerate(values)]
+    return float(round(correct[i]) / len(y_pool)), w, solver, extra
+
+
+def _like(w, h):
+    """``w`` as the kind of array ``h`` is (a device tensor for CUDA features)."""
+    if isinstance(h, np.ndarray):
+        return w
+    import torch
+    return torch.as_tensor(w, device=h.device)
 
 
 def write_run(out_dir: Path, summary: dict, history: list[dict], model: LBCNN, ds: Dataset,
