@@ -355,14 +355,16 @@ def test_ray_workers_give_in_process_metrics(npz, tmp_path):
     assert res.summary["runner"] == "ray"
     # every rung result the Ray workers stored is what this process computes
     data3 = prepare(ds, 500, 0.1, 3, (100, 200))
+    data3.c_grid = _space().c_grid()
     for row in res.trials:
         if row["state"] not in ("COMPLETE", "PRUNED"):
             continue
-        cfg = Config(tuple(int(f) for f in row["filters"].split(",")), row["nl"], row["C"],
+        cfg = Config(tuple(int(f) for f in row["filters"].split(",")), row["nl"], None,
                      row["bits"])
-        for r in range(row["top_rung"] + 1):
-            assert evaluate(cfg, row["kernel_seed"], data3, r)["val_accuracy"] == \
-                row[f"rung{r}_val_accuracy"]
+        for r in range(row["top_rung"] + 1):  # C: the whole grid at rung 0, then a walk
+            got = evaluate(cfg, row["kernel_seed"], data3, r, row.get(f"rung{r - 1}_C"))
+            assert (got["val_accuracy"], got["C"]) == (row[f"rung{r}_val_accuracy"],
+                                                        row[f"rung{r}_C"])
 
 
 # -- one-line errors --------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ..binary.kernels import random_sign_kernels, sign_kernels_to_taps
 from ..binary.pooling import pooled_size
 from ..errors import ConfigError, DataError
 from ..heads.elm import DualSystem, RidgeAccumulator, one_vs_rest_targets
-from ..memory import human_bytes, require
+from ..memory import require
 from . import register_model
 from ._sk import (PER_CLASS_SCORES, ParamError, as_value_error, classifier_tags, load_estimator, save_estimator,
                   softmax, validate_images, validate_targets)

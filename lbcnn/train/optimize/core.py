@@ -1,32 +1,28 @@
 """``optimize``: a multi-objective, multi-fidelity architecture search.
 
-Each bracket asks the study for a batch of configurations, scores them all on
-a small share of the training budget, keeps the best third by Pareto rank
-then crowding distance, scores those on a larger share, and so on up to the
-full fit set (successive halving). Only top-rung results are told to the
-study as COMPLETE; the others are told PRUNED, with every rung's result kept
-in the trial's user attributes. Front members are refit on the whole budget
-and scored on the test set once, after the front is fixed.
+Each bracket (``brackets``) asks the study for a batch of configurations, scores
+them all on a small share of the training budget, keeps the best third by Pareto
+rank then crowding distance, scores those on a larger share, and so on up to the
+full fit set (successive halving). Only top-rung results are told to the study as
+COMPLETE; the others are told PRUNED, with every rung's result kept in the
+trial's user attributes. Front members are refit on the whole budget and scored
+on the test set once, after the front is fixed, all within ``--minutes``
+(``budget``).
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ...errors import ConfigError
 from ...memory import memory_budget_bytes
-from .pareto import pareto_front, promote
+from .brackets import OBJECTIVES, current_front
 from .space import Config, SearchSpace, features
-from .trial import cost, kernel_seed, memory_need, prepare, rank_accuracy, refit
-
-OBJECTIVES = {"accuracy": "maximize", "kbits": "minimize", "macs": "minimize"}
+from .trial import cost, memory_need, prepare, refit
 
 
 @dataclass
@@ -52,12 +48,6 @@ def parse_objectives(objectives) -> tuple[str, ...]:
     return objectives
 
 
-def _objective_values(objectives, acc: float, c: dict) -> list[float]:
-    return [acc if o == "accuracy" else float(c[o]) for o in objectives]
-
-
-def _maximize(objectives) -> list[bool]:
-    return [OBJECTIVES[o] == "maximize" for o in objectives]
 
 
 def _load(dataset, data_path, split, seed):
@@ -75,12 +65,14 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
              study_name: str | None = None, resume: bool = False, force: bool = False,
              sampler: str = "tpe", max_configs: int | None = None, data_path=None,
              split: str = "default", promote_against: str = "bracket", flip: bool = False,
-             progress: bool = False, log=None) -> OptimizeResult:
+             progress: bool = False, log=None, started: float | None = None) -> OptimizeResult:
     """Search architecture, head bits and C for the Pareto front of validation accuracy
     against ``objectives``' costs; returns the refit, test-scored front.
 
-    ``minutes`` bounds the search (no bracket starts that would not finish in
-    time, by the brackets measured so far); the final refits come on top.
+    ``minutes`` is a wall-clock budget for the whole call, counted from ``started``
+    (a ``time.perf_counter()`` value; default: now): search, refits, test reads and
+    outputs. No evaluation or refit starts that its prediction says would not finish
+    in time (``budget``, ``brackets``); C is solved per body, not sampled.
     ``max_configs`` stops after that many configurations instead (tests).
     ``rungs`` (training images of the lower rungs) defaults to ``auto_rungs``.
     ``promote_against``: "bracket" ranks each rung within its bracket; "study" ranks
@@ -100,7 +92,7 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
     from .study import check_storage_url, local_url, make_sampler, open_storage, open_study, \
         requeue_stale
 
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() if started is None else float(started)
     objectives = parse_objectives(objectives)
     if storage is not None:
         check_storage_url(storage)
@@ -147,6 +139,7 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
             rungs = auto_rungs(ds.n_classes, len(ds.y_train) if train_size is None else train_size,
                                int(eta))
         data = prepare(ds, train_size, val_fraction, seed, rungs, cv, space.colors(3), flip)
+        data.c_grid = space.c_grid()
         shape, k = ds.input_shape, ds.n_classes
         budget_n = len(data.budget("gray")[1])
         fit_rows = budget_n * (2 if flip else 1)  # mirrored copies are extra rows to fit
@@ -159,7 +152,7 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
             if d > space.max_features:
                 return f"{d:,} features > --max-features {space.max_features:,}", \
                     d / space.max_features - 1
-            need = memory_need(d, fit_rows)
+            need = memory_need(d, fit_rows, len(data.y_val))
             if need > mem:
                 return "over the memory plan", need / mem - 1
             kb = cost(cfg, shape, k)["kbits"]
@@ -195,22 +188,48 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
 
         runner = RayRunner(data, workers, ray_address) if (workers or ray_address) \
             else LocalRunner(data)
+        from .brackets import Planner, Reporter, run_brackets
+        from .budget import Clock, CostModel, calibrate, work_refit
+
+        clock = Clock(minutes * 60.0, t_start)
+        model = CostModel(prior=1.5 * calibrate())
+        n_test = len(ds.y_test)
+
+        def refit_seconds(m) -> float:
+            c = m.cost if hasattr(m, "cost") else m.user_attrs
+            bits = m.config.bits if hasattr(m, "config") else m.user_attrs["config"]["bits"]
+            return model.seconds(work_refit(c["features"], c["macs"], fit_rows, n_test, k, bits))
+
+        last = len(data.rungs) - 1
+
+        def front_refit_seconds() -> float:
+            return sum(refit_seconds(t) for t in current_front(study, objectives, max_kbits, last))
+
+        planner = Planner(data, shape, k, model, refit_seconds, runner.workers, runner.caches)
+        reporter = Reporter(progress, clock, log)
         try:
-            counters = _search(study, space, data, shape, k, objectives, infeasible, runner,
-                               seed, owner, bracket, int(eta), minutes, max_configs, max_kbits,
-                               t_start, progress, run_dir, promote_against)
+            counters = run_brackets(study, space, data, shape, k, objectives, infeasible, runner,
+                                    seed, owner, bracket, int(eta), clock, planner, max_configs,
+                                    max_kbits, reporter, run_dir, promote_against,
+                                    front_refit_seconds)
         finally:
+            reporter.close()
             runner.close()
+            from .trial import FEATURES
+            FEATURES.clear()
         t_search = time.perf_counter() - t_start
 
         from .report import trial_rows, write_outputs
         rows = trial_rows(study, objectives)
-        front = _final_front(study, objectives, max_kbits, ds, data, run_dir, say)
+        front = _final_front(study, objectives, max_kbits, ds, data, run_dir, say, clock,
+                             refit_seconds, model)
         summary = _summary(rows, front, counters, t_search, time.perf_counter() - t_start,
                            fingerprint, name, max_kbits, runner, bracket, eta, sampler)
         summary["promote_against"] = promote_against
+        summary["minutes"] = minutes
         if run_dir is not None:
             write_outputs(run_dir, rows, front, summary, ds.name, objectives)
+        summary["seconds"] = round(time.perf_counter() - t_start, 1)
     return OptimizeResult(front, rows, summary, run_dir, study)
 
 
@@ -240,173 +259,70 @@ def _check_space(space, shape, k, max_kbits, infeasible) -> None:
                       f"--max-features {space.max_features:,} or the memory plan; widen it")
 
 
-def _search(study, space, data, shape, k, objectives, infeasible, runner, run_seed, owner,
-            bracket, eta, minutes, max_configs, max_kbits, t_start, progress, run_dir,
-            promote_against="bracket") -> dict:
-    import optuna
-
-    from .report import progress_bar, trial_rows
-    from ...outputs import write_csv
-
-    maximize = _maximize(objectives)
-    last = len(data.rungs) - 1
-    counters = {"brackets": 0, "evaluated": 0, "skipped_infeasible": 0, "bracket_seconds": []}
-    deadline = minutes * 60.0
-    best = {"acc": None}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if max_kbits is None or t.user_attrs.get("kbits", math.inf) <= max_kbits:
-            top = t.user_attrs.get(f"rung{last}", {}).get("val_accuracy")
-            if top is not None:
-                best["acc"] = max(best["acc"] or 0.0, top)
-    # every rung's earlier results (this run's and, on resume or a shared study, others')
-    history = [[] for _ in data.rungs]
-    for t in study.get_trials(deepcopy=False):
-        for r in range(last + 1):
-            res = t.user_attrs.get(f"rung{r}")
-            if res is not None and "kbits" in t.user_attrs:
-                history[r].append(_objective_values(objectives, rank_accuracy(res), t.user_attrs))
-    bar = progress_bar(deadline) if progress else None
-    done = {"n": 0, "pruned": 0}
-
-    def show():
-        if bar is None:
-            return
-        b = "-" if best["acc"] is None else f"{100 * best['acc']:.2f} %"
-        within = f" within {max_kbits:g} kbits" if max_kbits is not None else ""
-        bar.update(bar.task_ids[0], completed=min(time.perf_counter() - t_start, deadline),
-                   description=f"{done['n']} trials done, {done['pruned']} pruned, "
-                               f"best val{within} {b}")
-
-    if bar:
-        bar.start()
-    try:
-        while True:
-            elapsed = time.perf_counter() - t_start
-            if max_configs is not None and counters["evaluated"] >= max_configs:
-                break
-            if counters["brackets"] and elapsed + statistics.median(
-                    counters["bracket_seconds"]) > deadline:
-                break
-            size = bracket if max_configs is None else min(bracket,
-                                                           max_configs - counters["evaluated"])
-            t_bracket = time.perf_counter()
-            members = _ask_bracket(study, space, shape, k, size, infeasible, run_seed, owner,
-                                   counters)
-            if not members:
-                break
-            counters["evaluated"] += len(members)
-            alive = members
-            for r in range(last + 1):
-                results = runner.map([(m["config"], m["seed"], r) for m in alive])
-                for m, res in zip(alive, results):
-                    m["trial"].set_user_attr(f"rung{r}", res)
-                    m["acc"], m["val"] = rank_accuracy(res), res["val_accuracy"]
-                points = [_objective_values(objectives, m["acc"], m["cost"]) for m in alive]
-                context = list(history[r])
-                history[r].extend(points)
-                if r == last:
-                    for m in alive:
-                        study.tell(m["trial"], _objective_values(objectives, m["acc"], m["cost"]))
-                        done["n"] += 1
-                        if max_kbits is None or m["cost"]["kbits"] <= max_kbits:
-                            best["acc"] = max(best["acc"] or 0.0, m["val"])
-                    break
-                keep = set(promote(points, maximize, 1.0 / eta,
-                                   context if promote_against == "study" else None).tolist())
-                for i, m in enumerate(alive):
-                    if i not in keep:
-                        m["trial"].set_user_attr("pruned_at_rung", r)
-                        study.tell(m["trial"], state=optuna.trial.TrialState.PRUNED)
-                        done["n"] += 1
-                        done["pruned"] += 1
-                alive = [m for i, m in enumerate(alive) if i in keep]
-                show()
-            counters["brackets"] += 1
-            counters["bracket_seconds"].append(time.perf_counter() - t_bracket)
-            show()
-            if run_dir is not None:  # a killed run still leaves an up-to-date table
-                write_csv(run_dir / "trials.csv", trial_rows(study, objectives))
-    finally:
-        if bar:
-            show()  # the final count, whatever the refresh timer last drew
-            bar.stop()
-    return counters
-
-
-def _ask_bracket(study, space, shape, k, size, infeasible, run_seed, owner, counters) -> list:
-    import optuna
-
-    members = []
-    attempts = 0
-    while len(members) < size and attempts < 200 * size:
-        attempts += 1
-        trial = study.ask()
-        params = space.suggest(trial, shape[2])
-        cfg = Config.from_params(params, shape[2])
-        why = infeasible(cfg)
-        if why:
-            # never fitted; told PRUNED with a constraint violation so the sampler
-            # learns the region is out of bounds (a FAIL would teach it nothing)
-            trial.set_user_attr("infeasible", why[0])
-            trial.set_constraint("size", max(float(why[1]), 1e-6))  # Optuna 5's constraint API
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            counters["skipped_infeasible"] += 1
-            continue
-        seed = trial.user_attrs.get("kernel_seed")
-        seed = kernel_seed(run_seed, trial.number) if seed is None else int(seed)
-        c = cost(cfg, shape, k)
-        for key, value in (("kernel_seed", seed), ("owner", owner), ("config", cfg.to_dict()),
-                           *c.items()):
-            trial.set_user_attr(key, value)
-        members.append({"trial": trial, "config": cfg, "seed": seed, "cost": c})
-    return members
-
-
-def _final_front(study, objectives, max_kbits, ds, data, run_dir, say) -> list[dict]:
-    """Fix the front on validation results, then refit and test each member once."""
-    import optuna
-
+def _final_front(study, objectives, max_kbits, ds, data, run_dir, say, clock=None,
+                 refit_seconds=None, model=None) -> list[dict]:
+    """Fix the front on validation results, then refit and test each member once. A
+    refit the clock has no room for (predicted beyond the deadline by more than 7 % of
+    the budget) is skipped and the member reported without a model."""
     from ...deploy.accounting import account
     from ...models.lbcnn import save_lbcnn
+    from .budget import work_refit
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if max_kbits is None or t.user_attrs.get("kbits", math.inf) <= max_kbits]
-    if not done:
-        return []
-    idx = pareto_front([t.values for t in done], _maximize(objectives))
-    members = sorted((done[i] for i in idx), key=lambda t: (t.user_attrs["kbits"], -t.values[0]))
+    last = len(data.rungs) - 1
+    members = current_front(study, objectives, max_kbits, last)
     front = []
     for t in members:  # the front is fixed above; nothing below feeds back into it
+        top = t.user_attrs[f"rung{last}"]
         cfg = Config(**{**t.user_attrs["config"], "filters": tuple(t.user_attrs["config"]["filters"])})
+        if cfg.C is None:  # solved per body: the C the top rung chose
+            cfg = Config(cfg.filters, cfg.nl, float(top["C"]), cfg.bits, cfg.color)
         seed = int(t.user_attrs["kernel_seed"])
-        model, fit_s = refit(cfg, seed, data)
+        # the ranked value may carry a tie-break; the member reports the accuracy itself
+        val = float(top["val_accuracy"])
+        row = {"trial": t.number + 1, "config": cfg.to_dict(), "label": cfg.label(),
+               "kernel_seed": seed, "val_accuracy": val, "test_accuracy": None,
+               "kbits": float(t.user_attrs["kbits"]), "macs": int(t.user_attrs["macs"]),
+               "params": int(t.user_attrs["params"]), "features": int(t.user_attrs["features"]),
+               "train_size": int(len(data.budget(cfg.color)[1])), "fit_seconds": None,
+               "model": None}
+        predicted = refit_seconds(t) if refit_seconds is not None else None
+        if predicted is not None:
+            row["predicted_fit_seconds"] = round(predicted, 3)
+        if clock is not None and predicted is not None and \
+                predicted > clock.left() + 0.07 * clock.budget:
+            row["refit"] = "skipped: the --minutes deadline"
+            front.append(row)
+            say(f"front: {cfg.label():40s} val {100 * val:.2f} %  refit skipped (deadline)")
+            continue
+        model_, fit_s = refit(cfg, seed, data)
         x_test = ds.x_test
         if cfg.color == "y":
             from ...preprocess import rgb_to_y
             x_test = rgb_to_y(x_test)
-        # the ranked value may carry a tie-break; the member reports the accuracy itself
-        val = float(t.user_attrs[f"rung{len(data.rungs) - 1}"]["val_accuracy"])
-        info = account(model, sizes=False)
+        info = account(model_, sizes=False)
         if abs(info["total_kbits"] - t.user_attrs["kbits"]) > 1e-9:  # cost() mirrors account()
             say(f"warning: trial {t.number + 1} kbits {t.user_attrs['kbits']} != saved "
                 f"{info['total_kbits']}")
-        test_acc = model.score(x_test, ds.y_test)  # the one look at the test set
+        t0 = time.perf_counter()
+        test_acc = model_.score(x_test, ds.y_test)  # the one look at the test set
+        if model is not None:
+            c = t.user_attrs
+            model.observe(work_refit(c["features"], c["macs"], row["train_size"], len(ds.y_test),
+                                     ds.n_classes, cfg.bits), fit_s + time.perf_counter() - t0)
         path = None
         if run_dir is not None:  # trials are numbered from 1, as in search
             path = run_dir / "models" / f"trial-{t.number + 1:05d}.npz"
-            save_lbcnn(model, path, **ds.provenance(), val_accuracy=val,
+            save_lbcnn(model_, path, **ds.provenance(), val_accuracy=val,
                        test_accuracy=float(test_acc), test_size=int(len(ds.y_test)),
                        kernel_seed=seed, train_size=len(data.budget(cfg.color)[1]),
                        input_color=cfg.color, optimize_trial=t.number + 1,
                        refit_on_train_plus_val=True)
         params = sum(r["weights"] for r in info["layers"] if r["layer"] != "head scales")
-        front.append({
-            "trial": t.number + 1, "config": cfg.to_dict(), "label": cfg.label(),
-            "kernel_seed": seed, "val_accuracy": val, "test_accuracy": float(test_acc),
-            "kbits": float(info["total_kbits"]), "macs": int(info["macs"]), "params": int(params),
-            "features": int(info["features"]), "train_size": int(len(data.budget(cfg.color)[1])),
-            "fit_seconds": round(fit_s, 3),
-            "model": str(path) if path is not None else None})
+        row.update({"test_accuracy": float(test_acc), "kbits": float(info["total_kbits"]),
+                    "macs": int(info["macs"]), "params": int(params),
+                    "features": int(info["features"]), "fit_seconds": round(fit_s, 3),
+                    "model": str(path) if path is not None else None})
+        front.append(row)
         say(f"front: {cfg.label():40s} val {100 * val:.2f} %  test {100 * test_acc:.2f} %  "
             f"{info['total_kbits']:.1f} kbits")
     return front
@@ -433,6 +349,8 @@ def _summary(rows, front, counters, t_search, t_total, fingerprint, name, max_kb
         "infeasible": sum(r["state"] == "INFEASIBLE" for r in rows),
         "evaluated_this_run": counters["evaluated"], "brackets_this_run": counters["brackets"],
         "skipped_infeasible_this_run": counters["skipped_infeasible"],
+        "skipped_deadline_this_run": counters.get("skipped_deadline", 0),
+        "stopped_deadline_this_run": counters.get("stopped_deadline", 0),
         "rungs_detail": per_rung, "seconds_search": round(t_search, 1),
         "seconds": round(t_total, 1), "front": front,
     }

@@ -103,9 +103,14 @@ def trial_rows(study, objectives) -> list[dict]:
             res = ua[f"rung{r}"]
             row[f"rung{r}_n_train"] = res["n_train"]
             row[f"rung{r}_val_accuracy"] = res["val_accuracy"]
+            row[f"rung{r}_C"] = res.get("C")
             row[f"rung{r}_seconds"] = res["seconds"]
+            if res.get("C") is not None:  # solved per body: the C its last rung chose
+                row["C"] = res["C"]
             top = r
             r += 1
+        if ua.get("skipped") or ua.get("stopped"):
+            row["deadline"] = ua.get("skipped") or ua.get("stopped")
         row["top_rung"] = top
         row["val_accuracy"] = ua[f"rung{top}"]["val_accuracy"] if top is not None else None
         rows.append(row)
@@ -128,9 +133,10 @@ def front_table(front: list[dict], title: str = "Pareto front"):
     for col in ("trial", "configuration", "val acc", "test acc", "kbits", "MACs", "fit s"):
         t.add_column(col, justify="left" if col == "configuration" else "right")
     for m in front:
-        t.add_row(str(m["trial"]), m["label"], f"{100 * m['val_accuracy']:.2f} %",
-                  f"{100 * m['test_accuracy']:.2f} %", f"{m['kbits']:.1f}", f"{m['macs']:,}",
-                  f"{m['fit_seconds']:.1f}")
+        test = "-" if m["test_accuracy"] is None else f"{100 * m['test_accuracy']:.2f} %"
+        fit = "-" if m["fit_seconds"] is None else f"{m['fit_seconds']:.1f}"
+        t.add_row(str(m["trial"]), m["label"], f"{100 * m['val_accuracy']:.2f} %", test,
+                  f"{m['kbits']:.1f}", f"{m['macs']:,}", fit)
     return t
 
 
@@ -157,8 +163,9 @@ def plot_front(rows: list[dict], front: list[dict], path: Path, dataset: str,
         ax.step(fx, [100 * m["val_accuracy"] for m in front], where="post", c="C3", lw=1)
         ax.scatter(fx, [100 * m["val_accuracy"] for m in front], s=28, c="C3", zorder=3,
                    label="front (val acc)")
-        ax.scatter(fx, [100 * m["test_accuracy"] for m in front], s=28, marker="x", c="C0",
-                   zorder=3, label="front after refit (test acc)")
+        tested = [m for m in front if m["test_accuracy"] is not None]
+        ax.scatter([m["kbits"] for m in tested], [100 * m["test_accuracy"] for m in tested], s=28,
+                   marker="x", c="C0", zorder=3, label="front after refit (test acc)")
     for i, (name, kbits, acc) in enumerate(PAPER_POINTS.get(dataset, [])):
         lab = "paper, hand-picked (test acc)" if i == 0 else None
         if acc is None:
@@ -166,7 +173,8 @@ def plot_front(rows: list[dict], front: list[dict], path: Path, dataset: str,
         else:
             ax.scatter([kbits], [acc], marker="*", s=70, c="C2", zorder=4, label=lab)
             ax.annotate(name, (kbits, acc), fontsize=7, xytext=(3, -9), textcoords="offset points")
-    accs = [100 * m["val_accuracy"] for m in front] + [100 * m["test_accuracy"] for m in front]
+    accs = [100 * m["val_accuracy"] for m in front] + \
+        [100 * m["test_accuracy"] for m in front if m["test_accuracy"] is not None]
     accs += [a for _, _, a in PAPER_POINTS.get(dataset, []) if a is not None]
     if reference:
         accs += _draw_reference(ax, reference, dataset)

@@ -12,25 +12,40 @@ from ...errors import ConfigError
 from .trial import evaluate
 
 
-def _evaluate_task(data, config, seed, rung):
+def _evaluate_task(data, config, seed, rung, C_start=None):
     import torch
 
     # one Ray CPU per task: keep torch's pool to that CPU so tasks do not oversubscribe
     torch.set_num_threads(1)
-    return evaluate(config, seed, data, rung)
+    return evaluate(config, seed, data, rung, C_start)
+
+
+def _task(t):
+    """(config, seed, rung, C_start) from a 3- or 4-tuple."""
+    return (*t, None) if len(t) == 3 else tuple(t)
 
 
 class LocalRunner:
+    """Trials one after another in this process; bodies stay resident between rungs
+    (``trial.FEATURES``)."""
+
     workers = 1
     kind = "in-process"
+    caches = True
 
     def __init__(self, data):
         self.data = data
 
-    def map(self, tasks, on_result=None) -> list[dict]:
+    def map(self, tasks, on_result=None, admit=None, predicted=None) -> list[dict | None]:
+        """Results in task order; a task ``admit(i, 0)`` refuses, checked just before it
+        would start, is not run (None)."""
         out = []
-        for i, (config, seed, rung) in enumerate(tasks):
-            out.append(evaluate(config, seed, self.data, rung))
+        for i, task in enumerate(tasks):
+            if admit is not None and not admit(i, 0.0):
+                out.append(None)
+                continue
+            config, seed, rung, C_start = _task(task)
+            out.append(evaluate(config, seed, self.data, rung, C_start))
             if on_result:
                 on_result(i, out[-1])
         return out
@@ -68,6 +83,7 @@ def _check_reachable(address: str) -> None:
 
 class RayRunner:
     kind = "ray"
+    caches = False  # a body's rungs may land on different workers
 
     def __init__(self, data, workers: int = 0, address: str | None = None):
         try:
@@ -94,12 +110,21 @@ class RayRunner:
         self._data = ray.put(data)
         self._task = ray.remote(num_cpus=1, max_retries=2)(_evaluate_task)
 
-    def map(self, tasks, on_result=None) -> list[dict]:
+    def map(self, tasks, on_result=None, admit=None, predicted=None) -> list[dict | None]:
+        """Results in task order. Admission is decided at submission: task i would start
+        about (the predicted seconds of the tasks admitted before it) / workers from now."""
         ray = self._ray
-        refs = [self._task.remote(self._data, c, s, r) for c, s, r in tasks]
-        index = {ref: i for i, ref in enumerate(refs)}
+        refs, offset = [], 0.0
+        for i, task in enumerate(tasks):
+            if admit is not None and not admit(i, offset):
+                refs.append(None)
+                continue
+            refs.append(self._task.remote(self._data, *_task(task)))
+            if predicted is not None:
+                offset += predicted[i] / max(1, self.workers)
+        index = {ref: i for i, ref in enumerate(refs) if ref is not None}
         out: list = [None] * len(refs)
-        pending = list(refs)
+        pending = [r for r in refs if r is not None]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:

@@ -24,7 +24,7 @@ class Config:
 
     filters: tuple[int, ...]
     nl: int
-    C: float
+    C: float | None  # None: solved per body on validation (the trial records the C it chose)
     bits: int
     color: str = "gray"  # "gray" (one-channel data), "rgb" or "y" (BT.601 luma)
 
@@ -34,7 +34,8 @@ class Config:
 
     def label(self) -> str:
         c = "" if self.color == "gray" else f" {self.color}"
-        return (f"{','.join(map(str, self.filters))} nl{self.nl} {self.head} C={self.C:.2g}{c}")
+        C = "" if self.C is None else f" C={self.C:.2g}"
+        return f"{','.join(map(str, self.filters))} nl{self.nl} {self.head}{C}{c}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -46,7 +47,8 @@ class Config:
         layers = int(params["layers"])
         filters = tuple(int(params[f"nf{i + 1}"]) for i in range(layers))
         color = params.get("color", "rgb") if channels == 3 else "gray"
-        return cls(filters, int(params["nl"]), float(params["C"]), int(params["bits"]), color)
+        C = float(params["C"]) if "C" in params else None
+        return cls(filters, int(params["nl"]), C, int(params["bits"]), color)
 
 
 def features(input_shape, filters, color: str = "gray") -> int:
@@ -61,7 +63,9 @@ def features(input_shape, filters, color: str = "gray") -> int:
 @dataclass
 class SearchSpace:
     """Choices per parameter. ``multipliers[i]`` are layer ``i+1``'s depth
-    multipliers; ``C`` is a (low, high) log-uniform range (low == high fixes it)."""
+    multipliers; ``C`` is the (low, high) range each body chooses its C from on
+    validation (``heads.ridge_path.c_grid``: half-decade steps; low == high fixes it):
+    C is solved per body, not sampled."""
 
     layers: tuple[int, ...] = (1, 2, 3)
     multipliers: tuple[tuple[int, ...], ...] = DEFAULT_MULTIPLIERS
@@ -103,6 +107,10 @@ class SearchSpace:
         self._checked = True
         return self
 
+    def c_grid(self):
+        from ...heads.ridge_path import c_grid
+        return c_grid(float(self.C[0]), float(self.C[1]))
+
     def colors(self, channels: int) -> tuple[str, ...]:
         return tuple(self.color) if channels == 3 else ("gray",)
 
@@ -112,14 +120,14 @@ class SearchSpace:
                 yield tuple(int(f) for f in filters)
 
     def enumerate(self, input_shape, feasible=None):
-        """Every discrete configuration (C at its low end) that ``feasible`` accepts."""
+        """Every configuration that ``feasible`` accepts."""
         for filters in self.architectures():
             for color in self.colors(input_shape[2]):
                 if features(input_shape, filters, color) > self.max_features:
                     continue
                 for nl in sorted(set(self.nl)):
                     for bits in sorted(set(self.bits)):
-                        cfg = Config(filters, int(nl), float(self.C[0]), int(bits), color)
+                        cfg = Config(filters, int(nl), None, int(bits), color)
                         if feasible is None or feasible(cfg):
                             yield cfg
 
@@ -129,7 +137,6 @@ class SearchSpace:
         for i in range(layers):
             trial.suggest_categorical(f"nf{i + 1}", sorted(set(self.multipliers[i])))
         trial.suggest_categorical("nl", sorted(set(self.nl)))
-        trial.suggest_float("C", float(self.C[0]), float(self.C[1]), log=self.C[0] < self.C[1])
         trial.suggest_categorical("bits", sorted(set(self.bits), reverse=True))
         if channels == 3:
             trial.suggest_categorical("color", list(self.color))
@@ -137,5 +144,6 @@ class SearchSpace:
 
     def to_dict(self) -> dict:
         return {"layers": list(self.layers), "multipliers": [list(m) for m in self.multipliers],
-                "nl": list(self.nl), "C": list(self.C), "bits": list(self.bits),
+                "nl": list(self.nl), "C": list(self.C), "C_mode": "per-body validation sweep",
+                "bits": list(self.bits),
                 "color": list(self.color), "max_features": self.max_features}

@@ -1,20 +1,37 @@
-"""The trial objective: a pure function of (configuration, kernel seed, data, rung).
+"""The trial objective: a pure function of (configuration, kernel seed, data, rung,
+and the C a lower rung chose).
 
 No study, no storage, no clock-dependent choices in here, so the same
 arguments give the same numbers in-process and on a Ray worker.
+
+C is not sampled: each body solves it (``heads.ridge_path``): the ridge system
+is formed once per rung, every C of the space's grid (rung 0, or no start) or a
+walk from the C the rung below chose is solved from it, the float head with the
+best validation accuracy wins, and only that head is quantized.
+
+Bodies stay resident between rungs: ``FEATURES`` keeps, per body, the features
+of the validation images and of the fit images seen so far (the rungs are nested
+prefixes of one class-stratified order, so a higher rung only adds rows). Features
+are exact, so a cached row equals a recomputed one bit for bit, and the cache can
+only change speed.
 """
 from __future__ import annotations
 
 import functools
+import threading
 import time
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...data.splits import kfold_ids, stratified_subset
 from ...errors import ConfigError
-from ...heads.elm import RidgeAccumulator, one_vs_rest_targets, solve_dual
+from ...heads.elm import DualSystem, RidgeAccumulator, one_vs_rest_targets
 from ...heads.quantize import centred_gram, dequantize, quantize_head, sample_rows
+from ...heads.ridge_path import (RidgePath, c_grid, normalized_margins, sweep,  # noqa: F401
+                                 validation_score)
 from ...memory import require
 from ...models.lbcnn import LBCNN, LBCNNBody
 from .space import FLOAT_BITS, Config, features
@@ -46,6 +63,8 @@ class TrialData:
     folds: np.ndarray | None = None
     luma: dict = field(default_factory=dict)  # "fit"/"val" -> Y-channel copies for colour data
     flip: bool = False  # every fit also sees its images mirrored left-right; never validation
+    c_grid: np.ndarray = field(default_factory=c_grid)  # the C a body chooses from
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names it in FEATURES
 
     @property
     def rung_sizes(self) -> list[int]:
@@ -66,6 +85,18 @@ class TrialData:
         if self.folds is not None:
             return xf, self.y_fit
         return np.concatenate([xf, xv]), np.concatenate([self.y_fit, self.y_val])
+
+
+def nested_order(y: np.ndarray, sizes, seed: int) -> np.ndarray:
+    """An order of the fit images whose first ``sizes[r]`` are a class-stratified subset,
+    each containing the one before: rung r's images are a stratified draw from those
+    no lower rung took, then the rest in their order."""
+    taken = np.zeros(0, dtype=np.int64)
+    for i, n in enumerate(sizes):
+        rest = np.setdiff1d(np.arange(len(y)), taken)
+        more = stratified_subset(y, n - len(taken), np.random.default_rng([seed, i]), pool=rest)
+        taken = np.concatenate([taken, more])
+    return np.concatenate([taken, np.setdiff1d(np.arange(len(y)), taken)])
 
 
 def with_mirrors(x: np.ndarray, y: np.ndarray, flip: bool):
@@ -89,16 +120,17 @@ def prepare(ds, train_size, val_fraction: float, seed: int, rung_sizes=(1000, 30
                          ds.n_classes, ds.input_scale, [np.arange(len(pool))], folds)
     else:
         y_fit = ds.y_train[tr]
-        rungs = []
-        for i, n in enumerate(sorted(set(int(s) for s in rung_sizes))):
-            if n < 1:
-                raise ConfigError(f"rung sizes must be positive, got {n}")
-            if n < len(tr):
-                # a fixed, class-stratified subset per rung: same images for every trial
-                rungs.append(stratified_subset(y_fit, n, np.random.default_rng([seed, i])))
-        rungs.append(np.arange(len(tr)))
-        data = TrialData(ds.x_train[tr], y_fit, ds.x_train[va], ds.y_train[va], ds.n_classes,
-                         ds.input_scale, rungs)
+        sizes = sorted(set(int(s) for s in rung_sizes))
+        if any(n < 1 for n in sizes):
+            raise ConfigError(f"rung sizes must be positive, got {min(sizes)}")
+        sizes = [n for n in sizes if n < len(tr)]
+        order = nested_order(y_fit, sizes, seed)
+        tr = tr[order]
+        # every rung is a prefix of one class-stratified order: the same images for
+        # every trial, and a higher rung adds rows to the one below
+        rungs = [np.arange(n) for n in sizes] + [np.arange(len(tr))]
+        data = TrialData(ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va],
+                         ds.n_classes, ds.input_scale, rungs)
     if data.x_fit.shape[-1] == 3 and "y" in colors:
         from ...preprocess import rgb_to_y
         data.luma = {"fit": rgb_to_y(data.x_fit), "val": rgb_to_y(data.x_val)}
@@ -106,30 +138,45 @@ def prepare(ds, train_size, val_fraction: float, seed: int, rung_sizes=(1000, 30
     return data
 
 
-def _fit_head(body: LBCNNBody, x, y, n_classes: int, C: float, bits: int):
-    """Float ELM head, then (bits < 32) the bias-corrected n-bit head with per-class scales
-    clipped for the least logit error and GPTQ rounding (``heads.quantize``); returns
-    (W, b, solver).
-    The dual solve is used whenever samples do not outnumber features."""
-    h = body.transform(x)
-    t = one_vs_rest_targets(y, n_classes)
-    d, n = h.shape[1], h.shape[0]
+def _system(h, t):
+    """The ridge system of features ``h`` and targets ``t``: primal when samples
+    outnumber features, else dual."""
+    n, d = h.shape
     if d < n:
-        acc = RidgeAccumulator(d, n_classes, C)
+        acc = RidgeAccumulator(d, t.shape[1])
         acc.update(h, t)
-        w = acc.solve()
-        acc.release()
-        solver = acc.solver_
-    else:
-        w, solver = solve_dual(h, t, C)
+        return acc
+    return DualSystem(h, t)
+
+
+def _release(system) -> None:
+    if isinstance(system, RidgeAccumulator):
+        system.release()
+
+
+def _quantized(h, w, n_classes: int, bits: int):
+    """(W, b): the float head, or (bits < 32) the bias-corrected n-bit head with per-class
+    scales clipped for the least logit error and GPTQ rounding (``heads.quantize``)
+    against the features ``h`` it was fitted on."""
     b = np.zeros(n_classes, dtype=np.float32)
-    if bits != FLOAT_BITS:
-        mu = h.mean(0, dtype=np.float64)
-        pick = sample_rows(n)  # the rows refit() samples, through training_feature_stats
-        meta, arrays = quantize_head(w, b, bits, per_class=True, feature_mean=mu,
-                                     feature_sample=(h[pick] - mu).astype(np.float32),
-                                     feature_gram=centred_gram(h, mu))
-        w, b = dequantize(meta, arrays)
+    if bits == FLOAT_BITS:
+        return w, b
+    mu = h.mean(0, dtype=np.float64)
+    pick = sample_rows(len(h))  # the rows refit() samples, through training_feature_stats
+    meta, arrays = quantize_head(w, b, bits, per_class=True, feature_mean=mu,
+                                 feature_sample=(h[pick] - mu).astype(np.float32),
+                                 feature_gram=centred_gram(h, mu))
+    return dequantize(meta, arrays)
+
+
+def _fit_head(body: LBCNNBody, x, y, n_classes: int, C: float, bits: int):
+    """(W, b, solver) of ``bits``' head at a fixed C on images ``x``: the ELM head (dual
+    when samples do not outnumber features), then ``_quantized``."""
+    h = body.transform(x)
+    system = _system(h, one_vs_rest_targets(y, n_classes))
+    w, solver = RidgePath(system, "cholesky").weights(C)
+    _release(system)
+    w, b = _quantized(h, w, n_classes, bits)
     return w, b, solver
 
 
@@ -137,6 +184,108 @@ def _correct(body: LBCNNBody, w, b, x, y) -> int:
     if len(y) == 0:
         return 0
     return int(((body.transform(x) @ w + b).argmax(1) == y).sum())
+
+
+class FeatureCache:
+    """Per body, the features of the validation images and of a prefix of the fit
+    images (and of their mirrors with ``--flip``), kept between rungs and dropped
+    when the trial ends or, least recently used first, when ``max_bytes`` is reached."""
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = max_bytes
+        self._store: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.hits = self.misses = 0
+
+    def _limit(self) -> int:
+        if self.max_bytes is None:
+            from ...settings import memory_budget_bytes
+            self.max_bytes = max(256 << 20, min(2 << 30, memory_budget_bytes() // 8))
+        return self.max_bytes
+
+    @staticmethod
+    def key(config: Config, seed: int, data: TrialData) -> tuple:
+        return (data.token, config.color, tuple(config.filters), int(config.nl), int(seed))
+
+    def features(self, key, body: LBCNNBody, x, rows: int, part: str) -> np.ndarray:
+        """Features of ``x[:rows]`` (``part`` names the image set: "val", "fit", "fit-mirror").
+        The seconds spent computing are added to ``self.timer`` of the calling thread."""
+        t0 = time.perf_counter()
+        try:
+            return self._features(key, body, x, rows, part)
+        finally:
+            self._local.seconds = getattr(self._local, "seconds", 0.0) + time.perf_counter() - t0
+
+    def take_seconds(self) -> float:
+        """Feature seconds this thread spent since the last call."""
+        out = getattr(self._local, "seconds", 0.0)
+        self._local.seconds = 0.0
+        return out
+
+    def _features(self, key, body, x, rows: int, part: str) -> np.ndarray:
+        with self._lock:
+            entry = self._store.get(key)
+            have = entry.get(part) if entry else None
+            if entry is not None:
+                self._store.move_to_end(key)
+        if have is not None and len(have) >= rows:
+            self.hits += 1
+            return have[:rows]
+        self.misses += 1
+        start = 0 if have is None else len(have)
+        more = body.transform(x[start:rows])
+        h = more if have is None else np.concatenate([have, more])
+        with self._lock:
+            entry = self._store.setdefault(key, {})
+            entry[part] = h
+            self._store.move_to_end(key)
+            self._evict(keep=key)
+        return h
+
+    def _evict(self, keep) -> None:
+        total = sum(a.nbytes for e in self._store.values() for a in e.values())
+        for k in list(self._store):
+            if total <= self._limit():
+                break
+            if k == keep:
+                continue
+            total -= sum(a.nbytes for a in self._store.pop(k).values())
+
+    def discard(self, key) -> None:
+        with self._lock:
+            self._store.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._store.clear()
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(a.nbytes for e in self._store.values() for a in e.values())
+
+
+FEATURES = FeatureCache()
+
+
+def _is_prefix(idx: np.ndarray) -> bool:
+    return len(idx) == 0 or (int(idx[0]) == 0 and int(idx[-1]) == len(idx) - 1 and
+                             len(idx) == len(np.unique(idx)))
+
+
+def _fit_features(body, key, data: TrialData, x_fit, idx):
+    """Features and labels of the rows ``idx`` of the fit set, mirrors appended with flip."""
+    if _is_prefix(idx):
+        h = FEATURES.features(key, body, x_fit, len(idx), "fit")
+        if data.flip:
+            hm = FEATURES.features(key, body, x_fit[:, :, ::-1], len(idx), "fit-mirror")
+            h = np.concatenate([h, hm])
+    else:
+        t0 = time.perf_counter()
+        h = body.transform(with_mirrors(x_fit[idx], data.y_fit[idx], data.flip)[0])
+        FEATURES._local.seconds = getattr(FEATURES._local, "seconds", 0.0) + \
+            time.perf_counter() - t0
+    return h, with_mirrors(x_fit[:0], data.y_fit[idx], data.flip)[1]
 
 
 # BLAS threads inside a trial. OpenBLAS sums in a different order with another thread
@@ -147,52 +296,88 @@ def _correct(body: LBCNNBody, w, b, x, y) -> int:
 TRIAL_BLAS_THREADS = 1
 
 
-def evaluate(config: Config, seed: int, data: TrialData, rung: int) -> dict:
-    """Validation accuracy of ``config``'s quantized head fitted on rung ``rung``'s images."""
+def evaluate(config: Config, seed: int, data: TrialData, rung: int,
+             C_start: float | None = None) -> dict:
+    """Validation accuracy of ``config``'s quantized head fitted on rung ``rung``'s images,
+    with C chosen on validation from ``data.c_grid`` (all of it, or a walk from
+    ``C_start``, the C the rung below chose), unless ``config.C`` fixes it."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=TRIAL_BLAS_THREADS, user_api="blas"):
-        return _evaluate(config, seed, data, rung)
+        return _evaluate(config, seed, data, rung, C_start)
 
 
-def _evaluate(config: Config, seed: int, data: TrialData, rung: int) -> dict:
+def _evaluate(config: Config, seed: int, data: TrialData, rung: int, C_start=None) -> dict:
     t0 = time.perf_counter()
+    FEATURES.take_seconds()
     x_fit, x_val = data.images(config.color)
     body = LBCNNBody.random(data.input_shape(config.color), config.filters, config.nl, seed,
                             data.input_scale)
-    extra = {}
+    key = FEATURES.key(config, seed, data)
+    grid = np.array([float(config.C)]) if config.C is not None else np.asarray(data.c_grid)
     if data.folds is not None:
-        correct, solver, margins = 0, "", []
-        for f in range(int(data.folds.max()) + 1):
-            fit, held = data.folds != f, data.folds == f
-            w, b, solver = _fit_head(body, *with_mirrors(x_fit[fit], data.y_fit[fit], data.flip),
-                                     data.n_classes, config.C, config.bits)
-            logits = body.transform(x_fit[held]) @ w + b
-            correct += int((logits.argmax(1) == data.y_fit[held]).sum())
-            margins.append(normalized_margins(logits, data.y_fit[held]))
-        acc, n_train, n_val = correct / len(data.y_fit), len(data.y_fit), len(data.y_fit)
-        extra["val_margin"] = float(np.concatenate(margins).mean())
+        out = _evaluate_cv(config, body, key, data, x_fit, grid)
     else:
         idx = data.rungs[rung]
-        w, b, solver = _fit_head(body, *with_mirrors(x_fit[idx], data.y_fit[idx], data.flip),
-                                 data.n_classes, config.C, config.bits)
-        acc, n_train, n_val = _correct(body, w, b, x_val, data.y_val) / len(data.y_val), len(idx), \
-            len(data.y_val)
-    return {"rung": int(rung), "n_train": int(n_train), "n_val": int(n_val),
-            "val_accuracy": float(acc), "solver": solver, **extra,
-            "seconds": round(time.perf_counter() - t0, 4)}
+        h, y = _fit_features(body, key, data, x_fit, idx)
+        h_val = FEATURES.features(key, body, x_val, len(x_val), "val")
+        system = _system(h, one_vs_rest_targets(y, data.n_classes))
+        start = None if C_start is None or len(grid) == 1 else float(C_start)
+        path = RidgePath(system, "auto", len(grid) if start is None else 3)
+        res = sweep(path, grid, lambda w: validation_score(h_val @ w, data.y_val), start=start)
+        _release(system)
+        w, b = _quantized(h, res.weights, data.n_classes, config.bits)
+        correct = int(((h_val @ w + b).argmax(1) == data.y_val).sum()) if len(data.y_val) else 0
+        out = {"n_train": int(len(idx)), "n_val": int(len(data.y_val)),
+               "val_accuracy": correct / max(len(data.y_val), 1), "solver": res.solver,
+               "C": res.C, "float_val_accuracy": res.accuracy}
+        if len(grid) > 1:
+            out["C_sweep"] = res.record()
+    return {"rung": int(rung), **out, "seconds": round(time.perf_counter() - t0, 4),
+            "seconds_features": round(FEATURES.take_seconds(), 4)}
 
 
-def normalized_margins(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per row, the true class's lead over the best other class, in units of that row's
-    logit spread (standard deviation over classes), so C's shrinkage of every logit
-    does not change it."""
-    z = np.asarray(logits, dtype=np.float64)
-    rows = np.arange(len(z))
-    true = z[rows, y]
-    other = z.copy()
-    other[rows, y] = -np.inf
-    return (true - other.max(1)) / (z.std(1) + 1e-12)
+def _evaluate_cv(config, body, key, data, x_fit, grid) -> dict:
+    """K-fold cross-validation: every fold's system solves every C of the grid, the C with
+    the most held-out images right (then the largest mean margin) wins, and each fold's
+    head at that C is quantized and scored on its held-out fold."""
+    n = len(data.y_fit)
+    h_all = FEATURES.features(key, body, x_fit, n, "fit")
+    h_mir = FEATURES.features(key, body, x_fit[:, :, ::-1], n, "fit-mirror") if data.flip else None
+    n_folds = int(data.folds.max()) + 1
+    correct, margins, paths = np.zeros(len(grid)), np.zeros(len(grid)), []
+    for f in range(n_folds):
+        fit, held = data.folds != f, data.folds == f
+        hf = h_all[fit] if h_mir is None else np.concatenate([h_all[fit], h_mir[fit]])
+        yf = with_mirrors(x_fit[:0], data.y_fit[fit], data.flip)[1]
+        path = RidgePath(_system(hf, one_vs_rest_targets(yf, data.n_classes)), "auto", len(grid))
+        for i, c in enumerate(grid):
+            w, solver = path.weights(float(c))
+            logits = h_all[held] @ w
+            correct[i] += int((logits.argmax(1) == data.y_fit[held]).sum())
+            margins[i] += float(normalized_margins(logits, data.y_fit[held]).sum())
+        paths.append((path, hf, solver))
+    best = max(range(len(grid)), key=lambda i: (correct[i], margins[i], -i))
+    C = float(grid[best])
+    if config.bits == FLOAT_BITS:
+        right, margin = int(correct[best]), margins[best] / n
+    else:
+        right, parts = 0, []
+        for f, (path, hf, _) in enumerate(paths):
+            held = data.folds == f
+            w, b = _quantized(hf, path.weights(C)[0], data.n_classes, config.bits)
+            logits = h_all[held] @ w + b
+            right += int((logits.argmax(1) == data.y_fit[held]).sum())
+            parts.append(normalized_margins(logits, data.y_fit[held]))
+        margin = float(np.concatenate(parts).mean())
+    for path, _, _ in paths:
+        _release(path.system)
+    out = {"n_train": n, "n_val": n, "val_accuracy": right / n, "solver": paths[-1][2],
+           "C": C, "float_val_accuracy": float(correct[best] / n), "val_margin": float(margin)}
+    if len(grid) > 1:
+        out["C_sweep"] = [{"C": float(c), "val_accuracy": float(correct[i] / n)}
+                          for i, c in enumerate(grid)]
+    return out
 
 
 def rank_accuracy(result: dict) -> float:
@@ -206,12 +391,13 @@ def rank_accuracy(result: dict) -> float:
     return acc + (np.tanh(result["val_margin"]) + 1) / 2 * 0.999 / (2 * int(result["n_val"]))
 
 
-def memory_need(n_features: int, n_train: int) -> int:
-    """Peak bytes of one trial: the feature matrix plus the Gram (primal) or kernel (dual),
-    plus GPTQ rounding's centred Gram and factors (``heads.quantize.gptq_bytes``)."""
+def memory_need(n_features: int, n_train: int, n_val: int = 0) -> int:
+    """Peak bytes of one trial: the fit and validation feature matrices plus the Gram
+    (primal) or kernel (dual), plus GPTQ rounding's centred Gram and factors
+    (``heads.quantize.gptq_bytes``)."""
     from ...heads.quantize import gptq_bytes
 
-    feats = 4 * n_features * n_train
+    feats = 4 * n_features * (n_train + n_val)
     rounding = 4 * n_features ** 2 + gptq_bytes(n_features)
     if n_features < n_train:
         return feats + 2 * 4 * n_features ** 2 + rounding
