@@ -109,8 +109,9 @@ def add_parser(sub) -> None:
                    help="fit every head on the images and their left-right mirrors (faces, "
                         "clothes; refused for digits and signs); validation is never mirrored")
     s.add_argument("--minutes", type=positive_float, default=30.0,
-                   help="search time budget; no bracket starts that would overrun it "
-                        "(the final refits come on top)")
+                   help="wall-clock budget for the whole command, from its start: search, "
+                        "refits of the front, test reads and outputs (nothing starts that "
+                        "would not finish in time)")
     s.add_argument("--max-configs", type=positive_int,
                    help="stop after this many configurations instead of by time")
     s.add_argument("--out", required=True, help="run folder: study.db, trials.csv, front.csv/json/png, models/")
@@ -132,7 +133,8 @@ def add_parser(sub) -> None:
     g.add_argument("--nl", type=int_list(1, 8, "nonlinearity indices"), default=d.nl,
                    help="allowed nonlinearity indices")
     g.add_argument("--C-range", type=_floats, default=d.C, metavar="LOW,HIGH",
-                   help="log-uniform range of the ridge C (one value fixes it)")
+                   help="range of the ridge C, solved per body on validation (half-decade "
+                        "steps; one value fixes it)")
     g.add_argument("--bits", type=_bits, default=HEAD_BITS,
                    help="allowed head precisions: float32 and/or integer bits "
                         "(bias-corrected quantization)")
@@ -168,13 +170,21 @@ def add_parser(sub) -> None:
                    help="continue the study in --out (trials in flight when it stopped are redone)")
     once.add_argument("--force", action="store_true", help="start over in a non-empty --out")
     s.add_argument("--seed", type=seed_int, default=0, help="data split, sampler and kernel seeds")
+    s.add_argument("--device", help="cpu or cuda: where features, ridge systems and C "
+                   "sweeps run (default: cuda when available; GPTQ rounding and --workers "
+                   "stay on the CPU)")
     s.add_argument("--json", action="store_true", help="print one JSON object at the end")
     s.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import time
+
     from ..errors import ConfigError
     from ..train.optimize import SearchSpace, optimize
+    from ..train.optimize.budget import process_age
+
+    started = time.perf_counter() - process_age()  # --minutes counts from the command's start
 
     C = tuple(args.C_range)
     if len(C) == 1:
@@ -189,6 +199,8 @@ def run(args) -> int:
     from ..train.optimize import parse_objectives
     from ..train.optimize.study import check_storage_url
     parse_objectives(args.objectives)
+    from ..settings import resolve_device
+    resolve_device(args.device)
     if args.storage:
         check_storage_url(args.storage)
     reference = None
@@ -206,7 +218,7 @@ def run(args) -> int:
                    resume=args.resume, force=args.force, sampler=args.sampler,
                    max_configs=args.max_configs, data_path=args.data_path, split=args.split,
                    promote_against=args.promote_against, flip=args.flip,
-                   progress=not quiet, log=log)
+                   progress=not quiet, log=log, started=started, device=args.device)
     if reference is not None:
         from ..train.optimize.report import plot_front_from_run
         plot_front_from_run(args.out, ds.name, reference)

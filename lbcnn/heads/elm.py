@@ -88,6 +88,11 @@ class RidgeAccumulator:
         blas.ssyrk(1.0, h.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
         self._hty += h.T @ t
 
+    @property
+    def hty(self):
+        """HᵀT as accumulated (NumPy, or a tensor on CUDA)."""
+        return self._hty
+
     def release(self) -> None:
         """Hand the Gram buffer back for reuse; the accumulator is done."""
         if self.device.type != "cuda" and self._gram is not None:

@@ -18,10 +18,13 @@ C, so it is formed once per body and every C is solved from it, in one of two wa
   the float64 fallback of ``heads.elm``).
 
 ``syevd`` costs far more than a Cholesky factorization of the same matrix (its
-tridiagonal reduction is memory-bound): 11x at 1,000, 18x at 2,000, 24x at 4,000
-on one core of the benchmark machine (``benchmarks/bench_gpu.py`` measures it),
-so ``"auto"`` takes the eigendecomposition only when a sweep asks for more C
-than that ratio (``EIGEN_BREAK_EVEN``).
+tridiagonal reduction is memory-bound): 11x at 1,000, 18x at 2,000, 24x at 4,000 on
+one core of the benchmark machine, and float32 is no way out (see above). Measured on
+2 cores (``benchmarks/bench_gpu.py --parts sweep``, 10 values, MNIST 40,4): at a
+1,000-image rung (dual, 1,000²) the eigendecomposition sweep took 3.1x one Cholesky
+head and the Cholesky sweep 4.1x; on 9,000 images (primal, 7,840²) 20.6x against
+4.4x. So ``"auto"`` eigendecomposes only small systems or long sweeps
+(``eigen_pays``).
 
 ``sweep`` scores each C on validation data and walks the grid: a full sweep, or
 starting from a given C, its neighbours, moving on while the best lies on an edge.
@@ -38,10 +41,14 @@ from ..errors import ConfigError
 
 DEFAULT_C_RANGE = (1e-5, 1.0)
 STEPS_PER_DECADE = 2
-# eigendecompose when a sweep asks for at least this many C: the measured cost of one
-# syevd in Cholesky factorizations of the same matrix (CPU); on CUDA, unmeasured here,
-# the same rule until bench_gpu.py says otherwise
-EIGEN_BREAK_EVEN = {"cpu": 24, "cuda": 24}
+def eigen_pays(m: int, n_values: int) -> bool:
+    """Whether one eigendecomposition of an ``m``² system beats ``n_values`` Cholesky
+    factorizations: the break-even grows with m (see the module docstring)."""
+    if m <= 1200:
+        return n_values >= 8
+    if m <= 2500:
+        return n_values >= 16
+    return n_values >= 24
 
 
 def c_grid(low: float = DEFAULT_C_RANGE[0], high: float = DEFAULT_C_RANGE[1],
@@ -84,7 +91,7 @@ def validation_score(logits, y) -> tuple[float, float]:
 class RidgePath:
     """Heads for any C from one formed system: a ``heads.elm.RidgeAccumulator``
     (primal) or ``heads.elm.DualSystem``. ``method``: "eigen", "cholesky" or "auto"
-    (eigen when ``n_values`` reaches ``EIGEN_BREAK_EVEN``)."""
+    (``eigen_pays``: eigen for small systems or long sweeps)."""
 
     def __init__(self, system, method: str = "auto", n_values: int = 1, dtype=np.float64):
         if method not in ("auto", "eigen", "cholesky"):
@@ -94,7 +101,8 @@ class RidgePath:
         self.dual = isinstance(system, DualSystem)
         self.device = _device_of(system)
         if method == "auto":
-            method = "eigen" if n_values >= EIGEN_BREAK_EVEN.get(self.device.type, 24) else "cholesky"
+            m = system.n if self.dual else system.n_features
+            method = "eigen" if eigen_pays(m, n_values) else "cholesky"
         self.method = method
         self.dtype = np.dtype(dtype)
         self._eig = None

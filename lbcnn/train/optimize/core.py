@@ -65,7 +65,8 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
              study_name: str | None = None, resume: bool = False, force: bool = False,
              sampler: str = "tpe", max_configs: int | None = None, data_path=None,
              split: str = "default", promote_against: str = "bracket", flip: bool = False,
-             progress: bool = False, log=None, started: float | None = None) -> OptimizeResult:
+             progress: bool = False, log=None, started: float | None = None,
+             device=None, gpu_threads: int = 4) -> OptimizeResult:
     """Search architecture, head bits and C for the Pareto front of validation accuracy
     against ``objectives``' costs; returns the refit, test-scored front.
 
@@ -73,6 +74,9 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
     (a ``time.perf_counter()`` value; default: now): search, refits, test reads and
     outputs. No evaluation or refit starts that its prediction says would not finish
     in time (``budget``, ``brackets``); C is solved per body, not sampled.
+    ``device``: where features, ridge systems and C sweeps run (default: ``LBCNN_DEVICE``,
+    else CUDA when present); on CUDA ``gpu_threads`` trials run at once
+    (``runner.ThreadRunner``). ``workers``/``ray_address`` (Ray) run on the CPU.
     ``max_configs`` stops after that many configurations instead (tests).
     ``rungs`` (training images of the lower rungs) defaults to ``auto_rungs``.
     ``promote_against``: "bracket" ranks each rung within its bracket; "study" ranks
@@ -88,7 +92,7 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
     if promote_against not in ("bracket", "study"):
         raise ConfigError(f"promote_against must be bracket or study, got {promote_against!r}")
     from ...outputs import RunLock, prepare_run_dir, write_json
-    from .runner import LocalRunner, RayRunner, _check_reachable, ray_available
+    from .runner import LocalRunner, RayRunner, ThreadRunner, _check_reachable, ray_available
     from .study import check_storage_url, local_url, make_sampler, open_storage, open_study, \
         requeue_stale
 
@@ -140,6 +144,10 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
                                int(eta))
         data = prepare(ds, train_size, val_fraction, seed, rungs, cv, space.colors(3), flip)
         data.c_grid = space.c_grid()
+        from ...settings import resolve_device
+        dev = resolve_device(device)
+        if dev.type == "cuda" and not (workers or ray_address) and not cv:
+            data.device = str(dev)
         shape, k = ds.input_shape, ds.n_classes
         budget_n = len(data.budget("gray")[1])
         fit_rows = budget_n * (2 if flip else 1)  # mirrored copies are extra rows to fit
@@ -186,11 +194,16 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
         if requeued:
             say(f"resume: {requeued} trial(s) in flight when the run stopped are queued again")
 
-        runner = RayRunner(data, workers, ray_address) if (workers or ray_address) \
-            else LocalRunner(data)
+        if workers or ray_address:
+            runner = RayRunner(data, workers, ray_address)
+        elif data.on_gpu:
+            runner = ThreadRunner(data, gpu_threads)
+        else:
+            runner = LocalRunner(data)
         from .brackets import Planner, Reporter, run_brackets
-        from .budget import Clock, CostModel, calibrate, work_refit
+        from .budget import REFIT_OVERHEAD, Clock, CostModel, calibrate, warm_imports, work_refit
 
+        warm_imports()
         clock = Clock(minutes * 60.0, t_start)
         model = CostModel(prior=1.5 * calibrate())
         n_test = len(ds.y_test)
@@ -198,7 +211,8 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
         def refit_seconds(m) -> float:
             c = m.cost if hasattr(m, "cost") else m.user_attrs
             bits = m.config.bits if hasattr(m, "config") else m.user_attrs["config"]["bits"]
-            return model.seconds(work_refit(c["features"], c["macs"], fit_rows, n_test, k, bits))
+            return REFIT_OVERHEAD + model.seconds(work_refit(c["features"], c["macs"], fit_rows,
+                                                             n_test, k, bits))
 
         last = len(data.rungs) - 1
 

@@ -54,6 +54,63 @@ class LocalRunner:
         pass
 
 
+class ThreadRunner:
+    """Several trials at once in this process, for CUDA: each thread drives the GPU on its
+    own stream while the others run their CPU parts (GPTQ rounding, Python), so the
+    device is not idle between one trial's kernels. Admission is decided at submission,
+    as for Ray. CUDA results are reproducible to round-off, not bit for bit."""
+
+    kind = "threads"
+    caches = True
+
+    def __init__(self, data, workers: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        from .trial import TRIAL_BLAS_THREADS
+
+        self.data = data
+        self.workers = max(1, int(workers))
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lbcnn-trial")
+        # process-wide, once: per-trial limits would race between threads
+        self._blas = threadpool_limits(limits=TRIAL_BLAS_THREADS, user_api="blas")
+
+    def _run(self, config, seed, rung, C_start):
+        import torch
+
+        from ...binary import native
+
+        stream = torch.cuda.Stream() if str(self.data.device).startswith("cuda") else None
+        with native.thread_limit(1):
+            if stream is None:
+                return evaluate(config, seed, self.data, rung, C_start)
+            with torch.cuda.stream(stream):
+                out = evaluate(config, seed, self.data, rung, C_start)
+            stream.synchronize()
+            return out
+
+    def map(self, tasks, on_result=None, admit=None, predicted=None) -> list[dict | None]:
+        futures, offset = [], 0.0
+        for i, task in enumerate(tasks):
+            if admit is not None and not admit(i, offset):
+                futures.append(None)
+                continue
+            futures.append(self._pool.submit(self._run, *_task(task)))
+            if predicted is not None:
+                offset += predicted[i] / self.workers
+        out = []
+        for i, f in enumerate(futures):
+            out.append(None if f is None else f.result())
+            if f is not None and on_result:
+                on_result(i, out[-1])
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._blas.restore_original_limits()
+
+
 def ray_available() -> bool:
     try:
         import ray  # noqa: F401

@@ -65,6 +65,11 @@ class TrialData:
     flip: bool = False  # every fit also sees its images mirrored left-right; never validation
     c_grid: np.ndarray = field(default_factory=c_grid)  # the C a body chooses from
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names it in FEATURES
+    device: str = "cpu"  # "cuda": features, ridge systems and sweeps on the GPU
+
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.device).startswith("cuda")
 
     @property
     def rung_sizes(self) -> list[int]:
@@ -139,11 +144,11 @@ def prepare(ds, train_size, val_fraction: float, seed: int, rung_sizes=(1000, 30
 
 
 def _system(h, t):
-    """The ridge system of features ``h`` and targets ``t``: primal when samples
-    outnumber features, else dual."""
+    """The ridge system of features ``h`` (an array, or a CUDA tensor) and targets ``t``:
+    primal when samples outnumber features, else dual."""
     n, d = h.shape
     if d < n:
-        acc = RidgeAccumulator(d, t.shape[1])
+        acc = RidgeAccumulator(d, t.shape[1], device=getattr(h, "device", None))
         acc.update(h, t)
         return acc
     return DualSystem(h, t)
@@ -161,11 +166,19 @@ def _quantized(h, w, n_classes: int, bits: int):
     b = np.zeros(n_classes, dtype=np.float32)
     if bits == FLOAT_BITS:
         return w, b
-    mu = h.mean(0, dtype=np.float64)
     pick = sample_rows(len(h))  # the rows refit() samples, through training_feature_stats
-    meta, arrays = quantize_head(w, b, bits, per_class=True, feature_mean=mu,
-                                 feature_sample=(h[pick] - mu).astype(np.float32),
-                                 feature_gram=centred_gram(h, mu))
+    if isinstance(h, np.ndarray):
+        mu = h.mean(0, dtype=np.float64)
+        sample, gram = (h[pick] - mu).astype(np.float32), centred_gram(h, mu)
+    else:  # CUDA: the centred Gram on the device; GPTQ rounding on the CPU
+        import torch
+        mu_t = h.double().mean(0)
+        hc = (h - mu_t.float())
+        gram = _host(hc.T @ hc)
+        sample, mu = _host(hc[torch.as_tensor(pick, device=h.device)]), _host(mu_t)
+        del hc
+    meta, arrays = quantize_head(_host(w), b, bits, per_class=True, feature_mean=mu,
+                                 feature_sample=sample, feature_gram=gram)
     return dequantize(meta, arrays)
 
 
@@ -208,12 +221,13 @@ class FeatureCache:
     def key(config: Config, seed: int, data: TrialData) -> tuple:
         return (data.token, config.color, tuple(config.filters), int(config.nl), int(seed))
 
-    def features(self, key, body: LBCNNBody, x, rows: int, part: str) -> np.ndarray:
-        """Features of ``x[:rows]`` (``part`` names the image set: "val", "fit", "fit-mirror").
-        The seconds spent computing are added to ``self.timer`` of the calling thread."""
+    def features(self, key, body: LBCNNBody, x, rows: int, part: str, device: str = "cpu"):
+        """Features of ``x[:rows]`` (``part`` names the image set: "val", "fit", "fit-mirror"):
+        a NumPy array, or a tensor on ``device`` when that is CUDA. The seconds spent
+        computing are counted for the calling thread (``take_seconds``)."""
         t0 = time.perf_counter()
         try:
-            return self._features(key, body, x, rows, part)
+            return self._features(key, body, x, rows, part, str(device))
         finally:
             self._local.seconds = getattr(self._local, "seconds", 0.0) + time.perf_counter() - t0
 
@@ -223,7 +237,8 @@ class FeatureCache:
         self._local.seconds = 0.0
         return out
 
-    def _features(self, key, body, x, rows: int, part: str) -> np.ndarray:
+    def _features(self, key, body, x, rows: int, part: str, device: str):
+        key = (*key, device)
         with self._lock:
             entry = self._store.get(key)
             have = entry.get(part) if entry else None
@@ -234,8 +249,13 @@ class FeatureCache:
             return have[:rows]
         self.misses += 1
         start = 0 if have is None else len(have)
-        more = body.transform(x[start:rows])
-        h = more if have is None else np.concatenate([have, more])
+        if device.startswith("cuda"):
+            import torch
+            more = body.features_device(x[start:rows], device)
+            h = more if have is None else torch.cat([have, more])
+        else:
+            more = body.transform(x[start:rows])
+            h = more if have is None else np.concatenate([have, more])
         with self._lock:
             entry = self._store.setdefault(key, {})
             entry[part] = h
@@ -244,17 +264,18 @@ class FeatureCache:
         return h
 
     def _evict(self, keep) -> None:
-        total = sum(a.nbytes for e in self._store.values() for a in e.values())
+        total = sum(_nbytes(a) for e in self._store.values() for a in e.values())
         for k in list(self._store):
             if total <= self._limit():
                 break
             if k == keep:
                 continue
-            total -= sum(a.nbytes for a in self._store.pop(k).values())
+            total -= sum(_nbytes(a) for a in self._store.pop(k).values())
 
     def discard(self, key) -> None:
         with self._lock:
-            self._store.pop(key, None)
+            for k in [k for k in self._store if k[:len(key)] == key]:
+                del self._store[k]
 
     def clear(self) -> None:
         with self._lock:
@@ -262,7 +283,11 @@ class FeatureCache:
 
     def nbytes(self) -> int:
         with self._lock:
-            return sum(a.nbytes for e in self._store.values() for a in e.values())
+            return sum(_nbytes(a) for e in self._store.values() for a in e.values())
+
+
+def _nbytes(a) -> int:
+    return a.nbytes if isinstance(a, np.ndarray) else a.element_size() * a.nelement()
 
 
 FEATURES = FeatureCache()
@@ -275,17 +300,39 @@ def _is_prefix(idx: np.ndarray) -> bool:
 
 def _fit_features(body, key, data: TrialData, x_fit, idx):
     """Features and labels of the rows ``idx`` of the fit set, mirrors appended with flip."""
+    dev = data.device
     if _is_prefix(idx):
-        h = FEATURES.features(key, body, x_fit, len(idx), "fit")
+        h = FEATURES.features(key, body, x_fit, len(idx), "fit", dev)
         if data.flip:
-            hm = FEATURES.features(key, body, x_fit[:, :, ::-1], len(idx), "fit-mirror")
-            h = np.concatenate([h, hm])
+            hm = FEATURES.features(key, body, x_fit[:, :, ::-1], len(idx), "fit-mirror", dev)
+            h = _cat([h, hm])
     else:
         t0 = time.perf_counter()
-        h = body.transform(with_mirrors(x_fit[idx], data.y_fit[idx], data.flip)[0])
+        x = with_mirrors(x_fit[idx], data.y_fit[idx], data.flip)[0]
+        h = body.features_device(x, dev) if data.on_gpu else body.transform(x)
         FEATURES._local.seconds = getattr(FEATURES._local, "seconds", 0.0) + \
             time.perf_counter() - t0
     return h, with_mirrors(x_fit[:0], data.y_fit[idx], data.flip)[1]
+
+
+def _cat(parts):
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+    return torch.cat(parts)
+
+
+def _host(a) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else a.detach().cpu().numpy()
+
+
+def _correct_of(logits, y) -> int:
+    if len(y) == 0:
+        return 0
+    if isinstance(logits, np.ndarray):
+        return int((logits.argmax(1) == y).sum())
+    import torch
+    return int((logits.argmax(1) == torch.as_tensor(y, device=logits.device)).sum().item())
 
 
 # BLAS threads inside a trial. OpenBLAS sums in a different order with another thread
@@ -320,14 +367,18 @@ def _evaluate(config: Config, seed: int, data: TrialData, rung: int, C_start=Non
     else:
         idx = data.rungs[rung]
         h, y = _fit_features(body, key, data, x_fit, idx)
-        h_val = FEATURES.features(key, body, x_val, len(x_val), "val")
+        h_val = FEATURES.features(key, body, x_val, len(x_val), "val", data.device)
         system = _system(h, one_vs_rest_targets(y, data.n_classes))
         start = None if C_start is None or len(grid) == 1 else float(C_start)
         path = RidgePath(system, "auto", len(grid) if start is None else 3)
-        res = sweep(path, grid, lambda w: validation_score(h_val @ w, data.y_val), start=start)
+        res = sweep(path, grid, lambda w: validation_score(h_val @ w, data.y_val), start=start,
+                    host=not data.on_gpu)
         _release(system)
         w, b = _quantized(h, res.weights, data.n_classes, config.bits)
-        correct = int(((h_val @ w + b).argmax(1) == data.y_val).sum()) if len(data.y_val) else 0
+        if data.on_gpu:
+            import torch
+            w, b = torch.as_tensor(_host(w), device=h_val.device), torch.as_tensor(b, device=h_val.device)
+        correct = _correct_of(h_val @ w + b, data.y_val)
         out = {"n_train": int(len(idx)), "n_val": int(len(data.y_val)),
                "val_accuracy": correct / max(len(data.y_val), 1), "solver": res.solver,
                "C": res.C, "float_val_accuracy": res.accuracy}
@@ -438,18 +489,22 @@ def cost(config: Config, input_shape, n_classes: int) -> dict:
 def refit(config: Config, seed: int, data: TrialData):
     """The front member's final model: ELM head on the whole training budget, then the
     bias-corrected, GPTQ-rounded n-bit head, exactly as ``lbcnn quantize --per-class``
-    would build it."""
+    would build it. BLAS runs with the trials' thread count: the same integers on any
+    machine, and the time the run's predictions (learned on trials) expect."""
+    from threadpoolctl import threadpool_limits
+
     from ...heads.quantize import apply_quantization, training_feature_stats
 
     t0 = time.perf_counter()
     x, y = with_mirrors(*data.budget(config.color), data.flip)
     model = LBCNN(filters=config.filters, nl=config.nl, C=config.C, random_state=seed,
-                  input_scale=data.input_scale, device="cpu")
+                  input_scale=data.input_scale, device=data.device if data.on_gpu else "cpu")
     d = features(x.shape[1:], config.filters)
     require(memory_need(d, len(x)) // 2, f"refitting {config.label()}", "narrow the search space")
-    model.fit(x, np.asarray(y))
-    if config.bits != FLOAT_BITS:
-        mu, sample, gram = training_feature_stats(model, x, gram=True)
-        apply_quantization(model, config.bits, per_class=True, feature_mean=mu,
-                           feature_sample=sample, feature_gram=gram)
+    with threadpool_limits(limits=TRIAL_BLAS_THREADS, user_api="blas"):
+        model.fit(x, np.asarray(y))
+        if config.bits != FLOAT_BITS:
+            mu, sample, gram = training_feature_stats(model, x, gram=True)
+            apply_quantization(model, config.bits, per_class=True, feature_mean=mu,
+                               feature_sample=sample, feature_gram=gram)
     return model, time.perf_counter() - t0
