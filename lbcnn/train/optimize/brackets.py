@@ -30,6 +30,7 @@ from .space import Config
 from .trial import FEATURES, cost, kernel_seed, rank_accuracy
 
 OBJECTIVES = {"accuracy": "maximize", "kbits": "minimize", "macs": "minimize"}
+ANCHOR_MARGIN = 1.15  # on a prediction scaled from the configuration's own measured time
 
 
 def objective_values(objectives, acc: float, c: dict) -> list[float]:
@@ -49,7 +50,18 @@ class Member:
     C: float | None = None
     acc: float | None = None
     val: float | None = None
-    results: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)  # rung -> seconds it took
+
+
+def member_of(t, n_rungs: int) -> Member:
+    """A study trial (fitted at least at rung 0) as a ``Member``, its measured times kept."""
+    ua = t.user_attrs
+    cfg = Config(**{**ua["config"], "filters": tuple(ua["config"]["filters"])})
+    m = Member(t, cfg, int(ua["kernel_seed"]),
+               {k: ua[k] for k in ("kbits", "macs", "params", "features")})
+    m.measured = {r: float(ua[f"rung{r}"]["seconds"]) for r in range(n_rungs)
+                  if f"rung{r}" in ua}
+    return m
 
 
 class Reporter:
@@ -123,34 +135,49 @@ class Planner:
                          n_c, cached)
 
     def seconds(self, m: Member, rung: int) -> float:
-        return self.model.seconds(self.work(m, rung))
+        """Predicted seconds of ``m`` at ``rung``: the model's figure, or, once ``m`` has run
+        a lower rung, that measurement scaled by the model's ratio between the two (the
+        configuration's own speed, the model's scaling with the rows)."""
+        base = self.model.seconds(self.work(m, rung))
+        lower = [r for r in m.measured if r < rung]
+        if not lower:
+            return base
+        r0 = max(lower)
+        return ANCHOR_MARGIN * m.measured[r0] * base / self.model.seconds(self.work(m, r0))
+
+    def refit(self, m: Member) -> float:
+        """Predicted seconds of ``m``'s refit (anchored on its highest measured rung)."""
+        base = self.refit_seconds(m)
+        if not m.measured:
+            return base
+        r0 = max(m.measured)
+        return ANCHOR_MARGIN * m.measured[r0] * base / self.model.seconds(self.work(m, r0))
 
     def observe(self, m: Member, rung: int, seconds: float, feature_seconds=None) -> None:
         self.model.observe(self.work(m, rung), seconds, feature_seconds)
+        m.measured[rung] = float(seconds)
         if rung == 0:
             self.rung0.append((m, seconds))
+
+    def pipeline(self, m: Member, rung: int, last: int) -> float:
+        """Seconds ``m`` needs from ``rung`` to the end: that rung, the ones above, its refit."""
+        return sum(self.seconds(m, r) for r in range(rung, last + 1)) + self.refit(m)
 
     def owed(self, members, rung: int, last: int, eta: int) -> float:
         """Seconds the bracket still owes after ``members`` ran at ``rung``: the promotions
         to every later rung (spread over the workers), and the refits (one after the
-        other) of the ones that reach the top. Which members the ranking promotes is
-        not known yet, and the most accurate are often the largest, so each promoted
-        one is assumed to cost the mean of the costlier of the members (the ``2 n``
-        costliest for ``n`` promotions). The rung admissions and the refit check
-        keep the deadline when this guess is short."""
+        other) of the ones that reach the top, each at the members' mean predicted cost
+        (the rung admissions and the refit check keep the deadline when a costlier one
+        is promoted)."""
         if not members:
             return 0.0
-
-        def likely(costs, n):
-            costs = sorted(costs, reverse=True)[:2 * n]
-            return n * float(np.mean(costs))
-
         promotions = 0.0
         n = len(members)
         for r in range(rung + 1, last + 1):
             n = max(1, math.ceil(n / eta - 1e-9))
-            promotions += likely([self.seconds(m, r) for m in members], n)
-        refits = likely([self.refit_seconds(m) for m in members], n if rung < last else len(members))
+            promotions += n * float(np.mean([self.seconds(m, r) for m in members]))
+        top = n if rung < last else len(members)
+        refits = top * float(np.mean([self.refit(m) for m in members]))
         return promotions / self.n_workers + refits
 
     def smallest_start(self, last: int, eta: int) -> float:
@@ -213,9 +240,11 @@ def run_brackets(study, space, data, shape, k, objectives, infeasible, runner, r
         # so a short budget asks only what it can run
         while len(alive) < size:
             def over_time(m, alive=alive):
-                """(reason, excess) when ``m``'s whole pipeline cannot finish in time."""
-                need = planner.seconds(m, 0) + planner.owed(alive + [m], 0, last, eta) + \
-                    front_reserve
+                """(reason, excess) when ``m``'s own run to the top rung and refit, or the
+                bracket with it, cannot finish in time."""
+                need = front_reserve + max(
+                    planner.pipeline(m, 0, last),
+                    planner.seconds(m, 0) + planner.owed(alive + [m], 0, last, eta))
                 left = clock.left()
                 if need <= left:
                     return None
@@ -232,9 +261,10 @@ def run_brackets(study, space, data, shape, k, objectives, infeasible, runner, r
 
             def admit0(i, offset, base=base, candidates=candidates, refused=refused):
                 j = base + i
-                need = planner.seconds(candidates[j], 0)
-                owed = planner.owed(candidates[:j + 1], 0, last, eta)
-                if not refused["any"] and clock.left() - offset >= need + owed + front_reserve:
+                m = candidates[j]
+                need = max(planner.pipeline(m, 0, last),
+                           planner.seconds(m, 0) + planner.owed(candidates[:j + 1], 0, last, eta))
+                if not refused["any"] and clock.left() - offset >= need + front_reserve:
                     return True
                 refused["any"] = True
                 return False
@@ -256,17 +286,15 @@ def run_brackets(study, space, data, shape, k, objectives, infeasible, runner, r
             break
         for r in range(last + 1):
             if r > 0:
-                closed = {"at": None}
+                committed = {"refits": 0.0}
 
-                def admit(i, offset, r=r, alive=alive, closed=closed):
-                    """Start ``alive[i]`` at rung ``r`` ``offset`` seconds from now?"""
-                    if closed["at"] is not None:
-                        return False
-                    need = planner.seconds(alive[i], r)
-                    owed = planner.owed(alive[:i + 1], r, last, eta)
-                    if clock.left() - offset >= need + owed + front_reserve:
+                def admit(i, offset, r=r, alive=alive, committed=committed):
+                    """Start ``alive[i]`` at rung ``r`` ``offset`` seconds from now? Only if its
+                    own run to the end fits beside the refits already owed."""
+                    need = planner.pipeline(alive[i], r, last)
+                    if clock.left() - offset >= need + committed["refits"] + front_reserve:
+                        committed["refits"] += planner.refit(alive[i])
                         return True
-                    closed["at"] = i
                     return False
 
                 results = runner.map([(m.config, m.seed, r, m.C) for m in alive], admit=admit,
@@ -308,11 +336,22 @@ def run_brackets(study, space, data, shape, k, objectives, infeasible, runner, r
                         best["acc"] = max(best["acc"] or 0.0, m.val)
                 front_reserve = front_refit_seconds()
                 break
-            keep = set(promote(points, maximize, 1.0 / eta,
-                               context if promote_against == "study" else None).tolist())
+            # successive halving among the members that can still finish: one whose run to
+            # the top rung and refit no longer fits the time left is not promoted
+            room = clock.left() - front_reserve
+            fits = [i for i, m in enumerate(alive) if planner.pipeline(m, r + 1, last) <= room]
+            n_keep = min(len(fits), max(1, math.ceil(len(alive) / eta - 1e-9)))
+            keep = set()
+            if fits:
+                picked = promote([points[i] for i in fits], maximize, n_keep / len(fits),
+                                 context if promote_against == "study" else None)
+                keep = {fits[j] for j in picked.tolist()}
             for i, m in enumerate(alive):
                 if i not in keep:
                     m.trial.set_user_attr("pruned_at_rung", r)
+                    if i not in fits:
+                        m.trial.set_user_attr("stopped", "deadline")
+                        counters["stopped_deadline"] += 1
                     study.tell(m.trial, state=optuna.trial.TrialState.PRUNED)
                     forget(m)
                     done["n"] += 1

@@ -200,7 +200,7 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
             runner = ThreadRunner(data, gpu_threads)
         else:
             runner = LocalRunner(data)
-        from .brackets import Planner, Reporter, run_brackets
+        from .brackets import Planner, Reporter, member_of, run_brackets
         from .budget import REFIT_OVERHEAD, Clock, CostModel, calibrate, warm_imports, work_refit
 
         warm_imports()
@@ -209,17 +209,16 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
         n_test = len(ds.y_test)
 
         def refit_seconds(m) -> float:
-            c = m.cost if hasattr(m, "cost") else m.user_attrs
-            bits = m.config.bits if hasattr(m, "config") else m.user_attrs["config"]["bits"]
-            return REFIT_OVERHEAD + model.seconds(work_refit(c["features"], c["macs"], fit_rows,
-                                                             n_test, k, bits))
+            return REFIT_OVERHEAD + model.seconds(work_refit(m.cost["features"], m.cost["macs"],
+                                                             fit_rows, n_test, k, m.config.bits))
 
         last = len(data.rungs) - 1
+        planner = Planner(data, shape, k, model, refit_seconds, runner.workers, runner.caches)
 
         def front_refit_seconds() -> float:
-            return sum(refit_seconds(t) for t in current_front(study, objectives, max_kbits, last))
+            return sum(planner.refit(member_of(t, last + 1))
+                       for t in current_front(study, objectives, max_kbits, last))
 
-        planner = Planner(data, shape, k, model, refit_seconds, runner.workers, runner.caches)
         reporter = Reporter(progress, clock, log)
         try:
             counters = run_brackets(study, space, data, shape, k, objectives, infeasible, runner,
@@ -236,7 +235,7 @@ def optimize(dataset="mnist", *, train_size: int | None = None, minutes: float =
         from .report import trial_rows, write_outputs
         rows = trial_rows(study, objectives)
         front = _final_front(study, objectives, max_kbits, ds, data, run_dir, say, clock,
-                             refit_seconds, model)
+                             lambda t: planner.refit(member_of(t, last + 1)), model)
         summary = _summary(rows, front, counters, t_search, time.perf_counter() - t_start,
                            fingerprint, name, max_kbits, runner, bracket, eta, sampler)
         summary["promote_against"] = promote_against
