@@ -149,9 +149,39 @@ def test_eigen_sweep_equals_a_cholesky_solve_per_C(n, filters):
         system.release()
 
 
+@pytest.mark.parametrize("n,filters", [(400, (3,)), (60, (4, 2))], ids=["primal", "dual"])
+def test_torch_backend_of_the_ridge_systems_equals_numpy(n, filters):
+    """The CUDA code of the ridge systems and the sweep, run on CPU tensors."""
+    h, y = _lbcnn_features(n + 100, filters)
+    h, y, hv, yv = h[:n], y[:n], h[n:], y[n:]
+    t = one_vs_rest_targets(y, 5)
+    ht, hvt = torch.from_numpy(h), torch.from_numpy(hv)
+    if h.shape[1] < n:
+        ref, tor = RidgeAccumulator(h.shape[1], 5), RidgeAccumulator(h.shape[1], 5,
+                                                                      torch_backend=True)
+        ref.update(h, t)
+        tor.update(ht, t)
+    else:
+        ref, tor = DualSystem(h, t), DualSystem(ht, t)
+    assert tor.on_device if isinstance(tor, DualSystem) else tor.torch
+    for method in ("cholesky", "eigen"):
+        for C in (1e-4, 1e-2, 1.0):
+            w_ref, _ = RidgePath(ref, method).weights(C)
+            w_tor, solver = RidgePath(tor, method).weights(C, host=False)
+            assert isinstance(w_tor, torch.Tensor) and method in solver
+            # two float32 Grams summed in different orders: float32 solve round-off apart
+            w_tor = w_tor.numpy()
+            assert np.linalg.norm(w_tor - w_ref) <= 5e-3 * np.linalg.norm(w_ref), (method, C)
+            assert np.mean((hv @ w_tor).argmax(1) == (hv @ w_ref).argmax(1)) >= 0.99
+        a = sweep(RidgePath(ref, method), c_grid(), lambda w: validation_score(hv @ w, yv))
+        b = sweep(RidgePath(tor, method), c_grid(), lambda w: validation_score(hvt @ w, yv),
+                  host=False)
+        assert a.C == b.C and a.accuracy == b.accuracy
+
+
 def test_sweep_picks_the_best_C_and_the_walk_finds_it_with_fewer_solves():
-    h, y = _lbcnn_features(500, (3,), seed=2)
-    hv, yv = _lbcnn_features(300, (3,), seed=9)
+    h, y = _lbcnn_features(800, (3,), seed=2)
+    h, y, hv, yv = h[:500], y[:500], h[500:], y[500:]
     system = RidgeAccumulator(h.shape[1], 5)
     system.update(h, one_vs_rest_targets(y, 5))
     grid = c_grid(1e-6, 10.0)

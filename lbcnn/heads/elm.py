@@ -50,10 +50,12 @@ class RidgeAccumulator:
     """Streams (features, targets) chunks into HᵀH and HᵀT, then solves.
 
     On the CPU the sums live in NumPy and use OpenBLAS ``ssyrk`` (only the
-    upper triangle is formed); on CUDA they live in torch on the device.
+    upper triangle is formed); on CUDA they live in torch on the device
+    (``torch_backend=True`` runs that torch code on the CPU: the tests' view of it).
     """
 
-    def __init__(self, n_features: int, n_outputs: int, C: float = 1e-3, device=None):
+    def __init__(self, n_features: int, n_outputs: int, C: float = 1e-3, device=None,
+                 torch_backend: bool | None = None):
         if C <= 0:
             from ..errors import ConfigError
             raise ConfigError(f"C must be positive, got {C}")
@@ -66,7 +68,8 @@ class RidgeAccumulator:
                 "use fewer filters or layers (fewer features), or the dual with a smaller --train-size")
         self.n_samples = 0
         self.solver_ = None
-        if self.device.type == "cuda":
+        self.torch = self.device.type == "cuda" if torch_backend is None else bool(torch_backend)
+        if self.torch:
             self._gram = torch.zeros(n_features, n_features, device=self.device)
             self._hty = torch.zeros(n_features, n_outputs, device=self.device)
         else:
@@ -77,7 +80,7 @@ class RidgeAccumulator:
     def update(self, h, t) -> None:
         _check_finite(h)
         self.n_samples += h.shape[0]
-        if self.device.type == "cuda":
+        if self.torch:
             h = torch.as_tensor(h, device=self.device, dtype=torch.float32)
             t = torch.as_tensor(t, device=self.device, dtype=torch.float32)
             self._gram.addmm_(h.T, h)
@@ -95,13 +98,13 @@ class RidgeAccumulator:
 
     def release(self) -> None:
         """Hand the Gram buffer back for reuse; the accumulator is done."""
-        if self.device.type != "cuda" and self._gram is not None:
+        if not self.torch and self._gram is not None:
             _give("gram", self._gram)
         self._gram = None
 
     def gram(self) -> np.ndarray:
         """The full symmetric HᵀH (for tests and diagnostics)."""
-        if self.device.type == "cuda":
+        if self.torch:
             return self._gram.cpu().numpy()
         return np.triu(self._gram) + np.triu(self._gram, 1).T
 
@@ -110,7 +113,7 @@ class RidgeAccumulator:
         number of C can be solved from one pass over the data. ``host=False`` on CUDA
         leaves the weights on the device."""
         lam = 1.0 / (self.C if C is None else C)
-        if self.device.type == "cuda":
+        if self.torch:
             a = self._gram.clone()
             a.diagonal().add_(lam)
             factor, info = torch.linalg.cholesky_ex(a)
@@ -153,14 +156,14 @@ class RidgeAccumulator:
 class DualSystem:
     """The dual ridge system for when features outnumber samples: the kernel
     ``K = HHᵀ`` (n x n) is formed once, and ``solve(C)`` gives
-    ``W = Hᵀ (I/C + K)⁻¹ T`` for any C. NumPy on the CPU, torch on CUDA (``h`` a
-    device tensor)."""
+    ``W = Hᵀ (I/C + K)⁻¹ T`` for any C. NumPy for an array ``h``, torch on its device
+    for a tensor (CUDA in practice)."""
 
     def __init__(self, h, t):
         _check_finite(h)
         n = h.shape[0]
         require(2 * 8 * n * n, f"the {n:,}² dual kernel matrix", "use a smaller --train-size")
-        self.on_device = isinstance(h, torch.Tensor) and h.device.type == "cuda"
+        self.on_device = isinstance(h, torch.Tensor)
         if self.on_device:
             self.h = h.float()
             self.t = torch.as_tensor(t, dtype=torch.float32, device=h.device)

@@ -80,10 +80,11 @@ def validation_score(logits, y) -> tuple[float, float]:
     (the margin only orders equal accuracies)."""
     if isinstance(logits, torch.Tensor):
         y_t = torch.as_tensor(y, device=logits.device)
-        acc = float((logits.argmax(1) == y_t).float().mean().item()) if len(y) else 0.0
+        right = int((logits.argmax(1) == y_t).sum().item())
         logits = logits.double().cpu().numpy()
     else:
-        acc = float((np.asarray(logits).argmax(1) == y).mean()) if len(y) else 0.0
+        right = int((np.asarray(logits).argmax(1) == y).sum())
+    acc = right / len(y) if len(y) else 0.0
     margin = float(normalized_margins(logits, y).mean()) if len(y) else 0.0
     return acc, margin
 
@@ -159,7 +160,7 @@ def _device_of(system) -> torch.device:
     dev = getattr(system, "device", None)
     if dev is not None:
         return torch.device(dev)
-    return torch.device("cuda") if getattr(system, "on_device", False) else torch.device("cpu")
+    return system.h.device if getattr(system, "on_device", False) else torch.device("cpu")
 
 
 @dataclass

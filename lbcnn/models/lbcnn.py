@@ -151,6 +151,8 @@ class LBCNNBody:
         from ..binary.torch_kernel import body_features, chunk_rows
 
         device = torch.device(device)
+        if isinstance(x, torch.Tensor) and x.dim() == 3:
+            x = x.unsqueeze(-1)  # (n, H, W) -> NHWC, as as_nhwc does for arrays
         n = len(x)
         if rows is None:
             rows = chunk_rows(self.input_shape, self.filters, self.nl, device, n)
@@ -360,7 +362,8 @@ def elm_system(body: LBCNNBody, X: np.ndarray, y_idx: np.ndarray, n_classes: int
     t_feat = t_solve = 0.0
     if d < n:
         system = RidgeAccumulator(d, n_classes, C, device)
-        batches = body.iter_device(body._check_images(X), device) if on_gpu else \
+        batches = body.iter_device(X if isinstance(X, torch.Tensor) else body._check_images(X),
+                                   device) if on_gpu else \
             body.iter_transform(X, batch_size, device)
         t0 = time.perf_counter()
         for a, b, f in batches:
