@@ -17,14 +17,14 @@ def c_option(text: str):
     if t == "auto":
         return "auto"
     parts = [p for p in t.split(",") if p.strip()]
-    try:
-        values = [positive_float(p) for p in parts]
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, comma-separated numbers or "
-                                         f"auto, got {text!r}") from None
-    if not values:
+    if not parts:
         raise argparse.ArgumentTypeError(f"expected a number > 0 or auto, got {text!r}")
-    return values[0] if len(values) == 1 else sorted(set(values))
+    if len(parts) == 1:
+        return positive_float(parts[0])  # its own message: finite, > 0
+    try:
+        return sorted(set(positive_float(p) for p in parts))
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} in the list {text!r}") from None
 
 
 def add_parser(sub) -> None:

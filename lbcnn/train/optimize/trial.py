@@ -215,6 +215,9 @@ class FeatureCache:
         if self.max_bytes is None:
             from ...settings import memory_budget_bytes
             self.max_bytes = max(256 << 20, min(2 << 30, memory_budget_bytes() // 8))
+            import torch
+            if torch.cuda.is_available():  # device tensors count against the GPU's memory
+                self.max_bytes = min(self.max_bytes, torch.cuda.mem_get_info()[0] // 4)
         return self.max_bytes
 
     @staticmethod
