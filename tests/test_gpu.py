@@ -347,10 +347,24 @@ def test_lbcnn_device_cpu_forces_the_cpu_where_cuda_exists(monkeypatch):
     assert default_device().type == "cpu" and resolve_device(None).type == "cpu"
     from lbcnn.models.lbcnn import LBCNN
     assert LBCNN()._device().type == "cpu"
-    import inspect
 
-    import lbcnn.train.cbcnn as tc
-    assert "default_device()" in inspect.getsource(tc.train_cbcnn)
+    # train_cbcnn settles its device through resolve_device: spy on it, stop before training
+    import lbcnn.settings as settings
+    from lbcnn.train.cbcnn import train_cbcnn
+    from bars import bars_dataset
+    seen = []
+
+    class Resolved(Exception):
+        pass
+
+    def spy(device=None):
+        seen.append(resolve_device(device))
+        raise Resolved
+
+    monkeypatch.setattr(settings, "resolve_device", spy)
+    with pytest.raises(Resolved):
+        train_cbcnn(bars_dataset(n=40), epochs=1)
+    assert [d.type for d in seen] == ["cpu"]
 
 
 # -- parallel test runs (pytest -n) ------------------------------------------------------------
@@ -367,4 +381,6 @@ def test_two_processes_build_the_native_kernels_into_one_empty_cache(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(3)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
     built = sorted(p.name for p in (tmp_path / "cache" / "native").iterdir())
-    assert len(built) == 2 and all(name.endswith(".so") for name in built)
+    libraries = [name for name in built if name.endswith(".so")]
+    assert len(libraries) == 2  # the feature kernel and GPTQ's, each with its stamp
+    assert sorted(libraries + [name + ".sha256" for name in libraries]) == built
