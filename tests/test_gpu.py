@@ -367,6 +367,34 @@ def test_lbcnn_device_cpu_forces_the_cpu_where_cuda_exists(monkeypatch):
     assert [d.type for d in seen] == ["cpu"]
 
 
+def test_device_comparisons_are_exact_on_the_cpu_and_tolerant_only_on_cuda(monkeypatch):
+    """tests/devices.py: the CUDA branch (run here by pretending) accepts float32 round-off
+    and refuses a changed prediction; the CPU branch refuses any difference."""
+    import devices
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 10)).astype(np.float32)
+    nudged = logits + np.float32(2e-6)  # last-bit noise, same argmax
+    swapped = logits.copy()
+    top = swapped[0].argmax()
+    swapped[0, top], swapped[0, (top + 1) % 10] = swapped[0, (top + 1) % 10], swapped[0, top]
+    state = {"w": torch.from_numpy(logits)}
+    monkeypatch.setattr(devices, "trains_on_cuda", lambda: False)
+    devices.assert_same_logits(logits, logits.copy())
+    with pytest.raises(AssertionError):
+        devices.assert_same_logits(logits, nudged)
+    with pytest.raises(AssertionError):
+        devices.assert_same_state(state, {"w": torch.from_numpy(nudged)})
+    monkeypatch.setattr(devices, "trains_on_cuda", lambda: True)
+    devices.assert_same_logits(logits, nudged)
+    devices.assert_same_state(state, {"w": torch.from_numpy(nudged)})
+    for bad in (swapped, logits + np.float32(1e-2)):
+        with pytest.raises(AssertionError):
+            devices.assert_same_logits(logits, bad)
+    with pytest.raises(AssertionError):
+        devices.assert_same_state(state, {"w": torch.from_numpy(logits + np.float32(0.1))})
+
+
 # -- parallel test runs (pytest -n) ------------------------------------------------------------
 def test_two_processes_build_the_native_kernels_into_one_empty_cache(tmp_path):
     """pytest -n starts several workers on a cold cache at once: each must end with a
