@@ -149,11 +149,12 @@ def _sweep_case(h, t, hv, yv, grid, device):
     paths = {"cholesky": RidgePath(system, "cholesky"),
              "eigen-float64": RidgePath(system, "eigen"),
              "eigen-float32": RidgePath(system, "eigen", dtype=np.float32)}
+    gram64 = h64.T @ h64 if d < n else h64 @ h64.T  # formed once, solved per C below
     for C in grid[::3]:
         if d < n:
-            ref = np.linalg.solve(h64.T @ h64 + np.eye(d) / C, h64.T @ t64)
+            ref = np.linalg.solve(gram64 + np.eye(d) / C, h64.T @ t64)
         else:
-            ref = h64.T @ np.linalg.solve(h64 @ h64.T + np.eye(n) / C, t64)
+            ref = h64.T @ np.linalg.solve(gram64 + np.eye(n) / C, t64)
         for name, p in paths.items():
             w = p.weights(float(C))[0]
             errors[name] = max(errors[name],

@@ -227,6 +227,7 @@ def run_brackets(study, space, data, shape, k, objectives, infeasible, runner, r
         FEATURES.discard(FEATURES.key(m.config, m.seed, data))
 
     front_reserve = front_refit_seconds()
+    empty = 0  # brackets in a row that found no member that fits the time left
     while True:
         if max_configs is not None and counters["evaluated"] >= max_configs:
             break
@@ -234,6 +235,7 @@ def run_brackets(study, space, data, shape, k, objectives, infeasible, runner, r
             break
         size = bracket if max_configs is None else min(bracket, max_configs - counters["evaluated"])
         t_bracket = time.perf_counter()
+        skipped_before = counters["skipped_deadline"]
         alive: list = []
         results: list = []
         # rung 0: asked a batch (one per worker) at a time, each admitted before it starts,
@@ -283,7 +285,13 @@ def run_brackets(study, space, data, shape, k, objectives, infeasible, runner, r
             if refused["any"]:
                 break
         if not alive:
+            # the sampler proposed only what cannot finish in the time left; smaller
+            # configurations may still fit, so ask again before giving the time up
+            empty += 1
+            if empty < EMPTY_BRACKETS and counters["skipped_deadline"] > skipped_before:
+                continue
             break
+        empty = 0
         for r in range(last + 1):
             if r > 0:
                 committed = {"refits": 0.0}
@@ -364,6 +372,9 @@ def run_brackets(study, space, data, shape, k, objectives, infeasible, runner, r
         if run_dir is not None:  # a killed run still leaves an up-to-date table
             write_csv(run_dir / "trials.csv", trial_rows(study, objectives))
     return counters
+
+
+EMPTY_BRACKETS = 10  # brackets in a row without a member that fits before the search ends
 
 
 def _ask_bracket(study, space, shape, k, size, infeasible, run_seed, owner, counters,
