@@ -325,6 +325,36 @@ def test_minutes_bound_the_whole_command(synth, tmp_path):
         assert np.isclose(c_grid(), m["config"]["C"], rtol=1e-12).any()
 
 
+def test_a_bracket_with_no_member_in_time_does_not_end_the_search(synth, tmp_path, monkeypatch):
+    """When every proposal of a bracket is predicted too late, the search asks again
+    (a smaller configuration may fit) instead of ending, up to EMPTY_BRACKETS in a row."""
+    from lbcnn.train.optimize import brackets, optimize
+
+    real = brackets._ask_bracket
+    asks = []
+
+    def too_late_first(study, space, shape, k, size, infeasible, run_seed, owner, counters,
+                       over_time=None, patience=3, late_brackets=2):
+        asks.append(size)
+        if len(asks) <= late_brackets:  # as if three proposals in a row were too big
+            counters["skipped_deadline"] += 3
+            return []
+        return real(study, space, shape, k, size, infeasible, run_seed, owner, counters,
+                    over_time, patience)
+
+    monkeypatch.setattr(brackets, "_ask_bracket", too_late_first)
+    res = optimize(synth, train_size=500, rungs=(100, 200), max_configs=3, bracket=3,
+                   minutes=5, out=tmp_path / "run", seed=0, progress=False)
+    assert res.summary["evaluated_this_run"] == 3 and len(asks) >= 3
+
+    asks.clear()
+    monkeypatch.setattr(brackets, "_ask_bracket",
+                        lambda *a, **kw: too_late_first(*a, **kw, late_brackets=10**6))
+    res = optimize(synth, train_size=500, rungs=(100, 200), max_configs=3, bracket=3,
+                   minutes=5, out=tmp_path / "run2", seed=0, progress=False)
+    assert res.summary["evaluated_this_run"] == 0 and len(asks) == brackets.EMPTY_BRACKETS
+
+
 def test_progress_lines_when_output_is_not_a_terminal(synth, tmp_path):
     r = subprocess.run([sys.executable, "-m", "lbcnn", "optimize", "--dataset", synth,
                         "--train-size", "500", "--rungs", "100,200", "--max-configs", "6",
