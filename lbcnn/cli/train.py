@@ -454,6 +454,9 @@ def _add_lowbit_args(t) -> None:
     g.add_argument("--init", choices=["random", "lbcnn"], default=None,
                    help="random kernels (default), or seeded random +-1 kernels with the ELM's "
                         "closed-form ridge head as the initial output layer")
+    g.add_argument("--no-test", action="store_true",
+                   help="do not read the test set at the end (compare candidates on validation, "
+                        "then lbcnn evaluate RUN for the chosen one)")
     g.add_argument("--init-from", metavar="RUN_OR_MODEL", default=None,
                    help="start from the +-1 kernels of a searched LB-CNN (lbcnn search's run or "
                         "model; its filters x nl paths must match) and the ELM ridge head")
@@ -470,6 +473,8 @@ def _check_family_options(args) -> None:
             raise ConfigError("lowbit training uses a warm-up then cosine schedule; "
                               "--lr-schedule takes only cosine")
         return
+    if getattr(args, "no_test", False):
+        raise ConfigError(f"--no-test is a lowbit option; this run is --model {args.model}")
     for key in _LOWBIT_ONLY:
         if getattr(args, key, None) is not None:
             raise ConfigError(f"--{key.replace('_', '-')} is a lowbit option; this run is "
@@ -520,7 +525,7 @@ def _train_lowbit(args, ds) -> dict:
     r = train_lowbit(ds, model=model, out_dir=args.out, resume=args.resume, device=args.device,
                      log=lambda m: say(args, m),
                      max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
-                     **settings)
+                     read_test=not args.no_test, **settings)
     if r["stopped_by_time_budget"]:
         say(args, f"stopped by --max-minutes after epoch {r['epochs_run']} of "
                   f"{settings['epochs']}; the best-validation model is saved. Continue with "
@@ -531,7 +536,8 @@ def _train_lowbit(args, ds) -> dict:
             "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
             "best_val_accuracy": r["best_val_accuracy"],
             "fake_quant_val_accuracy": r.get("fake_quant_val_accuracy"),
-            "test_accuracy": r["test_accuracy"], "train_size": r["train_size"],
+            "test_accuracy": r["test_accuracy"], "test_read": r.get("test_read", False),
+            "train_size": r["train_size"],
             "wall_seconds": r["wall_seconds"], "init": r["init"], "teacher": r["teacher"],
             "stopped_by_time_budget": r["stopped_by_time_budget"], "out": args.out,
             **({"teacher_path": r["teacher_path"]} if "teacher_path" in r else {})}

@@ -101,7 +101,7 @@ class QATRun:
                  temperature: float = 4.0, float_twin: bool = False, out_dir=None,
                  resume: bool = False, device=None, log=None, on_epoch_end=None,
                  max_seconds: float | None = None,
-                 calibration_images: int = CALIBRATION_IMAGES):
+                 calibration_images: int = CALIBRATION_IMAGES, read_test: bool = True):
         from ..data import Dataset, load_dataset
         from ..data.resize import resize_images
 
@@ -134,6 +134,8 @@ class QATRun:
             raise ConfigError("resume needs out_dir (where the checkpoint lives)")
         self.dataset, self.model, self.log = dataset, model, log
         self.on_epoch_end, self.max_seconds = on_epoch_end, max_seconds
+        # not a training setting: a run may be resumed with or without its test read
+        self.read_test = bool(read_test)
         self.device = torch.device(device) if device else torch.device("cpu")
         self.out = Path(out_dir) if out_dir is not None else None
         self.ckpt_path = self.out / CHECKPOINT if self.out is not None else None
@@ -456,8 +458,11 @@ class QATRun:
         result["fake_quant_val_accuracy"] = chosen["fake_quant_val_accuracy"]
         result["integer_fake_quant_agreement"] = chosen.get("integer_fake_quant_agreement")
         result["model"] = model
-        # the test set: read once, for the chosen epoch; not by a run its budget stopped
-        if len(self.dataset.x_test) and not self.stopped_early:
+        # the test set: read once, for the chosen epoch; not by a run its budget stopped, nor
+        # with read_test=False (candidates compared on validation; lbcnn evaluate reads it)
+        result["test_read"] = bool(self.read_test and len(self.dataset.x_test)
+                                   and not self.stopped_early)
+        if result["test_read"]:
             result["test_accuracy"] = float(model.score(self.dataset.x_test, self.dataset.y_test))
         if self.out is not None:
             record = self.dataset.provenance()
@@ -498,8 +503,9 @@ def train_lowbit(dataset, *, model: LowBitCNN | None = None, progress: bool = Fa
 
     Returns ``model`` (fitted: ``frozen_`` the integers), ``history``, ``best_epoch``,
     ``best_val_accuracy`` (integer model), ``fake_quant_val_accuracy``,
-    ``test_accuracy`` (None without a test set, or when the time budget stopped the run:
-    resume it), ``wall_seconds``, ``final_state``, and the run folder's paths with
+    ``test_accuracy`` (None without a test set, with ``read_test=False``, or when the time
+    budget stopped the run: resume it), ``test_read``, ``wall_seconds``, ``final_state``,
+    and the run folder's paths with
     ``out_dir``. A ``float_twin`` run returns its float ``net`` and writes ``teacher.npz``.
     """
     del progress   # one line per epoch through ``log``
