@@ -147,6 +147,31 @@ def test_time_budget_stops_between_epochs_and_leaves_the_test_set_unread(mnist):
     assert res["test_accuracy"] is None
 
 
+def test_no_test_leaves_the_test_set_unread_and_evaluate_reads_it(mnist, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Candidates are compared on validation: --no-test trains, chooses and saves without
+    scoring the test set; lbcnn evaluate then reads it for the chosen one."""
+    from lbcnn.cli import main
+    from lbcnn.models.lowbit import LowBitCNN
+
+    def no_score(*a, **k):
+        raise AssertionError("the test set was scored")
+    with monkeypatch.context() as m:
+        m.setattr(LowBitCNN, "score", no_score)
+        rc = main(["train", "--model", "lowbit", "--dataset", "mnist", "--train-size", "200",
+                   "--epochs", "1", "--channels", "2", "--dense", "", "--size", "12",
+                   "--path", "ccpc", "--head-bits", "4", "--no-test", "--out", str(tmp_path / "r"), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["test_accuracy"] is None and summary["test_read"] is False
+    on_disk = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert on_disk["test_accuracy"] is None and on_disk["test_read"] is False
+    assert main(["evaluate", str(tmp_path / "r"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] > 0.0
+    rc = main(["train", "--model", "cbcnn", "--dataset", "mnist", "--no-test"])
+    assert rc == 2 and "--no-test is a lowbit option" in capsys.readouterr().err
+
+
 def test_estimator_fit_predict_and_file(mnist, tmp_path):
     from lbcnn.models import create_model, load_model
 
