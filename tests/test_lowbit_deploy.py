@@ -163,6 +163,46 @@ def test_emulated_cortex_m_equals_the_engine_on_mnist(trained, mnist, cpu, tmp_p
     assert abs(res["ram_bytes"] - lowbit_ram_bytes(model.arch_, (28, 28, 1))["total"]) <= 16
 
 
+def _frozen_on_digits(mnist, seed, **kw):
+    """frozen_model's untrained network, its batch norm and shifts calibrated on digits
+    (on random noise its maps saturate and most logits coincide)."""
+    from lbcnn.data.resize import resize_images
+    from lbcnn.models.lowbit import LowBitCNN
+    from lbcnn.models.lowbit_int import freeze
+    from lbcnn.train.qat_init import estimate_norm_statistics
+
+    m = LowBitCNN(**{"channels": 4, "hidden": (6,), "head_bits": (3, 5), **kw})
+    torch.manual_seed(seed)
+    net = m.build_net(1, 10)
+    with torch.no_grad():
+        for p in net.conv_norm.parameters():
+            p.uniform_(-1.0, 1.0)            # negative batch-norm scales flip kernels
+    x = torch.from_numpy(resize_images(mnist.x_train[:256], m.size)).permute(0, 3, 1, 2).float()
+    estimate_norm_statistics(net, x / 255.0)
+    m.frozen_, m.net_ = freeze(net, x, (28, 28, 1)), net
+    m.classes_, m.input_shape_ = np.arange(10), (28, 28, 1)
+    return m
+
+
+@needs_mcu
+@pytest.mark.parametrize("kw", [
+    {"conv_bits": (8,), "conv_mode": "symnz"},                        # maps 14, 6: paired
+    {"size": 17, "conv_bits": (2, 8, 5)},                              # 15 unpaired, then 6
+])
+def test_cortex_m4_paired_conv_equals_the_engine(kw, mnist):
+    """The M4 build reads a map's int16 neighbours two to a word (SMLAD and kin) where its
+    rows have an even length, and falls back to one at a time where they do not: real
+    digits, kernels of both signs up to 8 bits, every logit equal to the NumPy engine."""
+    from lbcnn.deploy.mcu import run_mcu
+
+    m = _frozen_on_digits(mnist, seed=5, **kw)
+    x = mnist.x_test[:8]
+    assert len({tuple(r) for r in NumpyEngine(compile_plan(m)).scores(x)}) == 8
+    res = run_mcu(m, cpu="cortex-m4", images=x, n=8, count=1, check_alignment=True)
+    assert res["logits_agree"] == 8 and res["all_equal"], res
+    assert res["unaligned_accesses"] == 0
+
+
 @needs_elf
 @pytest.mark.parametrize("kw", [
     {"conv_bits": (1,), "head_bits": (2, 7)}, {"conv_bits": (2, 8, 5), "head_bits": (8, 3)},
