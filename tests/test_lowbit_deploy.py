@@ -4,64 +4,18 @@ logits on real MNIST test images; the fake-quantized float forward stands for th
 weight bits `lbcnn info` reports are the compiled C's weight bytes x 8."""
 from __future__ import annotations
 
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from lbcnn.deploy.c_common import CFLAGS, compiled_weight_bytes, find_cc
+from lbcnn.deploy.c_common import compiled_weight_bytes
 from lbcnn.deploy.c_export import export_c
 from lbcnn.engine import NumpyEngine, compile_plan
 
 from test_lowbit import frozen_model
 
-CC = find_cc()
-needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler found")
-
-
-def _have(mod):
-    try:
-        __import__(mod)
-    except ImportError:
-        return False
-    return True
-
-
-needs_mcu = pytest.mark.skipif(not all(_have(m) for m in ("ziglang", "unicorn", "elftools")),
-                               reason="pip install -e '.[mcu]'")
-needs_elf = pytest.mark.skipif(CC is None or not _have("elftools"),
-                               reason="needs a C compiler and pyelftools")
-
-LOGITS_MAIN = r"""
-#include <stdio.h>
-#include "model.h"
-int main(void)
-{
-    static uint8_t image[LBCNN_INPUT_BYTES];
-    int64_t logits[LBCNN_N_CLASSES];
-    int k;
-    while (fread(image, 1, sizeof image, stdin) == sizeof image) {
-        printf("%d", lbcnn_predict_logits(image, logits));
-        for (k = 0; k < LBCNN_N_CLASSES; k++) printf(" %lld", (long long)logits[k]);
-        printf("\n");
-    }
-    return 0;
-}
-"""
-
-
-def host_logits(c_dir, x):
-    """(returned class, logits) of the compiled C for uint8 images x."""
-    (c_dir / "logits_main.c").write_text(LOGITS_MAIN)
-    exe = c_dir / "lg"
-    subprocess.run([CC, *CFLAGS, str(c_dir / "model.c"), str(c_dir / "logits_main.c"), "-o",
-                    str(exe)], check=True, capture_output=True, text=True)
-    out = subprocess.run([str(exe)], input=np.ascontiguousarray(x).tobytes(), capture_output=True,
-                         check=True).stdout.decode().splitlines()
-    rows = np.array([[int(v) for v in line.split()] for line in out])
-    return rows[:, 0], rows[:, 1:]
-
+from c_harness import CC, host_logits, needs_cc, needs_elf, needs_mcu
 
 @pytest.fixture(scope="module")
 def trained(mnist, tmp_path_factory):

@@ -16,16 +16,7 @@ N_IMAGES = 20
 CC = find_cc()
 
 
-def _have(mod):
-    try:
-        __import__(mod)
-    except ImportError:
-        return False
-    return True
-
-
-needs_mcu = pytest.mark.skipif(not all(_have(m) for m in ("ziglang", "unicorn", "elftools")),
-                               reason="pip install -e '.[mcu]'")
+from c_harness import host_logits, needs_mcu
 
 
 @pytest.fixture(scope="module")
@@ -142,22 +133,6 @@ def test_test_vectors_selftest_and_class_names(plans, mnist, tmp_path):
 @pytest.mark.skipif(CC is None, reason="no C compiler found")
 def test_predict_logits_on_host_equals_engine_scores(plans, mnist, tmp_path):
     """lbcnn_predict_logits writes the engine's exact scores, for every family."""
-    main = r"""
-#include <stdio.h>
-#include "model.h"
-int main(void)
-{
-    static uint8_t image[LBCNN_INPUT_BYTES];
-    int64_t logits[LBCNN_N_CLASSES];
-    int k;
-    while (fread(image, 1, sizeof image, stdin) == sizeof image) {
-        printf("%d", lbcnn_predict_logits(image, logits));
-        for (k = 0; k < LBCNN_N_CLASSES; k++) printf(" %lld", (long long)logits[k]);
-        printf("\n");
-    }
-    return 0;
-}
-"""
     x = mnist.x_test[:50]
     for fam, flag in [("lbcnn", "-DLBCNN_STREAM"), ("lbcnn", "-DLBCNN_FULL_MAPS"),
                       ("lbcnn_nl2", "-DLBCNN_STREAM"), ("lbcnn_nl2", "-DLBCNN_FULL_MAPS"),
@@ -165,16 +140,11 @@ int main(void)
         plan = plans[fam]
         d = tmp_path / (fam + flag)
         export_c(plan, d, measure=False)
-        (d / "logits_main.c").write_text(main)
-        subprocess.run([CC, *CFLAGS, flag, str(d / "model.c"), str(d / "logits_main.c"), "-o",
-                        str(d / "lg")], check=True, capture_output=True, text=True)
-        out = subprocess.run([str(d / "lg")], input=np.ascontiguousarray(x).tobytes(),
-                             capture_output=True, check=True).stdout.decode().split("\n")
-        rows = np.array([[int(v) for v in line.split()] for line in out if line.strip()])
+        classes, logits = host_logits(d, x, flag)
         eng = NumpyEngine(plan)
-        assert np.array_equal(rows[:, 1:], eng.scores(x)), fam
+        assert np.array_equal(logits, eng.scores(x)), fam
         want = eng.predict(x) if fam.startswith("lbcnn") else eng.predict_index(x)
-        assert np.array_equal(rows[:, 0], want), fam
+        assert np.array_equal(classes, want), fam
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler found")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 
 import numpy as np
 import pytest
 
-from lbcnn.deploy.c_common import CFLAGS, find_cc
 from lbcnn.deploy.c_export import export_c
 from lbcnn.engine import NumpyEngine, compile_plan
 from lbcnn.engine.bits import (lane_planes, lane_words, pack_lanes, pack_signed, packed_nbytes,
@@ -18,22 +16,7 @@ from lbcnn.errors import DataError
 from lbcnn.heads.quantize import apply_quantization
 from lbcnn.models.lbcnn import LBCNN, save_lbcnn
 
-CC = find_cc()
-needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler found")
-
-
-def _have(mod):
-    try:
-        __import__(mod)
-    except ImportError:
-        return False
-    return True
-
-
-needs_mcu = pytest.mark.skipif(not all(_have(m) for m in ("ziglang", "unicorn", "elftools")),
-                               reason="pip install -e '.[mcu]'")
-needs_elf = pytest.mark.skipif(CC is None or not _have("elftools"),
-                               reason="needs a C compiler and pyelftools")
+from c_harness import CC, host_logits, needs_cc, needs_elf, needs_mcu
 
 
 def _values(rng, bits, n):
@@ -203,32 +186,10 @@ def test_damaged_packed_file_is_one_line(odd_model, tmp_path, damage, message):
 
 
 # -- the generated C against the integer engine --------------------------------------------
-LOGITS_MAIN = r"""
-#include <stdio.h>
-#include "model.h"
-int main(void)
-{
-    static uint8_t image[LBCNN_INPUT_BYTES];
-    int64_t logits[LBCNN_N_CLASSES];
-    int k;
-    while (fread(image, 1, sizeof image, stdin) == sizeof image) {
-        lbcnn_predict_logits(image, logits);
-        for (k = 0; k < LBCNN_N_CLASSES; k++) printf(" %lld", (long long)logits[k]);
-        printf("\n");
-    }
-    return 0;
-}
-"""
 
 
 def _host_logits(c_dir, x, flag):
-    (c_dir / "logits_main.c").write_text(LOGITS_MAIN)
-    exe = c_dir / "lg"
-    subprocess.run([CC, *CFLAGS, flag, str(c_dir / "model.c"), str(c_dir / "logits_main.c"),
-                    "-o", str(exe)], check=True, capture_output=True, text=True)
-    out = subprocess.run([str(exe)], input=np.ascontiguousarray(x).tobytes(),
-                         capture_output=True, check=True).stdout.decode().splitlines()
-    return np.array([[int(v) for v in line.split()] for line in out])
+    return host_logits(c_dir, x, flag)[1]
 
 
 @needs_cc

@@ -190,27 +190,10 @@ def test_calibrated_logit_step_still_identical_to_the_engine(lb_models, mnist):
 
 
 def test_c_with_tflite_rounding_returns_tflm_logits(lb_models, mnist, tmp_path):
-    from lbcnn.deploy.c_common import CFLAGS, find_cc
+    from c_harness import CC, host_logits
     from lbcnn.deploy.c_export import export_c
-    cc = find_cc()
-    if cc is None:
+    if CC is None:
         pytest.skip("no C compiler")
-    main = r"""
-#include <stdio.h>
-#include "model.h"
-int main(void)
-{
-    static uint8_t image[LBCNN_INPUT_BYTES];
-    int64_t logits[LBCNN_N_CLASSES];
-    int k;
-    while (fread(image, 1, sizeof image, stdin) == sizeof image) {
-        lbcnn_predict_logits(image, logits);
-        for (k = 0; k < LBCNN_N_CLASSES; k++) printf(" %lld", (long long)logits[k]);
-        printf("\n");
-    }
-    return 0;
-}
-"""
     x = mnist.x_test[:100]
     for which in ("plain", "nl2_q6c"):
         data, _, _ = build_tflite(lb_models[which])
@@ -218,14 +201,9 @@ int main(void)
         plan = compile_plan(lb_models[which], rounding="tflite")
         d = tmp_path / which
         export_c(plan, d, measure=False)
-        (d / "lg.c").write_text(main)
         for flag in ("-DLBCNN_STREAM", "-DLBCNN_FULL_MAPS"):
-            subprocess.run([cc, *CFLAGS, flag, str(d / "model.c"), str(d / "lg.c"), "-o",
-                            str(d / "lg")], check=True, capture_output=True, text=True)
-            out = subprocess.run([str(d / "lg")], input=np.ascontiguousarray(x).tobytes(),
-                                 capture_output=True, check=True).stdout.decode()
-            rows = np.array([[int(v) for v in ln.split()] for ln in out.splitlines() if ln.strip()])
-            assert np.array_equal(rows, tflm), (which, flag)
+            _, logits = host_logits(d, x, flag)
+            assert np.array_equal(logits, tflm), (which, flag)
 
 
 def test_four_bit_head_falls_back_to_int8_quoting_tflm(lb_models, mnist):
